@@ -1,1 +1,138 @@
-//! placeholder
+//! The exfilguard detection brain: decides whether a DNS query name is a tunnel, C2 or DGA
+//! name. Pure computation (no I/O): the CLI, the kernel data plane's agent and the resolver
+//! front all call [`Detector`].
+
+pub mod features;
+pub mod lexicon;
+pub mod model;
+pub mod policy;
+pub mod verdict;
+
+pub use features::{extract, Features, FEATURE_DOCS, FEATURE_NAMES, N_FEATURES};
+pub use lexicon::Lexicon;
+pub use model::{Model, ModelClass, ModelError, ModelInfo};
+pub use policy::{ListMatch, NameList};
+pub use verdict::{Class, Source, Verdict};
+
+use exfilguard_dns::DnsName;
+
+/// Lists + features + model = verdicts.
+pub struct Detector {
+    model: Model,
+    lexicon: &'static Lexicon,
+    allow: NameList,
+    block: NameList,
+}
+
+impl Detector {
+    pub fn new(model: Model) -> Self {
+        Self {
+            model,
+            lexicon: Lexicon::embedded(),
+            allow: NameList::default(),
+            block: NameList::default(),
+        }
+    }
+
+    /// The embedded model with empty lists.
+    pub fn embedded() -> Result<Self, ModelError> {
+        Ok(Self::new(Model::embedded()?))
+    }
+
+    pub fn with_lists(mut self, allow: NameList, block: NameList) -> Self {
+        self.allow = allow;
+        self.block = block;
+        self
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn lexicon(&self) -> &'static Lexicon {
+        self.lexicon
+    }
+
+    pub fn allowlist_mut(&mut self) -> &mut NameList {
+        &mut self.allow
+    }
+
+    pub fn blocklist_mut(&mut self) -> &mut NameList {
+        &mut self.block
+    }
+
+    pub fn classify(&self, name: &DnsName) -> Result<Verdict, ModelError> {
+        Ok(self.classify_batch(std::slice::from_ref(name))?.remove(0))
+    }
+
+    /// Classifies many names with one batched model call. Lists win over the model: the
+    /// blocklist first (an operator's block is never overridden), then the allowlist.
+    pub fn classify_batch(&self, names: &[DnsName]) -> Result<Vec<Verdict>, ModelError> {
+        let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(names.len());
+        let mut pending = Vec::new();
+        let mut feats = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(m) = self.block.lookup(name) {
+                verdicts.push(Some(Verdict {
+                    class: Class::Blocked,
+                    score: 1.0,
+                    source: Source::Blocklist,
+                    reasons: vec![format!("blocklisted {m}")],
+                }));
+            } else if let Some(m) = self.allow.lookup(name) {
+                verdicts.push(Some(Verdict {
+                    class: Class::Benign,
+                    score: 0.0,
+                    source: Source::Allowlist,
+                    reasons: vec![format!("allowlisted {m}")],
+                }));
+            } else {
+                verdicts.push(None);
+                pending.push(i);
+                feats.push(extract(name, self.lexicon));
+            }
+        }
+        if !feats.is_empty() {
+            let probs = self.model.predict(&feats)?;
+            for ((i, f), p) in pending.into_iter().zip(&feats).zip(probs) {
+                verdicts[i] = Some(self.decide(f, &p));
+            }
+        }
+        Ok(verdicts.into_iter().map(|v| v.expect("every name decided")).collect())
+    }
+
+    /// Turns class probabilities into a verdict at the model's calibrated threshold.
+    pub fn decide(&self, f: &Features, probs: &[f32]) -> Verdict {
+        let info = self.model.info();
+        let b = self.model.benign_index();
+        let score = (1.0 - probs[b]).clamp(0.0, 1.0);
+        // The most likely malicious class explains the score even when it stays below threshold.
+        let (top, _) = probs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != b)
+            .fold((b, f32::MIN), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
+        let top_class = info.classes[top];
+        if score >= info.threshold {
+            let mut reasons = verdict::reasons(f, top_class);
+            reasons.push(format!("model: P({}) = {:.3}", class_name(top_class), probs[top]));
+            Verdict {
+                class: top_class.into(),
+                score,
+                source: Source::Model,
+                reasons,
+            }
+        } else {
+            Verdict {
+                class: Class::Benign,
+                score,
+                source: Source::Model,
+                reasons: Vec::new(),
+            }
+        }
+    }
+}
+
+fn class_name(c: ModelClass) -> &'static str {
+    Class::from(c).as_str()
+}

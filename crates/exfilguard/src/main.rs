@@ -1,1 +1,180 @@
-fn main() {}
+//! `exfilguard`: the command-line front door to the detection brain.
+
+mod classify;
+mod dataset;
+mod eval;
+mod scan;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use exfilguard_detect::{Detector, Model, NameList};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "exfilguard", version, about = "Stops DNS tunnels, DNS C2 and DGA malware")]
+struct Cli {
+    #[command(flatten)]
+    brain: BrainArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options that choose the brain: the model and the operator's lists.
+#[derive(clap::Args)]
+struct BrainArgs {
+    /// ONNX model to use instead of the embedded one.
+    #[arg(long, global = true, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Allowlist file (one domain per line; `=name` for an exact name).
+    #[arg(long, global = true, value_name = "FILE")]
+    allowlist: Option<PathBuf>,
+    /// Blocklist file (same format).
+    #[arg(long, global = true, value_name = "FILE")]
+    blocklist: Option<PathBuf>,
+    /// Decision threshold (calibrated probability) instead of the model's own.
+    #[arg(long, global = true, value_name = "P")]
+    threshold: Option<f32>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Json,
+    Table,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify names given as arguments, or one per line on stdin with `-`.
+    Classify {
+        /// Names to classify; `-` reads stdin (streamed).
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Measure detection on labelled name files (TPR, FPR, precision, ROC-AUC, per label).
+    Eval(eval::EvalArgs),
+    /// Classify every DNS query in a pcap or pcapng capture.
+    Scan(scan::ScanArgs),
+    /// Print the feature vector of names (the model's exact input), for debugging and docs.
+    Features {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show the model's metadata (version, threshold, features, sha256).
+    ModelInfo,
+    /// Build the training set from shared/data (see model/README.md).
+    Dataset {
+        #[command(subcommand)]
+        action: DatasetCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Split, fit the n-gram table, write test slices and features.csv.
+    Build {
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        #[arg(long, default_value = "model/data")]
+        out: PathBuf,
+        /// Where to write the fitted n-gram table (embedded at the next build).
+        #[arg(long, default_value = "crates/exfilguard-detect/assets/ngram.bin")]
+        ngram_out: PathBuf,
+        #[arg(long, value_delimiter = ',', default_values_t = dataset::HOLDOUT_TOOLS.iter().map(|s| s.to_string()))]
+        holdout_tools: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_values_t = dataset::HOLDOUT_FAMILIES.iter().map(|s| s.to_string()))]
+        holdout_families: Vec<String>,
+        /// Synthetic encoded-payload names to add to training.
+        #[arg(long, default_value_t = 30000)]
+        synthetic: usize,
+    },
+    /// Write only the held-out test slices (deterministic; what the accuracy guard evaluates).
+    Split {
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_delimiter = ',', default_values_t = dataset::HOLDOUT_TOOLS.iter().map(|s| s.to_string()))]
+        holdout_tools: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_values_t = dataset::HOLDOUT_FAMILIES.iter().map(|s| s.to_string()))]
+        holdout_families: Vec<String>,
+    },
+}
+
+impl BrainArgs {
+    fn detector(&self) -> Result<Detector> {
+        let mut model = match &self.model {
+            Some(p) => {
+                let bytes = std::fs::read(p).with_context(|| format!("reading model {}", p.display()))?;
+                Model::from_bytes(&bytes).with_context(|| format!("loading model {}", p.display()))?
+            }
+            None => Model::embedded().context("loading the embedded model")?,
+        };
+        if let Some(t) = self.threshold {
+            anyhow::ensure!((0.0..=1.0).contains(&t), "--threshold {t} is not a probability");
+            model.set_threshold(t);
+        }
+        let list = |p: &Option<PathBuf>| -> Result<NameList> {
+            match p {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                    NameList::parse(&text).with_context(|| format!("in {}", p.display()))
+                }
+                None => Ok(NameList::default()),
+            }
+        };
+        Ok(Detector::new(model).with_lists(list(&self.allowlist)?, list(&self.blocklist)?))
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // A closed pipe (`| head`) is the reader's choice, not an error.
+        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("exfilguard: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Classify { names, format } => classify::run(&cli.brain.detector()?, &names, format),
+        Command::Eval(args) => eval::run(&cli.brain.detector()?, &args),
+        Command::Scan(args) => scan::run(&cli.brain.detector()?, &args),
+        Command::Features { names } => classify::features(&names),
+        Command::ModelInfo => {
+            let d = cli.brain.detector()?;
+            writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(d.model().info())?)?;
+            Ok(())
+        }
+        Command::Dataset { action } => match action {
+            DatasetCommand::Build {
+                data,
+                out,
+                ngram_out,
+                holdout_tools,
+                holdout_families,
+                synthetic,
+            } => dataset::build(&data, &out, &ngram_out, &holdout_tools, &holdout_families, synthetic),
+            DatasetCommand::Split {
+                data,
+                out,
+                holdout_tools,
+                holdout_families,
+            } => {
+                let rows = dataset::load(&data, &holdout_tools, &holdout_families)?;
+                for p in dataset::write_test_slices(&rows, &out)? {
+                    writeln!(std::io::stdout(), "{}", p.display())?;
+                }
+                Ok(())
+            }
+        },
+    }
+}

@@ -1,0 +1,120 @@
+//! `exfilguard classify` and `exfilguard features`.
+
+use crate::Format;
+use anyhow::Result;
+use exfilguard_detect::{extract, Detector, Lexicon, Verdict, FEATURE_NAMES};
+use exfilguard_dns::DnsName;
+use serde::Serialize;
+use std::io::{BufRead, Write};
+
+/// One output line: the verdict plus the name it is about.
+#[derive(Serialize)]
+pub struct Line<'a> {
+    pub name: &'a str,
+    pub registered_domain: Option<String>,
+    #[serde(flatten)]
+    pub verdict: Option<&'a Verdict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Largest batch before output is flushed; smaller when stdin has nothing more buffered.
+const BATCH: usize = 1024;
+
+pub fn run(detector: &Detector, names: &[String], format: Format) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if format == Format::Table {
+        writeln!(out, "{:<60} {:<8} {:>6}  {:<24} reason", "name", "class", "score", "registered domain")?;
+    }
+    let mut batch = Vec::with_capacity(BATCH);
+    for arg in names {
+        if arg == "-" {
+            let stdin = std::io::stdin();
+            let mut input = stdin.lock();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if input.read_line(&mut line)? == 0 {
+                    break;
+                }
+                let name = line.trim();
+                if !name.is_empty() {
+                    batch.push(name.to_owned());
+                }
+                // Stream: classify as soon as the reader has nothing more buffered.
+                if batch.len() >= BATCH || input.fill_buf()?.is_empty() {
+                    emit(detector, &mut batch, format, &mut out)?;
+                    out.flush()?;
+                }
+            }
+        } else {
+            batch.push(arg.clone());
+        }
+    }
+    emit(detector, &mut batch, format, &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn emit(detector: &Detector, batch: &mut Vec<String>, format: Format, out: &mut impl Write) -> Result<()> {
+    let parsed: Vec<Result<DnsName, _>> = batch.iter().map(|n| DnsName::parse(n)).collect();
+    let valid: Vec<DnsName> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    let verdicts = detector.classify_batch(&valid)?;
+    let mut v = verdicts.iter();
+    for (text, p) in batch.iter().zip(&parsed) {
+        let line = match p {
+            Ok(name) => Line {
+                name: text,
+                registered_domain: name.registered_domain(),
+                verdict: v.next(),
+                error: None,
+            },
+            Err(e) => Line {
+                name: text,
+                registered_domain: None,
+                verdict: None,
+                error: Some(format!("invalid name: {e}")),
+            },
+        };
+        match format {
+            Format::Json => writeln!(out, "{}", serde_json::to_string(&line)?)?,
+            Format::Table => write_row(out, &line)?,
+        }
+    }
+    batch.clear();
+    Ok(())
+}
+
+fn write_row(out: &mut impl Write, l: &Line) -> std::io::Result<()> {
+    let name: String = if l.name.chars().count() > 60 {
+        l.name.chars().take(57).chain("...".chars()).collect()
+    } else {
+        l.name.to_owned()
+    };
+    let rd = l.registered_domain.as_deref().unwrap_or("-");
+    match (l.verdict, &l.error) {
+        (Some(v), _) => writeln!(
+            out,
+            "{name:<60} {:<8} {:>6.3}  {rd:<24} {}",
+            v.class.as_str(),
+            v.score,
+            v.reasons.first().map(String::as_str).unwrap_or("")
+        ),
+        (None, e) => writeln!(out, "{name:<60} {:<8} {:>6}  {rd:<24} {}", "invalid", "-", e.as_deref().unwrap_or("")),
+    }
+}
+
+pub fn features(names: &[String]) -> Result<()> {
+    for text in names {
+        let name = DnsName::parse(text).map_err(|e| anyhow::anyhow!("{text:?}: {e}"))?;
+        let f = extract(&name, Lexicon::embedded());
+        let map: serde_json::Map<String, serde_json::Value> = FEATURE_NAMES
+            .iter()
+            .zip(f.values)
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+            .collect();
+        writeln!(std::io::stdout(), "{}", serde_json::json!({ "name": text, "features": map }))?;
+    }
+    Ok(())
+}
