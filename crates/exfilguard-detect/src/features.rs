@@ -49,7 +49,7 @@ features! {
     SDigitRun = "s_digit_run": "longest run of digits in the subdomain part",
     SCaseSwitch = "s_case_switch": "fraction of adjacent letter pairs that switch case (base64, base62)",
     SAlnumSwitch = "s_alnum_switch": "fraction of adjacent alphanumeric pairs that switch letter/digit",
-    SWordCover = "s_word_cover": "fraction of subdomain letters covered by dictionary words",
+    SWordCover = "s_word_cover": "fraction of subdomain letters covered by dictionary words (only single-case labels without digits are segmented)",
     SEncHex = "s_enc_hex": "fraction of subdomain bytes in labels that are hex (single case, letters and digits)",
     SEncB32 = "s_enc_b32": "fraction of subdomain bytes in labels that are base32 ([a-z2-7] single case, with digits)",
     SEncB36 = "s_enc_b36": "fraction of subdomain bytes in other single-case labels mixing letters and digits",
@@ -244,25 +244,21 @@ fn ratio(a: u32, b: u32) -> f32 {
     }
 }
 
-/// Shannon entropy in bits per byte of the bytes counted in `counts`.
-fn entropy(counts: &[u16; 256], total: u32, distinct: &[u8]) -> f32 {
-    if total == 0 {
-        return 0.0;
+/// c·log2(c) for every count a label can reach, so entropy needs one log per name, not one
+/// per distinct byte: H = log2(T) - Σ c·log2(c) / T.
+static C_LOG_C: std::sync::LazyLock<[f32; 256]> = std::sync::LazyLock::new(|| {
+    let mut t = [0f32; 256];
+    for (c, v) in t.iter_mut().enumerate().skip(1) {
+        *v = c as f32 * (c as f32).log2();
     }
-    let t = total as f32;
-    distinct
-        .iter()
-        .map(|&b| {
-            let p = counts[b as usize] as f32 / t;
-            -p * p.log2()
-        })
-        .sum()
-}
+    t
+});
 
 /// Byte histogram that remembers which buckets it touched, so resetting is cheap.
 struct Histogram {
     counts: [u16; 256],
-    distinct: Vec<u8>,
+    distinct: [u8; 256],
+    n_distinct: usize,
     total: u32,
 }
 
@@ -270,21 +266,36 @@ impl Histogram {
     fn new() -> Self {
         Self {
             counts: [0; 256],
-            distinct: Vec::with_capacity(64),
+            distinct: [0; 256],
+            n_distinct: 0,
             total: 0,
         }
     }
     fn add(&mut self, bytes: &[u8]) {
         for &b in bytes {
             if self.counts[b as usize] == 0 {
-                self.distinct.push(b);
+                self.distinct[self.n_distinct] = b;
+                self.n_distinct += 1;
             }
             self.counts[b as usize] += 1;
         }
         self.total += bytes.len() as u32;
     }
+    /// Shannon entropy in bits per byte.
     fn entropy(&self) -> f32 {
-        entropy(&self.counts, self.total, &self.distinct)
+        if self.total == 0 {
+            return 0.0;
+        }
+        let table = &*C_LOG_C;
+        let t = self.total as f32;
+        let sum: f32 = self.distinct[..self.n_distinct]
+            .iter()
+            .map(|&b| {
+                let c = self.counts[b as usize] as usize;
+                if c < 256 { table[c] } else { c as f32 * (c as f32).log2() }
+            })
+            .sum();
+        (t.log2() - sum / t).max(0.0)
     }
 }
 
@@ -330,7 +341,9 @@ pub fn extract(name: &DnsName, lex: &Lexicon) -> Features {
         let l = lex.ngram.label(label);
         min_tri = if i == 0 { l.trigram } else { min_tri.min(l.trigram) };
         ll.add(l);
-        if label.iter().any(u8::is_ascii_alphabetic) {
+        // Only labels that could be words are segmented: encoded payload labels (digits mixed
+        // in, mixed case, punctuation, binary) count as uncovered, which is what they are.
+        if enc == Encoding::Alpha || (enc == Encoding::Other && !label.iter().any(u8::is_ascii_digit)) {
             words_cov += lex.words.segment(label).covered;
         }
         let n = label.len() as f32;
@@ -356,7 +369,7 @@ pub fn extract(name: &DnsName, lex: &Lexicon) -> Features {
         set(F::SEntropy, h);
         let hmax = (s_len.min(256) as f32).log2();
         set(F::SEntropyNorm, if hmax > 0.0 { h / hmax } else { 0.0 });
-        set(F::SUnique, ratio(hist.distinct.len() as u32, s_len));
+        set(F::SUnique, ratio(hist.n_distinct as u32, s_len));
         set(F::SBigram, ll.bigram);
         set(F::STrigram, ll.trigram);
         set(F::SMinTrigram, min_tri);

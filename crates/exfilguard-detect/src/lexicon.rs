@@ -2,7 +2,7 @@
 //! labels and an English word list. Both are fitted offline (`exfilguard dataset build`),
 //! committed under `assets/`, and embedded, so training export and inference share them.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use std::sync::OnceLock;
 
 /// Symbols: a-z (0..26), 0-9 (26..36), '-' 36, '_' 37, any other byte 38, label boundary 39.
@@ -190,6 +190,8 @@ impl WordList {
         let automaton = AhoCorasickBuilder::new()
             .match_kind(MatchKind::Standard)
             .ascii_case_insensitive(true)
+            // 3 MB and ~200 ns per 30-letter label; the DFA is 2x faster but 39 MB.
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
             .build(&words)
             .map_err(|e| LexiconError::Words(e.to_string()))?;
         Ok(Self { automaton })

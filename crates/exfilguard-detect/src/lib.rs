@@ -101,34 +101,39 @@ impl Detector {
         Ok(verdicts.into_iter().map(|v| v.expect("every name decided")).collect())
     }
 
-    /// Turns class probabilities into a verdict at the model's calibrated threshold.
+    /// Turns class probabilities into a verdict at the model's operating point: the most
+    /// probable malicious class that reaches its threshold wins.
     pub fn decide(&self, f: &Features, probs: &[f32]) -> Verdict {
         let info = self.model.info();
         let b = self.model.benign_index();
         let score = (1.0 - probs[b]).clamp(0.0, 1.0);
-        // The most likely malicious class explains the score even when it stays below threshold.
-        let (top, _) = probs
+        let hit = probs
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != b)
-            .fold((b, f32::MIN), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
-        let top_class = info.classes[top];
-        if score >= info.threshold {
-            let mut reasons = verdict::reasons(f, top_class);
-            reasons.push(format!("model: P({}) = {:.3}", class_name(top_class), probs[top]));
-            Verdict {
-                class: top_class.into(),
-                score,
-                source: Source::Model,
-                reasons,
+            .filter(|&(i, &p)| i != b && p >= info.thresholds[i])
+            .max_by(|x, y| x.1.total_cmp(y.1));
+        match hit {
+            Some((i, &p)) => {
+                let class = info.classes[i];
+                let mut reasons = verdict::reasons(f, class);
+                reasons.push(format!(
+                    "model: P({}) = {p:.4} ≥ threshold {:.4}",
+                    class_name(class),
+                    info.thresholds[i]
+                ));
+                Verdict {
+                    class: class.into(),
+                    score,
+                    source: Source::Model,
+                    reasons,
+                }
             }
-        } else {
-            Verdict {
+            None => Verdict {
                 class: Class::Benign,
                 score,
                 source: Source::Model,
                 reasons: Vec::new(),
-            }
+            },
         }
     }
 }

@@ -47,8 +47,9 @@ impl std::str::FromStr for ModelClass {
 pub struct ModelInfo {
     pub version: String,
     pub classes: Vec<ModelClass>,
-    /// Calibrated P(not benign) at or above which a name is malicious.
-    pub threshold: f32,
+    /// Per class (in `classes` order), the calibrated probability at or above which a name is
+    /// of that class; unused (1.0) for benign.
+    pub thresholds: Vec<f32>,
     pub features: Vec<String>,
     pub sha256: String,
 }
@@ -97,11 +98,17 @@ impl Model {
             .iter()
             .position(|c| *c == ModelClass::Benign)
             .ok_or_else(|| ModelError::Metadata("no benign class".into()))?;
-        let threshold: f32 = prop("exfilguard.threshold")?
-            .parse()
-            .map_err(|e| ModelError::Metadata(format!("threshold: {e}")))?;
-        if !(0.0..=1.0).contains(&threshold) {
-            return Err(ModelError::Metadata(format!("threshold {threshold} is not a probability")));
+        let mut thresholds = vec![1.0f32; classes.len()];
+        for entry in prop("exfilguard.thresholds")?.split(',') {
+            let bad = || ModelError::Metadata(format!("thresholds: bad entry {entry:?}"));
+            let (class, value) = entry.split_once(':').ok_or_else(bad)?;
+            let class: ModelClass = class.parse()?;
+            let value: f32 = value.parse().map_err(|_| bad())?;
+            if !(0.0..=1.0).contains(&value) {
+                return Err(ModelError::Metadata(format!("threshold {value} is not a probability")));
+            }
+            let i = classes.iter().position(|c| *c == class).ok_or_else(bad)?;
+            thresholds[i] = value;
         }
         let version = prop("exfilguard.version")?;
         let batch = model.sym("batch");
@@ -113,7 +120,7 @@ impl Model {
         let info = ModelInfo {
             version,
             classes,
-            threshold,
+            thresholds,
             features,
             sha256: sha256_hex(bytes),
         };
@@ -135,9 +142,14 @@ impl Model {
         Ok(model)
     }
 
-    /// Overrides the decision threshold (an operator's choice of operating point).
+    /// Overrides every malicious class's threshold (an operator's own operating point).
     pub fn set_threshold(&mut self, threshold: f32) {
-        self.info.threshold = threshold;
+        let b = self.benign_index;
+        for (i, t) in self.info.thresholds.iter_mut().enumerate() {
+            if i != b {
+                *t = threshold;
+            }
+        }
     }
 
     pub fn info(&self) -> &ModelInfo {

@@ -166,9 +166,29 @@ impl DnsName {
 
     /// Splits the name at its registered domain (public suffix plus one label).
     pub fn split(&self) -> NameSplit {
-        let lower: Vec<Vec<u8>> = self.labels().map(normalized_label_bytes).collect();
-        let joined = lower.join(&b'.');
         let n = self.label_count();
+        // Hot path: the PSL only looks at the right-most labels, and those are ASCII in nearly
+        // every query; lower-case them into a stack buffer instead of allocating.
+        let mut buf = [0u8; MAX_WIRE_LEN];
+        let mut len = 0;
+        let mut ascii = true;
+        for (i, label) in self.labels().enumerate() {
+            if i > 0 {
+                buf[len] = b'.';
+                len += 1;
+            }
+            for &b in label {
+                ascii &= b.is_ascii() && b != b'.';
+                buf[len] = b.to_ascii_lowercase();
+                len += 1;
+            }
+        }
+        let joined: std::borrow::Cow<[u8]> = if ascii {
+            std::borrow::Cow::Borrowed(&buf[..len])
+        } else {
+            let lower: Vec<Vec<u8>> = self.labels().map(normalized_label_bytes).collect();
+            std::borrow::Cow::Owned(lower.join(&b'.'))
+        };
         let suffix_labels = match psl::suffix(&joined) {
             Some(s) => s.as_bytes().iter().filter(|&&b| b == b'.').count() + 1,
             None => 1,

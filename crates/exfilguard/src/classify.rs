@@ -30,8 +30,7 @@ pub fn run(detector: &Detector, names: &[String], format: Format) -> Result<()> 
     let mut batch = Vec::with_capacity(BATCH);
     for arg in names {
         if arg == "-" {
-            let stdin = std::io::stdin();
-            let mut input = stdin.lock();
+            let mut input = std::io::BufReader::new(std::io::stdin().lock());
             let mut line = String::new();
             loop {
                 line.clear();
@@ -42,8 +41,8 @@ pub fn run(detector: &Detector, names: &[String], format: Format) -> Result<()> 
                 if !name.is_empty() {
                     batch.push(name.to_owned());
                 }
-                // Stream: classify as soon as the reader has nothing more buffered.
-                if batch.len() >= BATCH || input.fill_buf()?.is_empty() {
+                // Stream: classify as soon as nothing more is buffered (never block to batch).
+                if batch.len() >= BATCH || input.buffer().is_empty() {
                     emit(detector, &mut batch, format, &mut out)?;
                     out.flush()?;
                 }

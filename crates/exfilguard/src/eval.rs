@@ -43,7 +43,8 @@ pub struct LabelStats {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub model: String,
-    pub threshold: f32,
+    /// Per class, the model's operating point.
+    pub thresholds: BTreeMap<String, f32>,
     pub tpr: f64,
     pub fpr: f64,
     pub precision: f64,
@@ -84,7 +85,7 @@ pub fn run(detector: &Detector, args: &EvalArgs) -> Result<()> {
         std::fs::write(p, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = &args.plot {
-        plot(p, &scored, report.threshold)?;
+        plot(p, &scored)?;
         eprintln!("plot written to {}", p.display());
     }
     Ok(())
@@ -178,7 +179,13 @@ fn summarise(detector: &Detector, scored: &[Scored], mut labels: BTreeMap<String
     let info = detector.model().info();
     Report {
         model: info.version.clone(),
-        threshold: info.threshold,
+        thresholds: info
+            .classes
+            .iter()
+            .zip(&info.thresholds)
+            .filter(|(c, _)| **c != exfilguard_detect::ModelClass::Benign)
+            .map(|(c, t)| (exfilguard_detect::Class::from(*c).as_str().to_owned(), *t))
+            .collect(),
         tpr: div(tp, pos),
         fpr: div(fp, neg),
         precision: div(tp, tp + fp),
@@ -222,7 +229,8 @@ fn roc_auc(scored: &[Scored]) -> f64 {
 
 fn print_report(r: &Report) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "model {}  threshold {:.6}", r.model, r.threshold)?;
+    let thr: Vec<String> = r.thresholds.iter().map(|(c, t)| format!("{c} ≥ {t:.6}")).collect();
+    writeln!(out, "model {}  operating point: {}", r.model, thr.join(", "))?;
     writeln!(
         out,
         "overall: TPR {:.4}  FPR {:.6}  precision {:.4}  ROC-AUC {:.5}  ({} malicious, {} benign)",
@@ -246,7 +254,7 @@ fn print_report(r: &Report) -> Result<()> {
     Ok(())
 }
 
-fn plot(path: &Path, scored: &[Scored], threshold: f32) -> Result<()> {
+fn plot(path: &Path, scored: &[Scored]) -> Result<()> {
     use plotters::prelude::*;
     let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -283,7 +291,7 @@ fn plot(path: &Path, scored: &[Scored], threshold: f32) -> Result<()> {
     }
     let max = hist.iter().flat_map(|h| h.iter()).copied().max().unwrap_or(1).max(1) as f64;
     let mut chart = ChartBuilder::on(&right)
-        .caption(format!("score histogram (threshold {threshold:.4})"), ("sans-serif", 20))
+        .caption("score histogram", ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -300,7 +308,6 @@ fn plot(path: &Path, scored: &[Scored], threshold: f32) -> Result<()> {
             .label(if k == 0 { "benign" } else { "malicious" })
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart.draw_series(LineSeries::new(vec![(threshold as f64, 0.5), (threshold as f64, max * 2.0)], &BLACK))?;
     chart.configure_series_labels().border_style(BLACK).draw()?;
     root.present()?;
     Ok(())
@@ -315,7 +322,7 @@ mod tests {
         assert_eq!(roc_auc_of(&[(0.1, false), (0.9, true)]), 1.0);
         assert_eq!(roc_auc_of(&[(0.9, false), (0.1, true)]), 0.0);
         assert_eq!(roc_auc_of(&[(0.5, false), (0.5, true)]), 0.5);
-        let v = [(0.1, false), (0.4, true), (0.35, false), (0.8, true)];
+        let v = [(0.1, false), (0.3, true), (0.35, false), (0.8, true)];
         assert_eq!(roc_auc_of(&v), 0.75);
         assert!(roc_auc_of(&[(0.5, true)]).is_nan());
     }
