@@ -22,7 +22,9 @@ fn names() -> Vec<DnsName> {
         "uhbqolxf.org",
         "ruinpotrelywakepotloseperfect.com",
     ];
-    (0..1024).map(|i| DnsName::parse(sample[i % sample.len()]).unwrap()).collect()
+    (0..1024)
+        .map(|i| DnsName::parse(sample[i % sample.len()]).unwrap())
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -31,9 +33,31 @@ fn bench(c: &mut Criterion) {
     let detector = Detector::embedded().expect("embedded model");
     let mut g = c.benchmark_group("brain");
     g.throughput(Throughput::Elements(names.len() as u64));
-    g.bench_function("split_1024", |b| b.iter(|| for n in &names { black_box(black_box(n).split()); }));
-    g.bench_function("segment_1024", |b| b.iter(|| for n in &names { for l in n.labels() { black_box(lex.words.segment(black_box(l))); } }));
-    g.bench_function("ngram_1024", |b| b.iter(|| for n in &names { for l in n.labels() { black_box(lex.ngram.label(black_box(l))); } }));
+    g.bench_function("split_1024", |b| {
+        b.iter(|| {
+            for n in &names {
+                black_box(black_box(n).split());
+            }
+        })
+    });
+    g.bench_function("segment_1024", |b| {
+        b.iter(|| {
+            for n in &names {
+                for l in n.labels() {
+                    black_box(lex.words.segment(black_box(l)));
+                }
+            }
+        })
+    });
+    g.bench_function("ngram_1024", |b| {
+        b.iter(|| {
+            for n in &names {
+                for l in n.labels() {
+                    black_box(lex.ngram.label(black_box(l)));
+                }
+            }
+        })
+    });
     g.bench_function("features_1024", |b| {
         b.iter(|| {
             for n in &names {
@@ -41,8 +65,16 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    let feats: Vec<_> = names.iter().map(|n| extract(n, lex)).collect();
+    g.bench_function("model_only_1024", |b| {
+        b.iter(|| black_box(detector.model().predict(black_box(&feats)).unwrap()))
+    });
     g.bench_function("classify_batch_1024", |b| {
-        b.iter_batched(|| (), |_| black_box(detector.classify_batch(&names).unwrap()), BatchSize::SmallInput)
+        b.iter_batched(
+            || (),
+            |_| black_box(detector.classify_batch(&names).unwrap()),
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("parse_and_classify_batch_1024", |b| {
         let text: Vec<String> = names.iter().map(|n| n.to_string()).collect();

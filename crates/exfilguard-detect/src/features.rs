@@ -201,7 +201,10 @@ impl CharStats {
             let is_digit = b.is_ascii_digit();
             if is_letter {
                 self.letters += 1;
-                if matches!(b.to_ascii_lowercase(), b'a' | b'e' | b'i' | b'o' | b'u' | b'y') {
+                if matches!(
+                    b.to_ascii_lowercase(),
+                    b'a' | b'e' | b'i' | b'o' | b'u' | b'y'
+                ) {
                     self.vowels += 1;
                     crun = 0;
                 } else {
@@ -292,7 +295,11 @@ impl Histogram {
             .iter()
             .map(|&b| {
                 let c = self.counts[b as usize] as usize;
-                if c < 256 { table[c] } else { c as f32 * (c as f32).log2() }
+                if c < 256 {
+                    table[c]
+                } else {
+                    c as f32 * (c as f32).log2()
+                }
             })
             .sum();
         (t.log2() - sum / t).max(0.0)
@@ -339,11 +346,17 @@ pub fn extract(name: &DnsName, lex: &Lexicon) -> Features {
             longest = (label.len(), enc);
         }
         let l = lex.ngram.label(label);
-        min_tri = if i == 0 { l.trigram } else { min_tri.min(l.trigram) };
+        min_tri = if i == 0 {
+            l.trigram
+        } else {
+            min_tri.min(l.trigram)
+        };
         ll.add(l);
         // Only labels that could be words are segmented: encoded payload labels (digits mixed
         // in, mixed case, punctuation, binary) count as uncovered, which is what they are.
-        if enc == Encoding::Alpha || (enc == Encoding::Other && !label.iter().any(u8::is_ascii_digit)) {
+        if enc == Encoding::Alpha
+            || (enc == Encoding::Other && !label.iter().any(u8::is_ascii_digit))
+        {
             words_cov += lex.words.segment(label).covered;
         }
         let n = label.len() as f32;
@@ -377,14 +390,32 @@ pub fn extract(name: &DnsName, lex: &Lexicon) -> Features {
         set(F::SConsonantRun, stats.consonant_run as f32);
         set(F::SDigitRun, stats.digit_run as f32);
         set(F::SCaseSwitch, ratio(stats.case_switches, stats.case_pairs));
-        set(F::SAlnumSwitch, ratio(stats.alnum_switches, stats.alnum_pairs));
+        set(
+            F::SAlnumSwitch,
+            ratio(stats.alnum_switches, stats.alnum_pairs),
+        );
         set(F::SWordCover, ratio(words_cov, stats.letters));
         set(F::SEncHex, ratio(enc_bytes[Encoding::Hex as usize], s_len));
-        set(F::SEncB32, ratio(enc_bytes[Encoding::Base32 as usize], s_len));
-        set(F::SEncB36, ratio(enc_bytes[Encoding::Base36 as usize], s_len));
-        set(F::SEncB62, ratio(enc_bytes[Encoding::Base62 as usize], s_len));
-        set(F::SEncB64, ratio(enc_bytes[Encoding::Base64 as usize], s_len));
-        set(F::SEncBinary, ratio(enc_bytes[Encoding::Binary as usize], s_len));
+        set(
+            F::SEncB32,
+            ratio(enc_bytes[Encoding::Base32 as usize], s_len),
+        );
+        set(
+            F::SEncB36,
+            ratio(enc_bytes[Encoding::Base36 as usize], s_len),
+        );
+        set(
+            F::SEncB62,
+            ratio(enc_bytes[Encoding::Base62 as usize], s_len),
+        );
+        set(
+            F::SEncB64,
+            ratio(enc_bytes[Encoding::Base64 as usize], s_len),
+        );
+        set(
+            F::SEncBinary,
+            ratio(enc_bytes[Encoding::Binary as usize], s_len),
+        );
         set(F::SNumericLabels, numeric_labels as f32);
     }
 
@@ -406,16 +437,25 @@ pub fn extract(name: &DnsName, lex: &Lexicon) -> Features {
         set(F::RLen, n as f32);
         set(
             F::RDigit,
-            ratio(folded.iter().filter(|b| b.is_ascii_digit()).count() as u32, n),
+            ratio(
+                folded.iter().filter(|b| b.is_ascii_digit()).count() as u32,
+                n,
+            ),
         );
-        set(F::RHyphen, folded.iter().filter(|&&b| b == b'-').count() as f32);
+        set(
+            F::RHyphen,
+            folded.iter().filter(|&&b| b == b'-').count() as f32,
+        );
         set(F::REntropy, hist.entropy());
         set(F::RBigram, l.bigram);
         set(F::RTrigram, l.trigram);
         set(F::RVowel, ratio(stats.vowels, stats.letters));
         set(F::RConsonantRun, stats.consonant_run as f32);
         set(F::RDigitRun, stats.digit_run as f32);
-        set(F::RAlnumSwitch, ratio(stats.alnum_switches, stats.alnum_pairs));
+        set(
+            F::RAlnumSwitch,
+            ratio(stats.alnum_switches, stats.alnum_pairs),
+        );
         set(F::RWordCover, ratio(seg.covered, n));
         set(F::RWords, seg.words as f32);
         set(F::RIdn, folded.starts_with(b"xn--") as u8 as f32);
@@ -473,7 +513,9 @@ mod tests {
 
     #[test]
     fn tunnel_and_benign_differ_where_expected() {
-        let t = feats("q+aDvIPUCGcDHHAbNdlJFXaCj+nHxXN8w/lOW7b5iVSg+taEkbH8ssUnxRrPgND.tunnel.example.org");
+        let t = feats(
+            "q+aDvIPUCGcDHHAbNdlJFXaCj+nHxXN8w/lOW7b5iVSg+taEkbH8ssUnxRrPgND.tunnel.example.org",
+        );
         let b = feats("api-global.netflix.com");
         assert_eq!(t.get(F::SLabels), 2.0);
         assert!(t.get(F::SEntropy) > 4.5, "{}", t.get(F::SEntropy));

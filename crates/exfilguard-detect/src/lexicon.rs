@@ -68,7 +68,11 @@ impl NgramModel {
         let mut c3 = vec![0f64; s * s * s];
         for label in labels {
             let (mut a, mut b) = (BOUNDARY as usize, BOUNDARY as usize);
-            for c in label.iter().map(|&x| symbol(x) as usize).chain([BOUNDARY as usize]) {
+            for c in label
+                .iter()
+                .map(|&x| symbol(x) as usize)
+                .chain([BOUNDARY as usize])
+            {
                 c1[c] += 1.0;
                 c2[b * s + c] += 1.0;
                 c3[(a * s + b) * s + c] += 1.0;
@@ -78,7 +82,10 @@ impl NgramModel {
         }
         let k = 0.05;
         let total: f64 = c1.iter().sum();
-        let p1: Vec<f64> = c1.iter().map(|&c| (c + k) / (total + k * s as f64)).collect();
+        let p1: Vec<f64> = c1
+            .iter()
+            .map(|&c| (c + k) / (total + k * s as f64))
+            .collect();
         let mut p2 = vec![0f64; s * s];
         for b in 0..s {
             let row: f64 = c2[b * s..(b + 1) * s].iter().sum();
@@ -124,7 +131,9 @@ impl NgramModel {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if floats.iter().any(|v| !v.is_finite() || *v > 0.0) {
-            return Err(LexiconError::Ngram("log-probabilities must be finite and ≤ 0".into()));
+            return Err(LexiconError::Ngram(
+                "log-probabilities must be finite and ≤ 0".into(),
+            ));
         }
         let (bigram, trigram) = floats.split_at(s * s);
         Ok(Self {
@@ -139,7 +148,11 @@ impl NgramModel {
         let s = SYMBOLS;
         let (mut a, mut b) = (BOUNDARY as usize, BOUNDARY as usize);
         let (mut l2, mut l3) = (0f32, 0f32);
-        for c in label.iter().map(|&x| symbol(x) as usize).chain([BOUNDARY as usize]) {
+        for c in label
+            .iter()
+            .map(|&x| symbol(x) as usize)
+            .chain([BOUNDARY as usize])
+        {
             l2 += self.bigram[b * s + c];
             l3 += self.trigram[(a * s + b) * s + c];
             a = b;
@@ -200,7 +213,7 @@ impl WordList {
     /// Maximum letters covered by non-overlapping words; ties go to fewer words.
     pub fn segment(&self, label: &[u8]) -> Segmentation {
         let n = label.len();
-        if n < 3 || n > 63 {
+        if !(3..=63).contains(&n) {
             return Segmentation::default();
         }
         // best[i] = (covered, -words) for the prefix of length i.
@@ -260,8 +273,20 @@ mod tests {
     #[test]
     fn ngram_ranks_names_above_random() {
         let corpus: Vec<&[u8]> = vec![
-            b"google", b"facebook", b"amazon", b"mail", b"static", b"images", b"online",
-            b"shopping", b"weather", b"news", b"sports", b"music", b"travel", b"bank",
+            b"google",
+            b"facebook",
+            b"amazon",
+            b"mail",
+            b"static",
+            b"images",
+            b"online",
+            b"shopping",
+            b"weather",
+            b"news",
+            b"sports",
+            b"music",
+            b"travel",
+            b"bank",
         ];
         let m = NgramModel::train(corpus.iter().copied());
         let back = NgramModel::from_bytes(&m.to_bytes()).unwrap();
@@ -274,7 +299,13 @@ mod tests {
     #[test]
     fn segmentation_counts_words() {
         let w = WordList::from_text("face\nbook\nruin\npot\nrely\nwake\nlose\nperfect\n").unwrap();
-        assert_eq!(w.segment(b"facebook"), Segmentation { covered: 8, words: 2 });
+        assert_eq!(
+            w.segment(b"facebook"),
+            Segmentation {
+                covered: 8,
+                words: 2
+            }
+        );
         let s = w.segment(b"ruinpotrelywakepotloseperfect");
         assert_eq!(s.covered, 29);
         assert_eq!(s.words, 7);

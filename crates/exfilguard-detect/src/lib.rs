@@ -94,11 +94,15 @@ impl Detector {
         }
         if !feats.is_empty() {
             let probs = self.model.predict(&feats)?;
-            for ((i, f), p) in pending.into_iter().zip(&feats).zip(probs) {
-                verdicts[i] = Some(self.decide(f, &p));
+            let k = self.model.info().classes.len();
+            for ((i, f), p) in pending.into_iter().zip(&feats).zip(probs.chunks_exact(k)) {
+                verdicts[i] = Some(self.decide(f, p));
             }
         }
-        Ok(verdicts.into_iter().map(|v| v.expect("every name decided")).collect())
+        Ok(verdicts
+            .into_iter()
+            .map(|v| v.expect("every name decided"))
+            .collect())
     }
 
     /// Turns class probabilities into a verdict at the model's operating point: the most

@@ -73,7 +73,9 @@ impl Model {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
         let onnx = |e: TractError| ModelError::Onnx(format!("{e:#}"));
-        let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(onnx)?;
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(onnx)?;
         let prop = |key: &str| -> Result<String, ModelError> {
             let t = model
                 .properties
@@ -83,7 +85,10 @@ impl Model {
                 .and_then(|v| v.to_scalar::<String>().cloned())
                 .map_err(|e| ModelError::Metadata(format!("{key}: {e}")))
         };
-        let features: Vec<String> = prop("exfilguard.features")?.split(',').map(str::to_owned).collect();
+        let features: Vec<String> = prop("exfilguard.features")?
+            .split(',')
+            .map(str::to_owned)
+            .collect();
         if features != FEATURE_NAMES {
             return Err(ModelError::FeatureMismatch {
                 trained: features.join(","),
@@ -105,7 +110,9 @@ impl Model {
             let class: ModelClass = class.parse()?;
             let value: f32 = value.parse().map_err(|_| bad())?;
             if !(0.0..=1.0).contains(&value) {
-                return Err(ModelError::Metadata(format!("threshold {value} is not a probability")));
+                return Err(ModelError::Metadata(format!(
+                    "threshold {value} is not a probability"
+                )));
             }
             let i = classes.iter().position(|c| *c == class).ok_or_else(bad)?;
             thresholds[i] = value;
@@ -160,18 +167,17 @@ impl Model {
         self.benign_index
     }
 
-    /// Class probabilities for each feature vector, in [`ModelInfo::classes`] order.
-    pub fn predict(&self, batch: &[Features]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let k = self.info.classes.len();
-        let mut out = Vec::with_capacity(batch.len());
+    /// Class probabilities for each feature vector, row-major: row i is
+    /// `out[i * k..(i + 1) * k]` with k classes in [`ModelInfo::classes`] order.
+    pub fn predict(&self, batch: &[Features]) -> Result<Vec<f32>, ModelError> {
+        let mut out = Vec::with_capacity(batch.len() * self.info.classes.len());
         let mut flat = Vec::with_capacity(batch.len().min(MAX_BATCH) * N_FEATURES);
         for chunk in batch.chunks(MAX_BATCH) {
             flat.clear();
             for f in chunk {
                 flat.extend_from_slice(&f.values);
             }
-            let probs = self.predict_raw(&flat, chunk.len())?;
-            out.extend(probs.chunks_exact(k).map(<[f32]>::to_vec));
+            out.extend(self.predict_raw(&flat, chunk.len())?);
         }
         Ok(out)
     }
@@ -188,5 +194,8 @@ impl Model {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -92,7 +92,11 @@ impl NameList {
             return Some(ListMatch::Exact(n));
         }
         for i in 0..name.label_count() {
-            let suffix = if i == 0 { n.clone() } else { name.normalized_from(i) };
+            let suffix = if i == 0 {
+                n.clone()
+            } else {
+                name.normalized_from(i)
+            };
             if self.suffixes.contains(&suffix) {
                 return Some(ListMatch::Suffix(suffix));
             }
@@ -113,10 +117,19 @@ mod tests {
     fn exact_and_suffix() {
         let l = NameList::parse("# comment\nExample.COM\n=www.other.org # only this\n\n").unwrap();
         assert_eq!(l.len(), 2);
-        assert_eq!(l.lookup(&n("a.b.example.com")), Some(ListMatch::Suffix("example.com".into())));
-        assert_eq!(l.lookup(&n("example.com.")), Some(ListMatch::Suffix("example.com".into())));
+        assert_eq!(
+            l.lookup(&n("a.b.example.com")),
+            Some(ListMatch::Suffix("example.com".into()))
+        );
+        assert_eq!(
+            l.lookup(&n("example.com.")),
+            Some(ListMatch::Suffix("example.com".into()))
+        );
         assert_eq!(l.lookup(&n("notexample.com")), None);
-        assert_eq!(l.lookup(&n("WWW.other.org")), Some(ListMatch::Exact("www.other.org".into())));
+        assert_eq!(
+            l.lookup(&n("WWW.other.org")),
+            Some(ListMatch::Exact("www.other.org".into()))
+        );
         assert_eq!(l.lookup(&n("a.www.other.org")), None);
     }
 

@@ -73,7 +73,8 @@ pub fn reasons(f: &Features, class: ModelClass) -> Vec<String> {
     let (len, enc) = f.longest_label;
     match class {
         ModelClass::Tunnel | ModelClass::Benign => {
-            if len >= LONG_LABEL || (len >= 12 && !matches!(enc, Encoding::Alpha | Encoding::Other)) {
+            if len >= LONG_LABEL || (len >= 12 && !matches!(enc, Encoding::Alpha | Encoding::Other))
+            {
                 out.push(format!("label of {len} {} characters", enc.describe()));
             }
             let s_len = f.get(F::SLen);
@@ -88,10 +89,15 @@ pub fn reasons(f: &Features, class: ModelClass) -> Vec<String> {
                 out.push(format!("entropy {:.1} bits/char", f.get(F::SEntropy)));
             }
             if f.get(F::SNonAscii) > 0.0 {
-                out.push(format!("{:.0}% non-ASCII bytes", 100.0 * f.get(F::SNonAscii)));
+                out.push(format!(
+                    "{:.0}% non-ASCII bytes",
+                    100.0 * f.get(F::SNonAscii)
+                ));
             }
             if f.get(F::SOther) > 0.0 {
-                out.push("characters outside letters, digits and '-' (base64 '+', '/', '=')".into());
+                out.push(
+                    "characters outside letters, digits and '-' (base64 '+', '/', '=')".into(),
+                );
             }
             if f.get(F::SCaseSwitch) >= 0.3 && s_len >= 12.0 {
                 out.push(format!(
@@ -130,7 +136,10 @@ pub fn reasons(f: &Features, class: ModelClass) -> Vec<String> {
                 ));
             }
             if r_len >= 12.0 && f.get(F::REntropy) >= 3.5 {
-                out.push(format!("registrable label entropy {:.1} bits/char", f.get(F::REntropy)));
+                out.push(format!(
+                    "registrable label entropy {:.1} bits/char",
+                    f.get(F::REntropy)
+                ));
             }
         }
     }

@@ -12,7 +12,11 @@ fn detector() -> &'static Detector {
 
 fn check(name: &DnsName) {
     let f = extract(name, Lexicon::embedded());
-    assert!(f.values.iter().all(|v| v.is_finite()), "{name:?}: {:?}", f.values);
+    assert!(
+        f.values.iter().all(|v| v.is_finite()),
+        "{name:?}: {:?}",
+        f.values
+    );
     let v = detector().classify(name).unwrap();
     assert!((0.0..=1.0).contains(&v.score), "{name:?}: {}", v.score);
 }
@@ -47,9 +51,31 @@ proptest! {
 
 #[test]
 fn extremes() {
-    let max = [&"a".repeat(63)[..], &"b".repeat(63), &"c".repeat(63), &"d".repeat(61)].join(".");
-    let binary = (0..4).map(|i| (0..63).map(|j| format!("\\{:03}", (i * 63 + j) % 256)).collect::<String>()).collect::<Vec<_>>().join(".");
-    for n in [max.as_str(), "a", "com", "co.uk", "xn--.com", "xn--zz-zz.xn--", "-.-.-", &binary[..250]] {
+    let max = [
+        &"a".repeat(63)[..],
+        &"b".repeat(63),
+        &"c".repeat(63),
+        &"d".repeat(61),
+    ]
+    .join(".");
+    let binary = (0..4)
+        .map(|i| {
+            (0..63)
+                .map(|j| format!("\\{:03}", (i * 63 + j) % 256))
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(".");
+    for n in [
+        max.as_str(),
+        "a",
+        "com",
+        "co.uk",
+        "xn--.com",
+        "xn--zz-zz.xn--",
+        "-.-.-",
+        &binary[..250],
+    ] {
         if let Ok(name) = DnsName::parse(n) {
             check(&name);
         }

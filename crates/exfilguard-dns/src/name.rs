@@ -195,7 +195,11 @@ impl DnsName {
         }
         .min(n);
         // The registered domain needs one label left of the suffix; a bare suffix has none.
-        let registered_labels = if n > suffix_labels { suffix_labels + 1 } else { 0 };
+        let registered_labels = if n > suffix_labels {
+            suffix_labels + 1
+        } else {
+            0
+        };
         NameSplit {
             labels: n,
             suffix_labels,
@@ -349,14 +353,32 @@ mod tests {
     fn rejects_malformed() {
         assert_eq!(DnsName::parse(""), Err(NameError::Empty));
         assert_eq!(DnsName::parse("."), Err(NameError::Empty));
-        assert!(matches!(DnsName::parse("a..b"), Err(NameError::EmptyLabel(_))));
-        assert!(matches!(DnsName::parse("a\\25"), Err(NameError::BadEscape(_))));
-        assert!(matches!(DnsName::parse("a\\256b"), Err(NameError::BadEscape(_))));
-        assert!(matches!(DnsName::parse("a\\"), Err(NameError::BadEscape(_))));
+        assert!(matches!(
+            DnsName::parse("a..b"),
+            Err(NameError::EmptyLabel(_))
+        ));
+        assert!(matches!(
+            DnsName::parse("a\\25"),
+            Err(NameError::BadEscape(_))
+        ));
+        assert!(matches!(
+            DnsName::parse("a\\256b"),
+            Err(NameError::BadEscape(_))
+        ));
+        assert!(matches!(
+            DnsName::parse("a\\"),
+            Err(NameError::BadEscape(_))
+        ));
         let long_label = "a".repeat(64) + ".com";
-        assert_eq!(DnsName::parse(&long_label), Err(NameError::LabelTooLong(64)));
+        assert_eq!(
+            DnsName::parse(&long_label),
+            Err(NameError::LabelTooLong(64))
+        );
         let long_name = vec!["a".repeat(63); 4].join(".");
-        assert!(matches!(DnsName::parse(&long_name), Err(NameError::NameTooLong(_))));
+        assert!(matches!(
+            DnsName::parse(&long_name),
+            Err(NameError::NameTooLong(_))
+        ));
         let ok_name = vec!["a".repeat(63); 3].join(".") + "." + &"b".repeat(61);
         assert_eq!(DnsName::parse(&ok_name).unwrap().wire_len(), 255);
     }
@@ -375,7 +397,10 @@ mod tests {
         assert_eq!(tld.registered_domain(), None);
         // Unknown TLDs fall back to the PSL's implicit "*" rule.
         let internal = DnsName::parse("x.corp.internal").unwrap();
-        assert_eq!(internal.registered_domain().as_deref(), Some("corp.internal"));
+        assert_eq!(
+            internal.registered_domain().as_deref(),
+            Some("corp.internal")
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ pub fn run(detector: &Detector, names: &[String], format: Format) -> Result<()> 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if format == Format::Table {
-        writeln!(out, "{:<60} {:<8} {:>6}  {:<24} reason", "name", "class", "score", "registered domain")?;
+        writeln!(
+            out,
+            "{:<60} {:<8} {:>6}  {:<24} reason",
+            "name", "class", "score", "registered domain"
+        )?;
     }
     let mut batch = Vec::with_capacity(BATCH);
     for arg in names {
@@ -56,9 +60,17 @@ pub fn run(detector: &Detector, names: &[String], format: Format) -> Result<()> 
     Ok(())
 }
 
-fn emit(detector: &Detector, batch: &mut Vec<String>, format: Format, out: &mut impl Write) -> Result<()> {
+fn emit(
+    detector: &Detector,
+    batch: &mut Vec<String>,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<()> {
     let parsed: Vec<Result<DnsName, _>> = batch.iter().map(|n| DnsName::parse(n)).collect();
-    let valid: Vec<DnsName> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    let valid: Vec<DnsName> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().cloned())
+        .collect();
     let verdicts = detector.classify_batch(&valid)?;
     let mut v = verdicts.iter();
     for (text, p) in batch.iter().zip(&parsed) {
@@ -100,7 +112,13 @@ fn write_row(out: &mut impl Write, l: &Line) -> std::io::Result<()> {
             v.score,
             v.reasons.first().map(String::as_str).unwrap_or("")
         ),
-        (None, e) => writeln!(out, "{name:<60} {:<8} {:>6}  {rd:<24} {}", "invalid", "-", e.as_deref().unwrap_or("")),
+        (None, e) => writeln!(
+            out,
+            "{name:<60} {:<8} {:>6}  {rd:<24} {}",
+            "invalid",
+            "-",
+            e.as_deref().unwrap_or("")
+        ),
     }
 }
 
@@ -113,7 +131,11 @@ pub fn features(names: &[String]) -> Result<()> {
             .zip(f.values)
             .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
             .collect();
-        writeln!(std::io::stdout(), "{}", serde_json::json!({ "name": text, "features": map }))?;
+        writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::json!({ "name": text, "features": map })
+        )?;
     }
     Ok(())
 }

@@ -56,8 +56,9 @@ pub struct Row {
 
 /// Stable 64-bit FNV-1a: split assignment must not change between runs or platforms.
 fn fnv(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn benign_split(name: &DnsName) -> Split {
@@ -84,7 +85,11 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
 }
 
 /// Reads and splits every labelled file in `data` (the layout of `shared/data`).
-pub fn load(data: &Path, holdout_tools: &[String], holdout_families: &[String]) -> Result<Vec<Row>> {
+pub fn load(
+    data: &Path,
+    holdout_tools: &[String],
+    holdout_families: &[String],
+) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let mut skipped = 0usize;
     let mut benign = |name: &str, group: &str, rows: &mut Vec<Row>| match DnsName::parse(name) {
@@ -103,13 +108,19 @@ pub fn load(data: &Path, holdout_tools: &[String], holdout_families: &[String]) 
     for l in read_lines(&data.join("benign_umbrella_fqdn50k_2019.txt"))? {
         benign(l.trim(), "umbrella", &mut rows);
     }
-    for l in read_lines(&data.join("benign_opendns_lists.tsv"))?.iter().skip(1) {
+    for l in read_lines(&data.join("benign_opendns_lists.tsv"))?
+        .iter()
+        .skip(1)
+    {
         let mut f = l.split('\t');
         if let (Some(name), Some(list)) = (f.next(), f.next()) {
             benign(name.trim(), list, &mut rows);
         }
     }
-    for l in read_lines(&data.join("tunnel_queries_train.tsv"))?.iter().skip(1) {
+    for l in read_lines(&data.join("tunnel_queries_train.tsv"))?
+        .iter()
+        .skip(1)
+    {
         let f: Vec<&str> = l.split('\t').collect();
         if f.len() < 4 || DnsName::parse(f[0]).is_err() {
             skipped += 1;
@@ -130,7 +141,10 @@ pub fn load(data: &Path, holdout_tools: &[String], holdout_families: &[String]) 
             zone: Some(f[3].to_owned()),
         });
     }
-    for l in read_lines(&data.join("dga_generated_10_families.tsv"))?.iter().skip(1) {
+    for l in read_lines(&data.join("dga_generated_10_families.tsv"))?
+        .iter()
+        .skip(1)
+    {
         let f: Vec<&str> = l.split('\t').collect();
         if f.len() < 2 || DnsName::parse(f[0]).is_err() {
             skipped += 1;
@@ -166,7 +180,8 @@ pub fn load(data: &Path, holdout_tools: &[String], holdout_families: &[String]) 
 pub fn write_test_slices(rows: &[Row], out: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out)?;
     let mut written = Vec::new();
-    let mut files: std::collections::BTreeMap<String, BufWriter<std::fs::File>> = Default::default();
+    let mut files: std::collections::BTreeMap<String, BufWriter<std::fs::File>> =
+        Default::default();
     for r in rows.iter().filter(|r| r.split == Split::Test) {
         let file = match r.label {
             Label::Benign => format!("test_benign_{}.txt", r.group),
@@ -205,9 +220,13 @@ pub fn fit_ngram(rows: &[Row]) -> NgramModel {
         .map(|w| w.as_bytes().to_vec())
         .collect();
     for r in rows.iter().filter(|r| r.split == Split::Ngram) {
-        let Ok(n) = DnsName::parse(&r.name) else { continue };
+        let Ok(n) = DnsName::parse(&r.name) else {
+            continue;
+        };
         let s = n.split();
-        let last = s.registrable_label().map_or(s.subdomain_labels(), |i| i + 1);
+        let last = s
+            .registrable_label()
+            .map_or(s.subdomain_labels(), |i| i + 1);
         for i in 0..last {
             labels.push(n.label(i).to_ascii_lowercase());
         }
@@ -232,7 +251,11 @@ pub fn synth_tunnels(count: usize, zones: &[String], seed: u64) -> Vec<String> {
         // Random (compressed or encrypted) payloads are uniform over the alphabet; text
         // payloads are encoded for real so their skew is realistic.
         let short = rng.random_bool(0.2);
-        let want = if short { rng.random_range(12..28) } else { rng.random_range(28..200) };
+        let want = if short {
+            rng.random_range(12..28)
+        } else {
+            rng.random_range(28..200)
+        };
         let payload: Vec<u8> = match kind {
             0..=6 => {
                 let alphabet: &[u8] = match kind {
@@ -244,7 +267,9 @@ pub fn synth_tunnels(count: usize, zones: &[String], seed: u64) -> Vec<String> {
                     5 => B64URL,
                     _ => b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\xbc\xbd\xbe\xbf\xc0\xc1\xc2\xd0\xd1\xe0\xe1\xf0",
                 };
-                (0..want).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect()
+                (0..want)
+                    .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                    .collect()
             }
             _ => {
                 let mut text = String::new();
@@ -255,7 +280,9 @@ pub fn synth_tunnels(count: usize, zones: &[String], seed: u64) -> Vec<String> {
                 let enc = match kind {
                     7 => data_encoding::HEXLOWER.encode(text.as_bytes()),
                     8 => data_encoding::BASE32_NOPAD.encode(text.as_bytes()),
-                    9 => data_encoding::BASE32_NOPAD.encode(text.as_bytes()).to_lowercase(),
+                    9 => data_encoding::BASE32_NOPAD
+                        .encode(text.as_bytes())
+                        .to_lowercase(),
                     10 => data_encoding::BASE64URL_NOPAD.encode(text.as_bytes()),
                     _ => data_encoding::BASE64_NOPAD.encode(text.as_bytes()),
                 };
@@ -311,7 +338,14 @@ fn rezone(name: &str, zone: &str, new_zone: &str) -> Option<String> {
 
 /// Builds everything training needs under `out`: the n-gram table (also copied to
 /// `ngram_out`), test slices, and `features.csv` (every row, with its split and group).
-pub fn build(data: &Path, out: &Path, ngram_out: &Path, holdout_tools: &[String], holdout_families: &[String], synth: usize) -> Result<()> {
+pub fn build(
+    data: &Path,
+    out: &Path,
+    ngram_out: &Path,
+    holdout_tools: &[String],
+    holdout_families: &[String],
+    synth: usize,
+) -> Result<()> {
     let rows = load(data, holdout_tools, holdout_families)?;
     std::fs::create_dir_all(out)?;
     let ngram = fit_ngram(&rows);
@@ -336,7 +370,12 @@ pub fn build(data: &Path, out: &Path, ngram_out: &Path, holdout_tools: &[String]
     let mut write = |split: Split, label: Label, group: &str, name: &str| -> Result<()> {
         let n = DnsName::parse(name).with_context(|| format!("{name:?}"))?;
         let f = extract(&n, &lexicon);
-        let mut rec = vec![split.as_str().to_owned(), (label as u8).to_string(), group.to_owned(), name.to_owned()];
+        let mut rec = vec![
+            split.as_str().to_owned(),
+            (label as u8).to_string(),
+            group.to_owned(),
+            name.to_owned(),
+        ];
         rec.extend(f.values.iter().map(|v| format!("{v:.5}")));
         w.write_record(&rec)?;
         Ok(())
@@ -355,22 +394,37 @@ pub fn build(data: &Path, out: &Path, ngram_out: &Path, holdout_tools: &[String]
         }
         // A share of registered-domain-only rows get "www.", so that the model does not learn
         // "has a subdomain" as a signal.
-        if matches!(r.label, Label::Benign | Label::Dga) && !name.contains("www.") && rng.random_bool(0.1) {
+        if matches!(r.label, Label::Benign | Label::Dga)
+            && !name.contains("www.")
+            && rng.random_bool(0.1)
+        {
             let n = DnsName::parse(&name)?;
             if n.split().subdomain_labels() == 0 {
                 name = format!("www.{name}");
             }
         }
         write(r.split, r.label, &r.group, &name)?;
-        *counts.entry((r.group.clone(), r.split.as_str())).or_default() += 1;
+        *counts
+            .entry((r.group.clone(), r.split.as_str()))
+            .or_default() += 1;
     }
     for (i, name) in synth_tunnels(synth, &train_zones, 11).iter().enumerate() {
-        let split = if i % 10 == 9 { Split::Val } else { Split::Train };
+        let split = if i % 10 == 9 {
+            Split::Val
+        } else {
+            Split::Train
+        };
         write(split, Label::Tunnel, "synthetic", name)?;
-        *counts.entry(("synthetic".into(), split.as_str())).or_default() += 1;
+        *counts
+            .entry(("synthetic".into(), split.as_str()))
+            .or_default() += 1;
     }
     w.flush()?;
-    eprintln!("dataset: wrote {} and {} test slices", path.display(), slices.len());
+    eprintln!(
+        "dataset: wrote {} and {} test slices",
+        path.display(),
+        slices.len()
+    );
     for ((g, s), c) in counts {
         eprintln!("  {g:>20} {s:>5} {c:>7}");
     }

@@ -70,19 +70,33 @@ pub fn run(detector: &Detector, args: &EvalArgs) -> Result<()> {
         .map(|p| (p, false))
         .chain(args.malicious.iter().map(|p| (p, true)))
         .collect();
-    let total: u64 = files.iter().map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let total: u64 = files
+        .iter()
+        .map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
     let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{spinner} {wide_bar} {bytes}/{total_bytes} {per_sec} eta {eta}")
-            .expect("static template"),
+        ProgressStyle::with_template(
+            "{spinner} {wide_bar} {bytes}/{total_bytes} {per_sec} eta {eta}",
+        )
+        .expect("static template"),
     );
     for (path, malicious) in files {
-        read_file(detector, path, malicious, args.label_column, &bar, &mut scored, &mut labels)?;
+        read_file(
+            detector,
+            path,
+            malicious,
+            args.label_column,
+            &bar,
+            &mut scored,
+            &mut labels,
+        )?;
     }
     bar.finish_and_clear();
     let report = summarise(detector, &scored, labels);
     print_report(&report)?;
     if let Some(p) = &args.json {
-        std::fs::write(p, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = &args.plot {
         plot(p, &scored)?;
@@ -101,7 +115,10 @@ fn read_file(
     labels: &mut BTreeMap<String, LabelStats>,
 ) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let truth = if malicious { "malicious" } else { "benign" };
     let mut names: Vec<DnsName> = Vec::with_capacity(BATCH);
     let mut row_labels: Vec<String> = Vec::with_capacity(BATCH);
@@ -117,7 +134,9 @@ fn read_file(
         // Rows without the label column (plain name lists) are labelled by their file.
         let label = match label_column {
             Some(0) => bail!("--label-column is 1-based"),
-            Some(c) => fields.get(c - 1).map_or_else(|| stem.clone(), |l| l.trim().to_owned()),
+            Some(c) => fields
+                .get(c - 1)
+                .map_or_else(|| stem.clone(), |l| l.trim().to_owned()),
             None => stem.clone(),
         };
         match DnsName::parse(name) {
@@ -132,10 +151,24 @@ fn read_file(
             }
         }
         if names.len() >= BATCH {
-            flush(detector, &mut names, &mut row_labels, malicious, scored, labels)?;
+            flush(
+                detector,
+                &mut names,
+                &mut row_labels,
+                malicious,
+                scored,
+                labels,
+            )?;
         }
     }
-    flush(detector, &mut names, &mut row_labels, malicious, scored, labels)
+    flush(
+        detector,
+        &mut names,
+        &mut row_labels,
+        malicious,
+        scored,
+        labels,
+    )
 }
 
 fn flush(
@@ -154,16 +187,27 @@ fn flush(
         let flagged = v.class != Class::Benign;
         s.flagged += flagged as u64;
         *s.by_class.entry(v.class.as_str()).or_default() += 1;
-        scored.push(Scored { score: v.score, malicious });
+        scored.push(Scored {
+            score: v.score,
+            malicious,
+        });
     }
     names.clear();
     row_labels.clear();
     Ok(())
 }
 
-fn summarise(detector: &Detector, scored: &[Scored], mut labels: BTreeMap<String, LabelStats>) -> Report {
+fn summarise(
+    detector: &Detector,
+    scored: &[Scored],
+    mut labels: BTreeMap<String, LabelStats>,
+) -> Report {
     for s in labels.values_mut() {
-        s.rate = if s.rows == 0 { 0.0 } else { s.flagged as f64 / s.rows as f64 };
+        s.rate = if s.rows == 0 {
+            0.0
+        } else {
+            s.flagged as f64 / s.rows as f64
+        };
     }
     let (mut tp, mut fp, mut pos, mut neg) = (0u64, 0u64, 0u64, 0u64);
     for s in labels.values() {
@@ -224,19 +268,37 @@ pub fn roc_auc_of(scores: &[(f32, bool)]) -> f64 {
 }
 
 fn roc_auc(scored: &[Scored]) -> f64 {
-    roc_auc_of(&scored.iter().map(|s| (s.score, s.malicious)).collect::<Vec<_>>())
+    roc_auc_of(
+        &scored
+            .iter()
+            .map(|s| (s.score, s.malicious))
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn print_report(r: &Report) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    let thr: Vec<String> = r.thresholds.iter().map(|(c, t)| format!("{c} ≥ {t:.6}")).collect();
-    writeln!(out, "model {}  operating point: {}", r.model, thr.join(", "))?;
+    let thr: Vec<String> = r
+        .thresholds
+        .iter()
+        .map(|(c, t)| format!("{c} ≥ {t:.6}"))
+        .collect();
+    writeln!(
+        out,
+        "model {}  operating point: {}",
+        r.model,
+        thr.join(", ")
+    )?;
     writeln!(
         out,
         "overall: TPR {:.4}  FPR {:.6}  precision {:.4}  ROC-AUC {:.5}  ({} malicious, {} benign)",
         r.tpr, r.fpr, r.precision, r.roc_auc, r.malicious_rows, r.benign_rows
     )?;
-    writeln!(out, "{:<28} {:<9} {:>8} {:>8} {:>9} {:>7}  classes", "label", "truth", "rows", "flagged", "rate", "invalid")?;
+    writeln!(
+        out,
+        "{:<28} {:<9} {:>8} {:>8} {:>9} {:>7}  classes",
+        "label", "truth", "rows", "flagged", "rate", "invalid"
+    )?;
     for (name, s) in &r.labels {
         let kind = if s.truth == "malicious" { "TPR" } else { "FPR" };
         let classes: Vec<String> = s.by_class.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -268,7 +330,11 @@ fn plot(path: &Path, scored: &[Scored]) -> Result<()> {
     let (mut tp, mut fp) = (0f64, 0f64);
     let mut roc = Vec::new();
     for (i, (_, m)) in v.iter().enumerate() {
-        if *m { tp += 1.0 } else { fp += 1.0 }
+        if *m {
+            tp += 1.0
+        } else {
+            fp += 1.0
+        }
         if i + 1 == v.len() || v[i + 1].0 != v[i].0 {
             roc.push(((fp / neg).max(1e-6), tp / pos));
         }
@@ -279,7 +345,11 @@ fn plot(path: &Path, scored: &[Scored]) -> Result<()> {
         .x_label_area_size(40)
         .y_label_area_size(50)
         .build_cartesian_2d((1e-6f64..1f64).log_scale(), 0f64..1f64)?;
-    chart.configure_mesh().x_desc("false positive rate").y_desc("true positive rate").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("false positive rate")
+        .y_desc("true positive rate")
+        .draw()?;
     chart.draw_series(LineSeries::new(roc, &BLUE))?;
 
     // Score histograms, benign vs malicious, log counts.
@@ -289,14 +359,24 @@ fn plot(path: &Path, scored: &[Scored]) -> Result<()> {
         let b = ((s.score.clamp(0.0, 1.0) * bins as f32) as usize).min(bins - 1);
         hist[b][s.malicious as usize] += 1;
     }
-    let max = hist.iter().flat_map(|h| h.iter()).copied().max().unwrap_or(1).max(1) as f64;
+    let max = hist
+        .iter()
+        .flat_map(|h| h.iter())
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     let mut chart = ChartBuilder::on(&right)
         .caption("score histogram", ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..1f64, (0.5f64..max * 2.0).log_scale())?;
-    chart.configure_mesh().x_desc("score = P(not benign)").y_desc("names").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("score = P(not benign)")
+        .y_desc("names")
+        .draw()?;
     for (k, color) in [(0usize, GREEN), (1usize, RED)] {
         let pts: Vec<(f64, f64)> = hist
             .iter()

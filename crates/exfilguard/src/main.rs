@@ -3,6 +3,7 @@
 mod classify;
 mod dataset;
 mod eval;
+mod protect;
 mod scan;
 
 use anyhow::{Context, Result};
@@ -12,7 +13,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "exfilguard", version, about = "Stops DNS tunnels, DNS C2 and DGA malware")]
+#[command(
+    name = "exfilguard",
+    version,
+    about = "Stops DNS tunnels, DNS C2 and DGA malware"
+)]
 struct Cli {
     #[command(flatten)]
     brain: BrainArgs,
@@ -57,6 +62,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Classify every DNS query in a pcap or pcapng capture.
     Scan(scan::ScanArgs),
+    /// Run the kernel data plane with the brain in-process (root): hold, release, block.
+    Protect(protect::ProtectArgs),
     /// Print the feature vector of names (the model's exact input), for debugging and docs.
     Features {
         #[arg(required = true)]
@@ -107,19 +114,25 @@ impl BrainArgs {
     fn detector(&self) -> Result<Detector> {
         let mut model = match &self.model {
             Some(p) => {
-                let bytes = std::fs::read(p).with_context(|| format!("reading model {}", p.display()))?;
-                Model::from_bytes(&bytes).with_context(|| format!("loading model {}", p.display()))?
+                let bytes =
+                    std::fs::read(p).with_context(|| format!("reading model {}", p.display()))?;
+                Model::from_bytes(&bytes)
+                    .with_context(|| format!("loading model {}", p.display()))?
             }
             None => Model::embedded().context("loading the embedded model")?,
         };
         if let Some(t) = self.threshold {
-            anyhow::ensure!((0.0..=1.0).contains(&t), "--threshold {t} is not a probability");
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&t),
+                "--threshold {t} is not a probability"
+            );
             model.set_threshold(t);
         }
         let list = |p: &Option<PathBuf>| -> Result<NameList> {
             match p {
                 Some(p) => {
-                    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
                     NameList::parse(&text).with_context(|| format!("in {}", p.display()))
                 }
                 None => Ok(NameList::default()),
@@ -133,7 +146,12 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // A closed pipe (`| head`) is the reader's choice, not an error.
-        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -145,13 +163,20 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Classify { names, format } => classify::run(&cli.brain.detector()?, &names, format),
+        Command::Classify { names, format } => {
+            classify::run(&cli.brain.detector()?, &names, format)
+        }
         Command::Eval(args) => eval::run(&cli.brain.detector()?, &args),
         Command::Scan(args) => scan::run(&cli.brain.detector()?, &args),
+        Command::Protect(args) => protect::run(&cli.brain.detector()?, &args),
         Command::Features { names } => classify::features(&names),
         Command::ModelInfo => {
             let d = cli.brain.detector()?;
-            writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(d.model().info())?)?;
+            writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string_pretty(d.model().info())?
+            )?;
             Ok(())
         }
         Command::Dataset { action } => match action {
@@ -162,7 +187,14 @@ fn run(cli: Cli) -> Result<()> {
                 holdout_tools,
                 holdout_families,
                 synthetic,
-            } => dataset::build(&data, &out, &ngram_out, &holdout_tools, &holdout_families, synthetic),
+            } => dataset::build(
+                &data,
+                &out,
+                &ngram_out,
+                &holdout_tools,
+                &holdout_families,
+                synthetic,
+            ),
             DatasetCommand::Split {
                 data,
                 out,

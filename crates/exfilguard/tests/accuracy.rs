@@ -34,12 +34,17 @@ fn held_out_metrics_stay_above_floors() {
         .arg(&tmp)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = tmp.join("report.json");
     let mut cmd = exe();
     cmd.arg("eval");
     for b in ["alexa", "umbrella", "opendns-top10k", "opendns-random10k"] {
-        cmd.arg("--benign").arg(tmp.join(format!("test_benign_{b}.txt")));
+        cmd.arg("--benign")
+            .arg(tmp.join(format!("test_benign_{b}.txt")));
     }
     let out = cmd
         .arg("--malicious")
@@ -50,12 +55,18 @@ fn held_out_metrics_stay_above_floors() {
         .arg(&report)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("{}", String::from_utf8_lossy(&out.stdout));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     std::fs::remove_dir_all(&tmp).ok();
     let rate = |label: &str| -> f64 {
-        r["labels"][label]["rate"].as_f64().unwrap_or_else(|| panic!("no label {label} in report"))
+        r["labels"][label]["rate"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no label {label} in report"))
     };
     let rows = |label: &str| r["labels"][label]["rows"].as_u64().unwrap();
 
@@ -89,5 +100,9 @@ fn held_out_metrics_stay_above_floors() {
     min_tpr("cryptolocker", 0.55);
     min_tpr("tinba", 0.38);
     min_tpr("gameover-zeus", 0.45);
-    assert!(failures.is_empty(), "accuracy regressions:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "accuracy regressions:\n{}",
+        failures.join("\n")
+    );
 }

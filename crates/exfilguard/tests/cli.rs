@@ -18,7 +18,10 @@ const TUNNEL: &str = "q+aDvIPUCGcDHHAbNdlJFXaCj+nHxXN8w/lOW7b5iVSg+taEkbH8ssUnxR
 
 #[test]
 fn classify_args_json() {
-    let out = exe().args(["classify", "www.Google.com.", TUNNEL, "a..b"]).output().unwrap();
+    let out = exe()
+        .args(["classify", "www.Google.com.", TUNNEL, "a..b"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v = json_lines(&out.stdout);
     assert_eq!(v.len(), 3);
@@ -26,9 +29,20 @@ fn classify_args_json() {
     assert_eq!(v[0]["registered_domain"], "google.com");
     assert_eq!(v[1]["class"], "tunnel");
     assert_eq!(v[1]["registered_domain"], "example.org");
-    let reasons: Vec<String> = v[1]["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect();
-    assert!(reasons.iter().any(|r| r.contains("label of 63 base64")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.starts_with("model: P(tunnel)")), "{reasons:?}");
+    let reasons: Vec<String> = v[1]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("label of 63 base64")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.starts_with("model: P(tunnel)")),
+        "{reasons:?}"
+    );
     assert!(v[2]["error"].as_str().unwrap().contains("empty label"));
 }
 
@@ -54,7 +68,9 @@ fn classify_stdin_streams_line_by_line() {
         writeln!(stdin, "host{i}.example.net").unwrap();
     }
     drop(stdin);
-    let rest: Vec<String> = std::io::BufRead::lines(stdout).map(Result::unwrap).collect();
+    let rest: Vec<String> = std::io::BufRead::lines(stdout)
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(rest.len(), 2000);
     assert!(child.wait().unwrap().success());
 }
@@ -77,8 +93,14 @@ fn table_format_and_lists() {
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("name"), "{text}");
-    assert!(lines[1].contains("blocked") && lines[1].contains("blocklisted name www.google.com"), "{text}");
-    assert!(lines[2].contains("benign") && lines[2].contains("allowlisted domain example.org"), "{text}");
+    assert!(
+        lines[1].contains("blocked") && lines[1].contains("blocklisted name www.google.com"),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("benign") && lines[2].contains("allowlisted domain example.org"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -87,26 +109,65 @@ fn broken_inputs_give_clear_errors() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("model.onnx"), b"not a model").unwrap();
     std::fs::write(dir.join("list"), "ok.com\nbad..entry\n").unwrap();
-    let out = exe().arg("--model").arg(dir.join("model.onnx")).args(["classify", "a.com"]).output().unwrap();
+    let out = exe()
+        .arg("--model")
+        .arg(dir.join("model.onnx"))
+        .args(["classify", "a.com"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("loading model") && err.contains("model.onnx"), "{err}");
-    let out = exe().arg("--blocklist").arg(dir.join("list")).args(["classify", "a.com"]).output().unwrap();
+    assert!(
+        err.contains("loading model") && err.contains("model.onnx"),
+        "{err}"
+    );
+    let out = exe()
+        .arg("--blocklist")
+        .arg(dir.join("list"))
+        .args(["classify", "a.com"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("line 2") && err.contains("bad..entry"), "{err}");
-    let out = exe().args(["--threshold", "1.5", "classify", "a.com"]).output().unwrap();
+    assert!(
+        !out.status.success() && err.contains("line 2") && err.contains("bad..entry"),
+        "{err}"
+    );
+    let out = exe()
+        .args(["--threshold", "1.5", "classify", "a.com"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn model_override_and_threshold() {
-    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../exfilguard-detect/assets/exfilguard.onnx");
-    let out = exe().args(["--model", model, "--threshold", "0.0", "classify", "www.google.com"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../exfilguard-detect/assets/exfilguard.onnx"
+    );
+    let out = exe()
+        .args([
+            "--model",
+            model,
+            "--threshold",
+            "0.0",
+            "classify",
+            "www.google.com",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // At threshold 0 every name is flagged: proves the override reaches the decision.
     assert_ne!(json_lines(&out.stdout)[0]["class"], "benign");
     let info = exe().arg("model-info").output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(v["features"].as_array().unwrap().len(), exfilguard_detect::N_FEATURES);
+    assert_eq!(
+        v["features"].as_array().unwrap().len(),
+        exfilguard_detect::N_FEATURES
+    );
 }

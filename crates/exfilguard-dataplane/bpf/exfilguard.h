@@ -1,0 +1,159 @@
+/* Layouts shared by the BPF programs and the Rust data plane (through the libbpf-cargo
+ * skeleton's generated types). Plain fixed-width types only: no pointers, no bitfields. */
+#ifndef EXFILGUARD_H
+#define EXFILGUARD_H
+
+#define EG_NAME_MAX 256   /* wire-format qname bytes, RFC 1035 limit is 255 */
+#define EG_PKT_MAX 2048   /* largest frame that can be held and released */
+#define EG_MAX_SUFFIXES 8 /* parent suffixes checked against the blocklist */
+#define EG_COMM_LEN 16
+
+enum eg_mode { EG_MODE_MONITOR = 0, EG_MODE_ENFORCE = 1 };
+
+/* What the data plane did with a packet. */
+enum eg_action {
+	EG_ACT_PASS = 0,
+	EG_ACT_HOLD = 1,       /* original dropped, bytes in the event, userspace decides */
+	EG_ACT_BLOCK = 2,      /* blocklisted suffix: dropped */
+	EG_ACT_REPORT = 3,     /* monitor mode: would have been held or blocked, passed */
+	EG_ACT_QUARANTINE = 4, /* sender's process is quarantined: dropped */
+	EG_ACT_FAILCLOSED = 5, /* could not hold (ring full, frame too large): dropped */
+	EG_ACT_RATELIMIT = 6,  /* ingress NXDOMAIN flood: dropped */
+};
+
+/* Why a query looked suspicious (bit set in eg_event.reasons). */
+enum eg_reason {
+	EG_R_LONG_NAME = 1 << 0,
+	EG_R_LONG_LABEL = 1 << 1,
+	EG_R_MANY_LABELS = 1 << 2,
+	EG_R_RARE_QTYPE = 1 << 3,
+	EG_R_DIGITS = 1 << 4,
+	EG_R_BLOCKLIST = 1 << 5,
+	EG_R_QUARANTINE = 1 << 6,
+	EG_R_ODD_CHARS = 1 << 7,
+	EG_R_NXDOMAIN_FLOOD = 1 << 8,
+	EG_R_BIG_DOWNLINK = 1 << 9,
+	EG_R_MALFORMED = 1 << 10,
+	EG_R_REPORT_ALL = 1 << 11,
+};
+
+enum eg_kind { EG_KIND_QUERY = 0, EG_KIND_RESPONSE = 1 };
+enum eg_encap { EG_ENCAP_NONE = 0, EG_ENCAP_VXLAN = 1, EG_ENCAP_GENEVE = 2 };
+enum eg_hook { EG_HOOK_TC = 0, EG_HOOK_XDP = 1, EG_HOOK_NETFILTER = 2 };
+
+/* Per-CPU counters; index = enum eg_stat. */
+enum eg_stat {
+	EG_S_PACKETS = 0,
+	EG_S_NON_DNS,
+	EG_S_DNS_QUERIES,
+	EG_S_PASS_PLAIN,
+	EG_S_PASS_ALLOW,
+	EG_S_HOLD,
+	EG_S_BLOCK,
+	EG_S_REPORT,
+	EG_S_QUARANTINE,
+	EG_S_RELEASED,
+	EG_S_FAILCLOSED,
+	EG_S_RINGBUF_FULL,
+	EG_S_MALFORMED,
+	EG_S_TCP_DNS,
+	EG_S_VXLAN,
+	EG_S_GENEVE,
+	EG_S_IPV6,
+	EG_S_NF_PACKETS,
+	EG_S_XDP_PACKETS,
+	EG_S_XDP_RESPONSES,
+	EG_S_XDP_NXDOMAIN,
+	EG_S_XDP_RATELIMITED,
+	EG_S_XDP_DOWNLINK,
+	EG_S_SOCK_EVENTS,
+	EG_S_SOCK_DENIED,
+	EG_S_MAX,
+};
+
+/* Runtime policy: one element of an array map, rewritten by the agent without a reload. */
+struct eg_config {
+	__u32 mode;            /* enum eg_mode */
+	__u32 hold_name_len;   /* hold when the dotted qname is at least this long */
+	__u32 hold_label_len;  /* ... or any label is at least this long */
+	__u32 hold_labels;     /* ... or it has at least this many labels */
+	__u32 hold_digits;     /* ... or at least this many digits */
+	__u32 report_all;      /* 1: every DNS query produces an event (no packet) */
+	__u32 release_mark;    /* skb->mark of frames re-injected by the agent */
+	__u32 nx_limit;        /* NXDOMAIN answers per client per second before rate-limiting */
+	__u32 nx_domain_limit; /* NXDOMAIN answers per parent domain per second */
+	__u32 downlink_bytes;  /* report responses from blocklisted domains at least this large */
+	__u32 fail_open;       /* 1: pass what cannot be held (ring full, oversize) */
+	__u32 drop_malformed53;/* 1: drop non-DNS payloads sent to port 53 in enforce mode */
+};
+
+/* Who sent it: recorded by the cgroup sock_addr hooks, keyed by socket cookie. */
+struct eg_proc {
+	__u64 cgroup_id;
+	__u32 pid;  /* thread id */
+	__u32 tgid; /* process id */
+	__u32 uid;
+	__u32 _pad;
+	__u8 comm[EG_COMM_LEN];
+};
+
+/* One-shot permission for a re-injected frame: (name hash, DNS id). */
+struct eg_ticket {
+	__u64 name_hash;
+	__u32 dns_id;
+	__u32 _pad;
+};
+
+/* NXDOMAIN rate window for one client address or one parent domain. */
+struct eg_rate {
+	__u64 window_ns;
+	__u32 count;
+	__u32 dropped;
+};
+
+/* Client address key for the NXDOMAIN limiter (IPv4 mapped into IPv6). */
+struct eg_addr {
+	__u8 addr[16];
+};
+
+/* A ring-buffer record. Held events carry the whole frame in pkt[0..pkt_len]. */
+struct eg_event {
+	__u64 ts_ns;
+	__u64 cookie;
+	__u64 name_hash;
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 tgid;
+	__u32 uid;
+	__u32 ifindex;
+	__u32 pkt_len;  /* bytes in pkt[] (0 unless held) */
+	__u32 wire_len; /* length of the packet on the wire */
+	__u32 reasons;  /* enum eg_reason bits */
+	__u32 blocked_hash_hi; /* high half of the matching blocklist suffix hash */
+	__u16 qtype;
+	__u16 dns_id;
+	__u16 name_len; /* bytes in name[] */
+	__u16 sport;
+	__u16 dport;
+	__u8 action; /* enum eg_action */
+	__u8 kind;   /* enum eg_kind */
+	__u8 l4;     /* IPPROTO_UDP / IPPROTO_TCP */
+	__u8 encap;  /* enum eg_encap */
+	__u8 rcode;
+	__u8 hook;   /* enum eg_hook */
+	__u8 ipver;  /* 4 or 6 */
+	__u8 csum_partial; /* 1: L4 checksum left to the device (CHECKSUM_PARTIAL) */
+	__u8 _pad[2];
+	__u16 ancount;
+	__u16 resp_len;
+	__u16 csum_start;  /* offset in pkt[] where checksumming starts (if csum_partial) */
+	__u16 csum_offset; /* checksum field, relative to csum_start */
+	__u32 _pad2;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u8 comm[EG_COMM_LEN];
+	__u8 name[EG_NAME_MAX]; /* lower-cased wire-format qname, no root byte */
+	__u8 pkt[EG_PKT_MAX];
+};
+
+#endif

@@ -1,0 +1,248 @@
+//! Ring-buffer records from the BPF programs, decoded from `struct eg_event`.
+
+use crate::skel::types;
+use serde::Serialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Pass,
+    /// Dropped in the kernel and handed to the agent, which releases or convicts it.
+    Hold,
+    Block,
+    /// Monitor mode: would have been held or blocked.
+    Report,
+    Quarantine,
+    /// Could not be held (ring buffer full or frame too large) and was dropped.
+    FailClosed,
+    RateLimit,
+    Unknown,
+}
+
+impl Action {
+    fn from_raw(v: u8) -> Self {
+        match v {
+            0 => Self::Pass,
+            1 => Self::Hold,
+            2 => Self::Block,
+            3 => Self::Report,
+            4 => Self::Quarantine,
+            5 => Self::FailClosed,
+            6 => Self::RateLimit,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Tc,
+    Xdp,
+    Netfilter,
+}
+
+/// Names of the `enum eg_reason` bits, in bit order.
+pub const REASONS: [&str; 12] = [
+    "long_name",
+    "long_label",
+    "many_labels",
+    "rare_qtype",
+    "digits",
+    "blocklist",
+    "quarantine",
+    "odd_chars",
+    "nxdomain_flood",
+    "big_downlink",
+    "malformed",
+    "report_all",
+];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    /// Process name (`/proc/TGID/comm` when the process is still there, else the thread's).
+    pub comm: String,
+    /// Name of the sending thread, as the kernel saw it (e.g. `isc-net-0000` inside dig).
+    pub thread: String,
+    pub cgroup_id: u64,
+}
+
+/// One decoded event.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub action: Action,
+    pub hook: Hook,
+    /// `true` for responses seen on ingress (XDP), `false` for queries.
+    pub response: bool,
+    pub reasons: Vec<&'static str>,
+    pub ifindex: u32,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub transport: &'static str,
+    pub encap: &'static str,
+    pub qtype: u16,
+    pub dns_id: u16,
+    pub rcode: u8,
+    pub ancount: u16,
+    /// Lower-cased wire-format question name (no root byte).
+    #[serde(skip)]
+    pub name_wire: Vec<u8>,
+    pub name_hash: u64,
+    pub socket_cookie: u64,
+    /// The sending process, when the cgroup hooks saw its socket.
+    pub process: Option<Process>,
+    pub wire_len: u32,
+    /// The held frame (Ethernet for tc, IP for netfilter); empty unless `action == Hold`.
+    #[serde(skip)]
+    pub packet: Vec<u8>,
+    /// Where the device would have finished the L4 checksum (CHECKSUM_PARTIAL): (start, offset).
+    #[serde(skip)]
+    pub csum: Option<(u16, u16)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("ring-buffer record of {got} bytes, expected {want}")]
+pub struct DecodeError {
+    got: usize,
+    want: usize,
+}
+
+fn addr(raw: &[u8; 16], ipver: u8) -> IpAddr {
+    if ipver == 4 {
+        IpAddr::V4(Ipv4Addr::new(raw[12], raw[13], raw[14], raw[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    }
+}
+
+fn cstr(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+impl Event {
+    pub const RAW_SIZE: usize = std::mem::size_of::<types::eg_event>();
+
+    pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        if data.len() < Self::RAW_SIZE {
+            return Err(DecodeError {
+                got: data.len(),
+                want: Self::RAW_SIZE,
+            });
+        }
+        // SAFETY: size checked above; eg_event is plain old data (integers and byte arrays).
+        let raw: Box<types::eg_event> =
+            Box::new(unsafe { std::ptr::read_unaligned(data.as_ptr() as *const types::eg_event) });
+        let name_len = (raw.name_len as usize).min(raw.name.len());
+        let pkt_len = (raw.pkt_len as usize).min(raw.pkt.len());
+        let reasons = REASONS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| raw.reasons & (1 << i) != 0)
+            .map(|(_, r)| *r)
+            .collect();
+        let process = (raw.tgid != 0).then(|| Process {
+            pid: raw.pid,
+            tgid: raw.tgid,
+            uid: raw.uid,
+            comm: std::fs::read_to_string(format!("/proc/{}/comm", raw.tgid))
+                .map(|c| c.trim_end().to_string())
+                .unwrap_or_else(|_| cstr(&raw.comm)),
+            thread: cstr(&raw.comm),
+            cgroup_id: raw.cgroup_id,
+        });
+        Ok(Self {
+            ts_ns: raw.ts_ns,
+            action: Action::from_raw(raw.action),
+            hook: match raw.hook {
+                1 => Hook::Xdp,
+                2 => Hook::Netfilter,
+                _ => Hook::Tc,
+            },
+            response: raw.kind == 1,
+            reasons,
+            ifindex: raw.ifindex,
+            src: addr(&raw.saddr, raw.ipver),
+            dst: addr(&raw.daddr, raw.ipver),
+            sport: raw.sport,
+            dport: raw.dport,
+            transport: if raw.l4 == 6 { "tcp" } else { "udp" },
+            encap: match raw.encap {
+                1 => "vxlan",
+                2 => "geneve",
+                _ => "none",
+            },
+            qtype: raw.qtype,
+            dns_id: raw.dns_id,
+            rcode: raw.rcode,
+            ancount: raw.ancount,
+            name_wire: raw.name[..name_len].to_vec(),
+            name_hash: raw.name_hash,
+            socket_cookie: raw.cookie,
+            process,
+            wire_len: raw.wire_len,
+            packet: raw.pkt[..pkt_len].to_vec(),
+            csum: (raw.csum_partial != 0).then_some((raw.csum_start, raw.csum_offset)),
+        })
+    }
+
+    /// The held frame as the wire would carry it: the L4 checksum the device would have
+    /// computed is finished here, as `skb_checksum_help()` does; every other byte is original.
+    pub fn wire_frame(&self) -> Vec<u8> {
+        let mut f = self.packet.clone();
+        if let Some((start, off)) = self.csum {
+            let (start, field) = (start as usize, start as usize + off as usize);
+            if start < f.len() && field + 2 <= f.len() {
+                let mut sum: u32 = 0;
+                for c in f[start..].chunks(2) {
+                    sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+                }
+                while sum > 0xffff {
+                    sum = (sum & 0xffff) + (sum >> 16);
+                }
+                let mut csum = !(sum as u16);
+                if csum == 0 {
+                    csum = 0xffff; // 0 means "no checksum" for UDP; 0xffff is the same value
+                }
+                f[field..field + 2].copy_from_slice(&csum.to_be_bytes());
+            }
+        }
+        f
+    }
+
+    /// The question name's labels, or `None` if the kernel sent a malformed name.
+    pub fn labels(&self) -> Option<Vec<&[u8]>> {
+        crate::hash::labels(&self.name_wire)
+    }
+
+    /// Dotted text of the name (bytes outside printable ASCII as `\DDD`).
+    pub fn name_text(&self) -> String {
+        let Some(labels) = self.labels() else {
+            return String::from("<malformed>");
+        };
+        let mut s = String::new();
+        for l in labels {
+            for &c in l {
+                if c.is_ascii_graphic() && c != b'.' && c != b'\\' {
+                    s.push(c as char);
+                } else {
+                    s.push_str(&format!("\\{c:03}"));
+                }
+            }
+            s.push('.');
+        }
+        if s.is_empty() {
+            s.push('.');
+        } else {
+            s.pop();
+        }
+        s
+    }
+}

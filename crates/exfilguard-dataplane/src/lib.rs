@@ -1,0 +1,644 @@
+//! The exfilguard kernel data plane: loads the eBPF programs of `bpf/exfilguard.bpf.c`, pins the
+//! maps that must outlive the agent, attaches (tcx or clsact egress, XDP ingress, cgroup
+//! sock_addr, netfilter), reads the ring buffer and acts on the agent's verdicts (release a held
+//! frame, block a domain, quarantine a process). No detection logic lives here.
+
+pub mod config;
+pub mod event;
+pub mod hash;
+pub mod probe;
+mod reinject;
+
+#[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/exfilguard.skel.rs"));
+}
+
+pub use config::{KernelPolicy, Mode};
+pub use event::{Action, Event, Hook, Process};
+pub use probe::Features;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, RingBufferBuilder, TcHookBuilder};
+use skel::{ExfilguardSkel, ExfilguardSkelBuilder};
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where maps (and, with `persist`, links) are pinned.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfilguard";
+
+/// Names of the per-CPU counters (`enum eg_stat`), in index order.
+pub const STAT_NAMES: [&str; 25] = [
+    "packets",
+    "non_dns",
+    "dns_queries",
+    "pass_plain",
+    "pass_allow",
+    "hold",
+    "block",
+    "report",
+    "quarantine",
+    "released",
+    "fail_closed",
+    "ringbuf_full",
+    "malformed",
+    "tcp_dns",
+    "vxlan",
+    "geneve",
+    "ipv6",
+    "nf_packets",
+    "xdp_packets",
+    "xdp_responses",
+    "xdp_nxdomain",
+    "xdp_ratelimited",
+    "xdp_downlink",
+    "sock_events",
+    "sock_denied",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("BPF: {context}: {source}")]
+    Bpf {
+        context: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+trait Ctx<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+impl<T> Ctx<T> for std::result::Result<T, libbpf_rs::Error> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| DataplaneError::Bpf {
+            context: what(),
+            source,
+        })
+    }
+}
+impl<T> Ctx<T> for std::io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| DataplaneError::Io {
+            context: what(),
+            source,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Pin directory on bpffs; `None` keeps every map private to this process (tests, benches).
+    pub pin_dir: Option<PathBuf>,
+    /// Keep programs attached after this process exits (links pinned under `pin_dir/links`),
+    /// so a restart leaves no unprotected gap; the next start takes the links over.
+    pub persist: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
+            persist: false,
+        }
+    }
+}
+
+enum Attachment {
+    Link { link: Link, pin: Option<PathBuf> },
+    Clsact { hook: libbpf_rs::TcHook },
+}
+
+/// How an egress program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressAttach {
+    Tcx,
+    /// Took over a pinned tcx link left by a previous agent (no gap).
+    TcxTakenOver,
+    Clsact,
+}
+
+/// A loaded data plane. Dropping it detaches every program (unless `persist`); pinned maps stay.
+pub struct Dataplane {
+    skel: ExfilguardSkel<'static>,
+    attachments: Vec<Attachment>,
+    reinject: Option<reinject::Reinjector>,
+    opts: LoadOptions,
+    policy: KernelPolicy,
+}
+
+fn mount_bpffs(dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(root) {
+        return Ok(());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    log::info!("bpffs not mounted at /sys/fs/bpf: mounting it to pin maps");
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .status()
+        .ctx(|| "running mount -t bpf".into())?;
+    if !status.success() {
+        return Err(DataplaneError::Other(
+            "mount -t bpf bpf /sys/fs/bpf failed".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Dataplane {
+    /// Opens, pins and loads the programs (verifier runs here) and writes the default policy.
+    pub fn load(opts: LoadOptions) -> Result<Self> {
+        // The skeleton borrows its backing storage for its whole life; one leak per load.
+        let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let builder = ExfilguardSkelBuilder::default();
+        let mut open = builder.open(storage).ctx(|| "opening BPF object".into())?;
+        // tcx links need the attach type at load time; clsact ignores it.
+        if probe::Features::tcx_possible() {
+            open.progs
+                .eg_tc_egress
+                .set_attach_type(libbpf_rs::ProgramAttachType::TcxEgress);
+        }
+        if let Some(dir) = &opts.pin_dir {
+            mount_bpffs(dir)?;
+            std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+            let m = &mut open.maps;
+            let pinned: [(&str, &mut libbpf_rs::OpenMapMut<'_>); 5] = [
+                ("eg_blocklist", &mut m.eg_blocklist),
+                ("eg_allow", &mut m.eg_allow),
+                ("eg_quarantine", &mut m.eg_quarantine),
+                ("eg_config", &mut m.eg_config),
+                ("eg_socks", &mut m.eg_socks),
+            ];
+            for (name, map) in pinned {
+                map.set_pin_path(dir.join(name))
+                    .ctx(|| format!("pin path for {name}"))?;
+            }
+        }
+        let skel = open
+            .load()
+            .ctx(|| "loading BPF programs (verifier)".into())?;
+        let mut dp = Self {
+            skel,
+            attachments: Vec::new(),
+            reinject: None,
+            opts,
+            policy: KernelPolicy::default(),
+        };
+        // A pinned config from a previous run is the operator's live policy: keep it.
+        let existing = dp.read_policy_raw()?;
+        if existing.iter().all(|&b| b == 0) {
+            dp.set_policy(&KernelPolicy::default())?;
+        } else {
+            dp.policy = KernelPolicy::default();
+        }
+        Ok(dp)
+    }
+
+    fn read_policy_raw(&self) -> Result<Vec<u8>> {
+        Ok(self
+            .skel
+            .maps
+            .eg_config
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .ctx(|| "reading eg_config".into())?
+            .unwrap_or_default())
+    }
+
+    /// Rewrites the kernel policy; takes effect on the next packet, no reload.
+    pub fn set_policy(&mut self, policy: &KernelPolicy) -> Result<()> {
+        self.skel
+            .maps
+            .eg_config
+            .update(&0u32.to_ne_bytes(), &policy.to_bytes(), MapFlags::ANY)
+            .ctx(|| "writing eg_config".into())?;
+        self.policy = policy.clone();
+        if self.reinject.is_some() {
+            self.reinject = Some(
+                reinject::Reinjector::new(policy.release_mark)
+                    .ctx(|| "opening re-injection sockets".into())?,
+            );
+        }
+        Ok(())
+    }
+
+    pub fn policy(&self) -> &KernelPolicy {
+        &self.policy
+    }
+
+    fn link_pin(&self, name: &str) -> Option<PathBuf> {
+        match (&self.opts.pin_dir, self.opts.persist) {
+            (Some(dir), true) => Some(dir.join("links").join(name)),
+            _ => None,
+        }
+    }
+
+    /// Replaces the program of a pinned link left by a previous agent, if there is one.
+    fn take_over(&self, pin: &Option<PathBuf>, prog: &libbpf_rs::Program<'_>) -> Option<Link> {
+        let path = pin.as_ref()?;
+        if !path.exists() {
+            return None;
+        }
+        match Link::open(path) {
+            Ok(mut link) => match link.update_prog(prog) {
+                Ok(()) => Some(link),
+                Err(e) => {
+                    log::warn!(
+                        "pinned link {} not reusable ({e}); re-attaching",
+                        path.display()
+                    );
+                    let _ = std::fs::remove_file(path);
+                    None
+                }
+            },
+            Err(_) => None,
+        }
+    }
+
+    fn keep_link(&mut self, mut link: Link, pin: Option<PathBuf>) -> Result<()> {
+        if let Some(p) = &pin {
+            if link.pin_path().is_none() {
+                std::fs::create_dir_all(p.parent().expect("pin has a parent"))
+                    .ctx(|| format!("creating {}", p.display()))?;
+                link.pin(p)
+                    .ctx(|| format!("pinning link {}", p.display()))?;
+            }
+        }
+        self.attachments.push(Attachment::Link { link, pin });
+        Ok(())
+    }
+
+    /// Attaches the DNS inspector to `ifindex` egress: tcx when the kernel has it, otherwise a
+    /// clsact qdisc filter through netlink.
+    pub fn attach_tc_egress(&mut self, ifindex: u32) -> Result<EgressAttach> {
+        let pin = self.link_pin(&format!("tc-egress-{ifindex}"));
+        if let Some(link) = self.take_over(&pin, &self.skel.progs.eg_tc_egress) {
+            self.keep_link(link, pin)?;
+            return Ok(EgressAttach::TcxTakenOver);
+        }
+        let prog = &self.skel.progs.eg_tc_egress;
+        let opts = libbpf_rs::libbpf_sys::bpf_tcx_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_tcx_opts>() as _,
+            ..Default::default()
+        };
+        use libbpf_rs::AsRawLibbpf;
+        // SAFETY: valid program pointer and opts; libbpf returns an owned link or null.
+        let raw = unsafe {
+            libbpf_rs::libbpf_sys::bpf_program__attach_tcx(
+                prog.as_libbpf_object().as_ptr(),
+                ifindex as i32,
+                &opts,
+            )
+        };
+        if let Some(ptr) = std::ptr::NonNull::new(raw) {
+            // SAFETY: ptr is a fresh link owned by us.
+            let link = unsafe { Link::from_ptr(ptr) };
+            self.keep_link(link, pin)?;
+            return Ok(EgressAttach::Tcx);
+        }
+        let err = std::io::Error::last_os_error();
+        log::warn!("tcx attach on ifindex {ifindex} failed ({err}): falling back to clsact");
+        let mut builder = TcHookBuilder::new(prog.as_fd());
+        builder
+            .ifindex(ifindex as i32)
+            .replace(true)
+            .handle(1)
+            .priority(1);
+        let mut hook = builder.hook(libbpf_rs::TC_EGRESS);
+        hook.create()
+            .ctx(|| format!("creating clsact on ifindex {ifindex}"))?;
+        hook.attach()
+            .ctx(|| format!("attaching tc egress on ifindex {ifindex}"))?;
+        self.attachments.push(Attachment::Clsact { hook });
+        Ok(EgressAttach::Clsact)
+    }
+
+    /// Attaches the response inspector (NXDOMAIN limiter, C2 downlink) to `ifindex` ingress.
+    pub fn attach_xdp(&mut self, ifindex: u32) -> Result<()> {
+        let pin = self.link_pin(&format!("xdp-{ifindex}"));
+        if let Some(link) = self.take_over(&pin, &self.skel.progs.eg_xdp_ingress) {
+            return self.keep_link(link, pin);
+        }
+        let link = self
+            .skel
+            .progs
+            .eg_xdp_ingress
+            .attach_xdp(ifindex as i32)
+            .ctx(|| format!("attaching XDP on ifindex {ifindex}"))?;
+        self.keep_link(link, pin)
+    }
+
+    /// Attaches the four sock_addr hooks to a cgroup v2 directory (normally the root).
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        let dir =
+            std::fs::File::open(cgroup).ctx(|| format!("opening cgroup {}", cgroup.display()))?;
+        use std::os::fd::AsRawFd;
+        let fd = dir.as_raw_fd();
+        let progs = [
+            ("sendmsg4", &self.skel.progs.eg_sendmsg4),
+            ("sendmsg6", &self.skel.progs.eg_sendmsg6),
+            ("connect4", &self.skel.progs.eg_connect4),
+            ("connect6", &self.skel.progs.eg_connect6),
+        ];
+        let mut made = Vec::new();
+        for (name, prog) in progs {
+            let pin = self.link_pin(&format!("cgroup-{name}"));
+            if let Some(link) = self.take_over(&pin, prog) {
+                made.push((link, pin));
+                continue;
+            }
+            let link = prog
+                .attach_cgroup(fd)
+                .ctx(|| format!("attaching cgroup/{name} to {}", cgroup.display()))?;
+            made.push((link, pin));
+        }
+        for (link, pin) in made {
+            self.keep_link(link, pin)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the inspector at netfilter LOCAL_OUT (IPv4 and IPv6) instead of tc.
+    pub fn attach_netfilter(&mut self) -> Result<()> {
+        for (pf, name) in [(2, "ipv4"), (10, "ipv6")] {
+            let opts = libbpf_rs::NetfilterOpts {
+                protocol_family: pf,
+                hooknum: libbpf_rs::NF_INET_LOCAL_OUT,
+                priority: -100,
+                ..Default::default()
+            };
+            let link = self
+                .skel
+                .progs
+                .eg_netfilter
+                .attach_netfilter_with_opts(opts)
+                .ctx(|| format!("attaching netfilter LOCAL_OUT {name}"))?;
+            self.attachments.push(Attachment::Link { link, pin: None });
+        }
+        Ok(())
+    }
+
+    /// Detaches everything this process attached; persisted links stay attached and pinned.
+    pub fn detach_all(&mut self) {
+        let persist = self.opts.persist;
+        for a in self.attachments.drain(..) {
+            match a {
+                Attachment::Link { mut link, pin } => {
+                    if pin.is_some() && persist {
+                        continue; // dropping our fd leaves the pinned link attached
+                    }
+                    if link.pin_path().is_some() {
+                        let _ = link.unpin();
+                    }
+                    let _ = link.detach();
+                }
+                Attachment::Clsact { mut hook } => {
+                    if let Err(e) = hook.detach() {
+                        log::warn!("detaching clsact filter: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Blocks a domain and all its subdomains (dotted form, e.g. a registered domain).
+    pub fn block_domain(&self, domain: &str) -> Result<u64> {
+        let h = hash::name_hash(&hash::wire_from_dotted(domain));
+        self.skel
+            .maps
+            .eg_blocklist
+            .update(&h.to_ne_bytes(), &now_secs().to_ne_bytes(), MapFlags::ANY)
+            .ctx(|| format!("blocking {domain}"))?;
+        Ok(h)
+    }
+
+    pub fn unblock_domain(&self, domain: &str) -> Result<()> {
+        let h = hash::name_hash(&hash::wire_from_dotted(domain));
+        match self.skel.maps.eg_blocklist.delete(&h.to_ne_bytes()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).ctx(|| format!("unblocking {domain}")),
+        }
+    }
+
+    pub fn is_blocked(&self, domain: &str) -> Result<bool> {
+        let h = hash::name_hash(&hash::wire_from_dotted(domain));
+        Ok(self
+            .skel
+            .maps
+            .eg_blocklist
+            .lookup(&h.to_ne_bytes(), MapFlags::ANY)
+            .ctx(|| "reading eg_blocklist".into())?
+            .is_some())
+    }
+
+    /// Lets this exact name pass without a hold from now on.
+    pub fn allow_name_hash(&self, name_hash: u64) -> Result<()> {
+        self.skel
+            .maps
+            .eg_allow
+            .update(
+                &name_hash.to_ne_bytes(),
+                &now_secs().to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .ctx(|| "writing eg_allow".into())
+    }
+
+    /// Denies all further DNS from a process (socket layer for port 53, tc for any port).
+    pub fn quarantine(&self, tgid: u32) -> Result<()> {
+        self.skel
+            .maps
+            .eg_quarantine
+            .update(
+                &tgid.to_ne_bytes(),
+                &now_secs().to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .ctx(|| format!("quarantining tgid {tgid}"))
+    }
+
+    /// Releases a held query: remembers the name as benign, issues a one-shot ticket and
+    /// re-injects the exact original frame on its interface.
+    pub fn release(&mut self, ev: &Event) -> Result<()> {
+        if ev.action != Action::Hold || ev.packet.is_empty() {
+            return Err(DataplaneError::Other(
+                "only held events can be released".into(),
+            ));
+        }
+        self.release_ticket_only(ev)?;
+        if self.reinject.is_none() {
+            self.reinject = Some(
+                reinject::Reinjector::new(self.policy.release_mark)
+                    .ctx(|| "opening re-injection sockets".into())?,
+            );
+        }
+        let r = self.reinject.as_ref().expect("just set");
+        let frame = ev.wire_frame();
+        match ev.hook {
+            Hook::Netfilter => r.send_ip(&frame),
+            _ => r.send_frame(ev.ifindex, &frame),
+        }
+        .ctx(|| format!("re-injecting {} on ifindex {}", ev.name_text(), ev.ifindex))
+    }
+
+    /// The map half of `release`: allow-cache entry plus one-shot ticket, no re-injection.
+    pub fn release_ticket_only(&self, ev: &Event) -> Result<()> {
+        self.allow_name_hash(ev.name_hash)?;
+        let mut ticket = [0u8; 16];
+        ticket[..8].copy_from_slice(&ev.name_hash.to_ne_bytes());
+        ticket[8..12].copy_from_slice(&(ev.dns_id as u32).to_ne_bytes());
+        self.skel
+            .maps
+            .eg_tickets
+            .update(&ticket, &ev.ts_ns.to_ne_bytes(), MapFlags::ANY)
+            .ctx(|| "writing release ticket".into())
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn stats(&self) -> Result<Vec<(&'static str, u64)>> {
+        let mut out = Vec::with_capacity(STAT_NAMES.len());
+        for (i, name) in STAT_NAMES.iter().enumerate() {
+            let per_cpu = self
+                .skel
+                .maps
+                .eg_stats
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+                .ctx(|| "reading eg_stats".into())?
+                .unwrap_or_default();
+            let sum = per_cpu
+                .iter()
+                .map(|v| u64::from_ne_bytes(v[..8].try_into().expect("u64 counter")))
+                .sum();
+            out.push((*name, sum));
+        }
+        Ok(out)
+    }
+
+    /// Reads events until `stop` is set, handing each to `handler` (which may release, block
+    /// or quarantine through the `&mut Dataplane` it gets).
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        mut handler: impl FnMut(&mut Dataplane, Event),
+    ) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&self.skel.maps.eg_events, move |data: &[u8]| {
+                let _ = tx.send(data.to_vec());
+                0
+            })
+            .ctx(|| "ring buffer".into())?;
+        let ring = builder.build().ctx(|| "ring buffer".into())?;
+        while !stop.load(Ordering::Relaxed) {
+            match ring.poll(Duration::from_millis(100)) {
+                Ok(()) => {}
+                // a signal (SIGTERM to stop us) interrupts epoll: re-check the flag
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).ctx(|| "polling ring buffer".into()),
+            }
+            while let Ok(raw) = rx.try_recv() {
+                match Event::decode(&raw) {
+                    Ok(ev) => handler(self, ev),
+                    Err(e) => log::warn!("dropping undecodable event: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The raw programs, for BPF_PROG_TEST_RUN benchmarks and tests.
+    pub fn test_run_tc(&self, frame: &[u8], repeat: u32) -> Result<(i32, Duration)> {
+        self.test_run(&self.skel.progs.eg_tc_egress, frame, repeat)
+    }
+
+    /// One tc test run with `skb->mark` set (how a re-injected frame arrives).
+    pub fn test_run_tc_marked(&self, frame: &[u8], mark: u32) -> Result<i32> {
+        let mut ctx = vec![0u8; std::mem::size_of::<skel::types::__sk_buff>()];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes()); // __sk_buff.mark
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            context_in: Some(&mut ctx),
+            ..Default::default()
+        };
+        let out = self
+            .skel
+            .progs
+            .eg_tc_egress
+            .test_run(input)
+            .ctx(|| "BPF_PROG_TEST_RUN".into())?;
+        Ok(out.return_value as i32)
+    }
+
+    pub fn test_run_xdp(&self, frame: &[u8], repeat: u32) -> Result<(i32, Duration)> {
+        self.test_run(&self.skel.progs.eg_xdp_ingress, frame, repeat)
+    }
+
+    fn test_run(
+        &self,
+        prog: &libbpf_rs::ProgramMut<'_>,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, Duration)> {
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        let out = prog.test_run(input).ctx(|| "BPF_PROG_TEST_RUN".into())?;
+        Ok((out.return_value as i32, out.duration))
+    }
+
+    /// Drains queued events without a handler (tests use it after test runs).
+    pub fn drain_events(&self) -> Result<Vec<Event>> {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&self.skel.maps.eg_events, move |data: &[u8]| {
+                let _ = tx.send(data.to_vec());
+                0
+            })
+            .ctx(|| "ring buffer".into())?;
+        let ring = builder.build().ctx(|| "ring buffer".into())?;
+        ring.consume().ctx(|| "consuming ring buffer".into())?;
+        drop(ring);
+        Ok(rx
+            .try_iter()
+            .filter_map(|raw| Event::decode(&raw).ok())
+            .collect())
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
