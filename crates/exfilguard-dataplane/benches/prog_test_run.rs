@@ -24,7 +24,7 @@ fn query(name: &str, qtype: u16) -> Vec<u8> {
 
 /// Median ns/packet over ROUNDS rounds of TOTAL runs; `batch` < TOTAL splits each round so the
 /// ring buffer can be drained between batches (held packets each produce a 2.4 KiB event).
-fn measure(dp: &Dataplane, frame: &[u8], batch: u32, xdp: bool) -> (f64, i32) {
+fn measure(dp: &Dataplane, frame: &[u8], batch: u32, which: u8) -> (f64, i32) {
     let mut rounds = Vec::new();
     let mut verdict = 0;
     for _ in 0..ROUNDS {
@@ -32,11 +32,12 @@ fn measure(dp: &Dataplane, frame: &[u8], batch: u32, xdp: bool) -> (f64, i32) {
         let mut done = 0;
         while done < TOTAL {
             let n = batch.min(TOTAL - done);
-            let (v, d) = if xdp {
-                dp.test_run_xdp(frame, n).expect("test run")
-            } else {
-                dp.test_run_tc(frame, n).expect("test run")
-            };
+            let (v, d) = match which {
+                1 => dp.test_run_xdp(frame, n),
+                2 => dp.test_run_noop(frame, n),
+                _ => dp.test_run_tc(frame, n),
+            }
+            .expect("test run");
             verdict = v;
             ns += d.as_nanos() as f64 * n as f64;
             done += n;
@@ -67,48 +68,54 @@ fn main() {
     let mut nx = query("r1.victim.example", 1);
     nx[2] |= 0x80;
     nx[3] = 0x80; // NOERROR response
-    let cases: Vec<(&str, Vec<u8>, u32, bool)> = vec![
+    let cases: Vec<(&str, Vec<u8>, u32, u8)> = vec![
+        (
+            "harness: empty tc program (UDP/443)",
+            udp_frame(c, sa("10.0.0.2:443"), &[0x16; 64]),
+            TOTAL,
+            2,
+        ),
         (
             "non-DNS (UDP/443, 64 B payload)",
             udp_frame(c, sa("10.0.0.2:443"), &[0x16; 64]),
             TOTAL,
-            false,
+            0,
         ),
         (
             "non-DNS (TCP/443 segment)",
             tcp_dns_frame(c, sa("10.0.0.2:443"), &[0x17; 200]),
             TOTAL,
-            false,
+            0,
         ),
         (
             "benign DNS (www.example.com A)",
             udp_frame(c, sa("10.0.0.2:53"), &query("www.example.com", 1)),
             TOTAL,
-            false,
+            0,
         ),
         (
             "blocklisted DNS (www.evil-c2.net)",
             udp_frame(c, sa("10.0.0.2:53"), &query("www.evil-c2.net", 1)),
             TOTAL,
-            false,
+            0,
         ),
         (
             "suspicious DNS, held (73-char tunnel name)",
             udp_frame(c, sa("10.0.0.2:53"), &query(tunnel, 16)),
             2000,
-            false,
+            0,
         ),
         (
             "XDP: DNS response (NOERROR)",
             udp_frame(sa("10.0.0.2:53"), c, &nx),
             TOTAL,
-            true,
+            1,
         ),
     ];
     println!("| path | verdict | ns/packet (median of {ROUNDS} × {TOTAL}) |");
     println!("|---|---|---|");
-    for (what, frame, batch, xdp) in cases {
-        let (ns, v) = measure(&dp, &frame, batch, xdp);
+    for (what, frame, batch, which) in cases {
+        let (ns, v) = measure(&dp, &frame, batch, which);
         println!("| {what} | {v} | {ns:.1} |");
     }
 }

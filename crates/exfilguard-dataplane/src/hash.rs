@@ -1,10 +1,28 @@
-//! The name hash the BPF programs use for the blocklist and the allow cache: 64-bit FNV-1a over
-//! the lower-cased wire-format name (length bytes included, root byte excluded), fed from the
-//! last byte to the first. Reading right to left lets the kernel hash every parent suffix in one
-//! pass; this module must agree with `walk_name()` in bpf/exfilguard.bpf.c byte for byte.
+//! The name hashes the BPF programs use; this module must agree with `walk_name()` in
+//! bpf/exfilguard.bpf.c. All hashing is over the lower-cased wire form (ASCII A-Z only).
+//!
+//! * full-name hash (allow cache, release tickets): 64-bit FNV-1a over the wire bytes, left
+//!   to right, length bytes included, root byte excluded;
+//! * suffix hash (blocklist): each label is hashed alone (FNV-1a over its length byte and
+//!   bytes), then label hashes are mixed right to left, so the kernel gets the hash of every
+//!   parent suffix in one pass over the name. Only the last 8 labels are checked, so a
+//!   blocklist entry has at most 8 labels.
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// Longest blocklist entry, in labels (EG_MAX_SUFFIXES).
+pub const MAX_SUFFIX_LABELS: usize = 8;
+
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &c| (h ^ c as u64).wrapping_mul(FNV_PRIME))
+}
+
+fn mix(h: u64, label: u64) -> u64 {
+    let h = (h ^ label).wrapping_mul(FNV_PRIME);
+    h ^ (h >> 29)
+}
 
 /// Wire form of `labels`, lower-casing ASCII A-Z only (as the kernel does).
 pub fn wire<'a>(labels: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
@@ -26,11 +44,29 @@ pub fn wire_from_dotted(name: &str) -> Vec<u8> {
     )
 }
 
-/// Hash of a wire-format name (right-to-left FNV-1a).
+/// Full-name hash of a wire-format (already lower-cased) name.
 pub fn name_hash(wire: &[u8]) -> u64 {
-    wire.iter()
-        .rev()
-        .fold(FNV_OFFSET, |h, &c| (h ^ c as u64).wrapping_mul(FNV_PRIME))
+    fnv(FNV_OFFSET, wire)
+}
+
+/// Blocklist key of a domain given as lower-cased labels; `None` beyond 8 labels.
+pub fn suffix_hash<'a>(
+    labels: impl DoubleEndedIterator<Item = &'a [u8]> + ExactSizeIterator,
+) -> Option<u64> {
+    if labels.len() > MAX_SUFFIX_LABELS {
+        return None;
+    }
+    Some(labels.rev().fold(FNV_OFFSET, |h, l| {
+        let lh = fnv(fnv(FNV_OFFSET, &[l.len() as u8]), l);
+        mix(h, lh)
+    }))
+}
+
+/// Blocklist key of a dotted domain (case-insensitive).
+pub fn domain_hash(domain: &str) -> Option<u64> {
+    let w = wire_from_dotted(domain);
+    let l = labels(&w)?;
+    suffix_hash(l.into_iter())
 }
 
 /// Labels of a wire-format name; `None` if it is not well formed.
@@ -53,16 +89,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn suffix_hash_is_a_prefix_of_the_right_to_left_walk() {
+    fn hashes_are_case_blind_and_suffix_specific() {
+        assert_eq!(domain_hash("Example.COM"), domain_hash("example.com."));
+        assert_ne!(domain_hash("example.com"), domain_hash("www.example.com"));
+        assert_ne!(domain_hash("a.bc"), domain_hash("ab.c"));
         let full = wire_from_dotted("a.Tunnel.Example.COM");
-        let suffix = wire_from_dotted("example.com");
-        assert!(full.ends_with(&suffix));
         assert_eq!(
-            name_hash(&suffix),
-            name_hash(&full[full.len() - suffix.len()..])
+            name_hash(&full),
+            name_hash(&wire_from_dotted("a.tunnel.example.com"))
         );
-        assert_ne!(name_hash(&suffix), name_hash(&full));
         assert_eq!(labels(&full).unwrap().len(), 4);
         assert!(labels(b"\x03abc\x40").is_none());
+        assert!(domain_hash("a.b.c.d.e.f.g.h.i").is_none(), "over 8 labels");
     }
 }

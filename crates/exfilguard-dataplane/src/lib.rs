@@ -430,7 +430,7 @@ impl Dataplane {
 
     /// Blocks a domain and all its subdomains (dotted form, e.g. a registered domain).
     pub fn block_domain(&self, domain: &str) -> Result<u64> {
-        let h = hash::name_hash(&hash::wire_from_dotted(domain));
+        let h = Self::block_key(domain)?;
         self.skel
             .maps
             .eg_blocklist
@@ -439,8 +439,17 @@ impl Dataplane {
         Ok(h)
     }
 
+    fn block_key(domain: &str) -> Result<u64> {
+        hash::domain_hash(domain).ok_or_else(|| {
+            DataplaneError::Other(format!(
+                "cannot block {domain:?}: not a domain of 1 to {} labels",
+                hash::MAX_SUFFIX_LABELS
+            ))
+        })
+    }
+
     pub fn unblock_domain(&self, domain: &str) -> Result<()> {
-        let h = hash::name_hash(&hash::wire_from_dotted(domain));
+        let h = Self::block_key(domain)?;
         match self.skel.maps.eg_blocklist.delete(&h.to_ne_bytes()) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
@@ -449,7 +458,7 @@ impl Dataplane {
     }
 
     pub fn is_blocked(&self, domain: &str) -> Result<bool> {
-        let h = hash::name_hash(&hash::wire_from_dotted(domain));
+        let h = Self::block_key(domain)?;
         Ok(self
             .skel
             .maps
@@ -542,12 +551,13 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Reads events until `stop` is set, handing each to `handler` (which may release, block
-    /// or quarantine through the `&mut Dataplane` it gets).
+    /// Reads events until `stop` is set, handing each wake-up's events to `handler` as one
+    /// batch (which may release, block or quarantine through the `&mut Dataplane` it gets);
+    /// batches let the agent classify many held names in one model call under load.
     pub fn run(
         &mut self,
         stop: &AtomicBool,
-        mut handler: impl FnMut(&mut Dataplane, Event),
+        mut handler: impl FnMut(&mut Dataplane, Vec<Event>),
     ) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let mut builder = RingBufferBuilder::new();
@@ -565,11 +575,15 @@ impl Dataplane {
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e).ctx(|| "polling ring buffer".into()),
             }
+            let mut batch = Vec::new();
             while let Ok(raw) = rx.try_recv() {
                 match Event::decode(&raw) {
-                    Ok(ev) => handler(self, ev),
+                    Ok(ev) => batch.push(ev),
                     Err(e) => log::warn!("dropping undecodable event: {e}"),
                 }
+            }
+            if !batch.is_empty() {
+                handler(self, batch);
             }
         }
         Ok(())
@@ -596,6 +610,11 @@ impl Dataplane {
             .test_run(input)
             .ctx(|| "BPF_PROG_TEST_RUN".into())?;
         Ok(out.return_value as i32)
+    }
+
+    /// The empty calibration program (harness overhead).
+    pub fn test_run_noop(&self, frame: &[u8], repeat: u32) -> Result<(i32, Duration)> {
+        self.test_run(&self.skel.progs.eg_tc_noop, frame, repeat)
     }
 
     pub fn test_run_xdp(&self, frame: &[u8], repeat: u32) -> Result<(i32, Duration)> {

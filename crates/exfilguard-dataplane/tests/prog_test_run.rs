@@ -59,6 +59,11 @@ fn decisions_on_every_path() {
     assert_eq!(ev[0].action, Action::Hold);
     assert_eq!(ev[0].packet, held, "held frame must be byte-identical");
     assert_eq!(ev[0].name_text(), TUNNEL);
+    assert_eq!(
+        ev[0].name_hash,
+        exfilguard_dataplane::hash::name_hash(&ev[0].name_wire),
+        "kernel and agent agree on the name hash"
+    );
     assert_eq!(ev[0].qtype, 16);
     assert_eq!(ev[0].dport, 53);
     assert!(ev[0].reasons.contains(&"long_label"), "{:?}", ev[0].reasons);

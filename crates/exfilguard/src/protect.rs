@@ -115,6 +115,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 pub fn run(detector: &Detector, args: &ProtectArgs) -> Result<()> {
+    // Warm the model (first-run allocations) so the first held query is not the slow one.
+    detector.classify(&DnsName::parse("warm-up.exfilguard.invalid")?)?;
     let features = Features::probe();
     for line in features.fallbacks() {
         eprintln!("exfilguard: {line}");
@@ -180,8 +182,8 @@ pub fn run(detector: &Detector, args: &ProtectArgs) -> Result<()> {
     let mut tally = Tally::default();
     let out = std::io::stdout();
     let quarantine_after = args.quarantine_after;
-    dp.run(&stop, |dp, ev| {
-        if let Err(e) = handle(dp, detector, &ev, &mut tally, quarantine_after, &out) {
+    dp.run(&stop, |dp, batch| {
+        if let Err(e) = handle_batch(dp, detector, &batch, &mut tally, quarantine_after, &out) {
             eprintln!("exfilguard: {e:#}");
         }
     })?;
@@ -215,38 +217,50 @@ pub fn run(detector: &Detector, args: &ProtectArgs) -> Result<()> {
     Ok(())
 }
 
-fn handle(
+/// Decides a batch: one model call for all names, held queries released or convicted first,
+/// then the JSON lines (printing never delays a release).
+fn handle_batch(
     dp: &mut Dataplane,
     detector: &Detector,
-    ev: &Event,
+    batch: &[Event],
     tally: &mut Tally,
     quarantine_after: u32,
     out: &std::io::Stdout,
 ) -> Result<()> {
-    let text = ev.name_text();
-    let name = ev
-        .labels()
-        .and_then(|l| DnsName::from_labels(l.iter().copied()).ok());
-    let verdict = match &name {
-        Some(n) => Some(detector.classify(n)?),
-        None => None,
-    };
-    let registered = name.as_ref().and_then(|n| n.registered_domain());
-    let malicious = verdict.as_ref().is_none_or(|v| v.class.is_malicious());
+    let names: Vec<Option<DnsName>> = batch
+        .iter()
+        .map(|ev| {
+            ev.labels()
+                .and_then(|l| DnsName::from_labels(l.iter().copied()).ok())
+        })
+        .collect();
+    let valid: Vec<DnsName> = names.iter().flatten().cloned().collect();
+    let mut verdicts = detector.classify_batch(&valid)?.into_iter();
+    let verdicts: Vec<Option<Verdict>> = names
+        .iter()
+        .map(|n| n.as_ref().and_then(|_| verdicts.next()))
+        .collect();
 
-    let (event, decision) = match (ev.response, ev.action) {
-        (true, _) => (
-            "response",
-            if ev.action == Action::Block {
-                "dropped"
-            } else {
-                "reported"
-            },
-        ),
-        (false, Action::Hold) => {
-            if malicious {
+    let mut lines = Vec::with_capacity(batch.len());
+    for ((ev, name), verdict) in batch.iter().zip(&names).zip(&verdicts) {
+        let text = ev.name_text();
+        let registered = name.as_ref().and_then(|n| n.registered_domain());
+        // a name the agent cannot even parse is not released
+        let malicious = verdict.as_ref().is_none_or(|v| v.class.is_malicious());
+        let (event, decision) = match (ev.response, ev.action) {
+            (true, a) => (
+                "response",
+                if a == Action::Block {
+                    "dropped"
+                } else {
+                    "reported"
+                },
+            ),
+            (false, Action::Hold) if malicious => {
                 let target = registered.clone().unwrap_or_else(|| text.clone());
-                dp.block_domain(&target)?;
+                if let Err(e) = dp.block_domain(&target) {
+                    eprintln!("exfilguard: {e}");
+                }
                 tally.convicted += 1;
                 if let (Some(p), true) = (&ev.process, quarantine_after > 0) {
                     let n = tally.per_process.entry(p.tgid).or_default();
@@ -256,34 +270,41 @@ fn handle(
                     }
                 }
                 ("query", "blocked")
-            } else {
+            }
+            (false, Action::Hold) => {
                 dp.release(ev)?;
                 tally.released += 1;
                 ("query", "released")
             }
-        }
-        (false, Action::Block) => ("query", "blocked"),
-        (false, Action::Quarantine) => ("query", "quarantined"),
-        (false, Action::FailClosed) => ("query", "dropped"),
-        (false, _) => ("query", "reported"),
-    };
-    let hold_us = (ev.action == Action::Hold).then(|| {
-        let ns = monotonic_ns().saturating_sub(ev.ts_ns);
-        tally.hold_latency_ns.push(ns);
-        ns as f64 / 1000.0
-    });
-    let line = Line {
-        event,
-        decision,
-        name: text,
-        registered_domain: registered,
-        verdict: verdict.as_ref(),
-        kernel: ev,
-        hold_us,
-    };
+            (false, Action::Block) => ("query", "blocked"),
+            (false, Action::Quarantine) => ("query", "quarantined"),
+            (false, Action::FailClosed) => ("query", "dropped"),
+            (false, _) => ("query", "reported"),
+        };
+        let hold_us = (ev.action == Action::Hold).then(|| {
+            let ns = monotonic_ns().saturating_sub(ev.ts_ns);
+            tally.hold_latency_ns.push(ns);
+            ns as f64 / 1000.0
+        });
+        lines.push((event, decision, text, registered, hold_us));
+    }
+
     let mut o = out.lock();
-    serde_json::to_writer(&mut o, &line)?;
-    o.write_all(b"\n")?;
+    for ((event, decision, name, registered_domain, hold_us), (ev, verdict)) in
+        lines.into_iter().zip(batch.iter().zip(&verdicts))
+    {
+        let line = Line {
+            event,
+            decision,
+            name,
+            registered_domain,
+            verdict: verdict.as_ref(),
+            kernel: ev,
+            hold_us,
+        };
+        serde_json::to_writer(&mut o, &line)?;
+        o.write_all(b"\n")?;
+    }
     o.flush()?;
     Ok(())
 }
