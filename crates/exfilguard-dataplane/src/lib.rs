@@ -6,6 +6,7 @@
 pub mod config;
 pub mod event;
 pub mod hash;
+mod maps;
 pub mod probe;
 mod reinject;
 
@@ -16,6 +17,7 @@ mod skel {
 
 pub use config::{KernelPolicy, Mode};
 pub use event::{Action, Event, Hook, Process};
+pub use maps::Maps;
 pub use probe::Features;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -118,8 +120,18 @@ impl Default for LoadOptions {
 }
 
 enum Attachment {
-    Link { link: Link, pin: Option<PathBuf> },
-    Clsact { hook: libbpf_rs::TcHook },
+    Link {
+        link: Link,
+        pin: Option<PathBuf>,
+    },
+    Clsact {
+        hook: libbpf_rs::TcHook,
+    },
+    /// Generic-mode XDP through netlink (drivers that refuse a native XDP link).
+    XdpGeneric {
+        ifindex: u32,
+        xdp: libbpf_rs::Xdp<'static>,
+    },
 }
 
 /// How an egress program ended up attached.
@@ -138,6 +150,7 @@ pub struct Dataplane {
     reinject: Option<reinject::Reinjector>,
     opts: LoadOptions,
     policy: KernelPolicy,
+    maps: Maps,
 }
 
 fn mount_bpffs(dir: &Path) -> Result<()> {
@@ -205,7 +218,17 @@ impl Dataplane {
         let skel = open
             .load()
             .ctx(|| "loading BPF programs (verifier)".into())?;
+        let handle = |m: &libbpf_rs::Map| {
+            libbpf_rs::MapHandle::try_from(m).ctx(|| "duplicating a map handle".into())
+        };
+        let maps = Maps::from_handles(
+            handle(&skel.maps.eg_blocklist)?,
+            handle(&skel.maps.eg_allow)?,
+            handle(&skel.maps.eg_quarantine)?,
+            Some(handle(&skel.maps.eg_stats)?),
+        );
         let mut dp = Self {
+            maps,
             skel,
             attachments: Vec::new(),
             reinject: None,
@@ -346,13 +369,24 @@ impl Dataplane {
         if let Some(link) = self.take_over(&pin, &self.skel.progs.eg_xdp_ingress) {
             return self.keep_link(link, pin);
         }
-        let link = self
-            .skel
-            .progs
-            .eg_xdp_ingress
-            .attach_xdp(ifindex as i32)
-            .ctx(|| format!("attaching XDP on ifindex {ifindex}"))?;
-        self.keep_link(link, pin)
+        match self.skel.progs.eg_xdp_ingress.attach_xdp(ifindex as i32) {
+            Ok(link) => self.keep_link(link, pin),
+            Err(err) => {
+                // e.g. virtio-net with guest offloads on refuses native XDP: generic mode
+                // runs the same program on the skb path
+                log::warn!("native XDP on ifindex {ifindex} refused ({err}): using generic XDP");
+                let fd = self.skel.progs.eg_xdp_ingress.as_fd();
+                // SAFETY: the program fd lives as long as the skeleton, which outlives every
+                // attachment (detach_all runs before the skeleton drops).
+                let fd: std::os::fd::BorrowedFd<'static> = unsafe { std::mem::transmute(fd) };
+                let xdp = libbpf_rs::Xdp::new(fd);
+                xdp.attach(ifindex as i32, libbpf_rs::XdpFlags::SKB_MODE)
+                    .ctx(|| format!("attaching generic XDP on ifindex {ifindex}"))?;
+                self.attachments
+                    .push(Attachment::XdpGeneric { ifindex, xdp });
+                Ok(())
+            }
+        }
     }
 
     /// Attaches the four sock_addr hooks to a cgroup v2 directory (normally the root).
@@ -424,74 +458,34 @@ impl Dataplane {
                         log::warn!("detaching clsact filter: {e}");
                     }
                 }
+                Attachment::XdpGeneric { ifindex, xdp } => {
+                    if let Err(e) = xdp.detach(ifindex as i32, libbpf_rs::XdpFlags::SKB_MODE) {
+                        log::warn!("detaching generic XDP from ifindex {ifindex}: {e}");
+                    }
+                }
             }
         }
     }
 
-    /// Blocks a domain and all its subdomains (dotted form, e.g. a registered domain).
-    pub fn block_domain(&self, domain: &str) -> Result<u64> {
-        let h = Self::block_key(domain)?;
-        self.skel
-            .maps
-            .eg_blocklist
-            .update(&h.to_ne_bytes(), &now_secs().to_ne_bytes(), MapFlags::ANY)
-            .ctx(|| format!("blocking {domain}"))?;
-        Ok(h)
+    /// Thread-safe handles on the shared maps (blocklist, allow cache, quarantine, stats).
+    pub fn maps(&self) -> &Maps {
+        &self.maps
     }
 
-    fn block_key(domain: &str) -> Result<u64> {
-        hash::domain_hash(domain).ok_or_else(|| {
-            DataplaneError::Other(format!(
-                "cannot block {domain:?}: not a domain of 1 to {} labels",
-                hash::MAX_SUFFIX_LABELS
-            ))
-        })
+    pub fn block_domain(&self, domain: &str) -> Result<u64> {
+        self.maps.block_domain(domain)
     }
 
     pub fn unblock_domain(&self, domain: &str) -> Result<()> {
-        let h = Self::block_key(domain)?;
-        match self.skel.maps.eg_blocklist.delete(&h.to_ne_bytes()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).ctx(|| format!("unblocking {domain}")),
-        }
+        self.maps.unblock_domain(domain)
     }
 
     pub fn is_blocked(&self, domain: &str) -> Result<bool> {
-        let h = Self::block_key(domain)?;
-        Ok(self
-            .skel
-            .maps
-            .eg_blocklist
-            .lookup(&h.to_ne_bytes(), MapFlags::ANY)
-            .ctx(|| "reading eg_blocklist".into())?
-            .is_some())
+        self.maps.is_blocked(domain)
     }
 
-    /// Lets this exact name pass without a hold from now on.
-    pub fn allow_name_hash(&self, name_hash: u64) -> Result<()> {
-        self.skel
-            .maps
-            .eg_allow
-            .update(
-                &name_hash.to_ne_bytes(),
-                &now_secs().to_ne_bytes(),
-                MapFlags::ANY,
-            )
-            .ctx(|| "writing eg_allow".into())
-    }
-
-    /// Denies all further DNS from a process (socket layer for port 53, tc for any port).
     pub fn quarantine(&self, tgid: u32) -> Result<()> {
-        self.skel
-            .maps
-            .eg_quarantine
-            .update(
-                &tgid.to_ne_bytes(),
-                &now_secs().to_ne_bytes(),
-                MapFlags::ANY,
-            )
-            .ctx(|| format!("quarantining tgid {tgid}"))
+        self.maps.quarantine(tgid)
     }
 
     /// Releases a held query: remembers the name as benign, issues a one-shot ticket and
@@ -520,7 +514,7 @@ impl Dataplane {
 
     /// The map half of `release`: allow-cache entry plus one-shot ticket, no re-injection.
     pub fn release_ticket_only(&self, ev: &Event) -> Result<()> {
-        self.allow_name_hash(ev.name_hash)?;
+        self.maps.allow_name_hash(ev.name_hash)?;
         let mut ticket = [0u8; 16];
         ticket[..8].copy_from_slice(&ev.name_hash.to_ne_bytes());
         ticket[8..12].copy_from_slice(&(ev.dns_id as u32).to_ne_bytes());
@@ -533,27 +527,13 @@ impl Dataplane {
 
     /// Sums the per-CPU counters.
     pub fn stats(&self) -> Result<Vec<(&'static str, u64)>> {
-        let mut out = Vec::with_capacity(STAT_NAMES.len());
-        for (i, name) in STAT_NAMES.iter().enumerate() {
-            let per_cpu = self
-                .skel
-                .maps
-                .eg_stats
-                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
-                .ctx(|| "reading eg_stats".into())?
-                .unwrap_or_default();
-            let sum = per_cpu
-                .iter()
-                .map(|v| u64::from_ne_bytes(v[..8].try_into().expect("u64 counter")))
-                .sum();
-            out.push((*name, sum));
-        }
-        Ok(out)
+        self.maps.stats()
     }
 
     /// Reads events until `stop` is set, handing each wake-up's events to `handler` as one
     /// batch (which may release, block or quarantine through the `&mut Dataplane` it gets);
-    /// batches let the agent classify many held names in one model call under load.
+    /// batches let the agent classify many held names in one model call under load. The handler
+    /// also runs with an empty batch when the ring stays quiet for 100 ms.
     pub fn run(
         &mut self,
         stop: &AtomicBool,
@@ -582,9 +562,8 @@ impl Dataplane {
                     Err(e) => log::warn!("dropping undecodable event: {e}"),
                 }
             }
-            if !batch.is_empty() {
-                handler(self, batch);
-            }
+            // an empty batch is the handler's idle tick (at most every 100 ms)
+            handler(self, batch);
         }
         Ok(())
     }

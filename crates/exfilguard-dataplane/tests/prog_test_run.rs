@@ -69,7 +69,7 @@ fn decisions_on_every_path() {
     assert!(ev[0].reasons.contains(&"long_label"), "{:?}", ev[0].reasons);
 
     // once judged benign (allow cache) the same name passes
-    dp.allow_name_hash(ev[0].name_hash).unwrap();
+    dp.maps().allow_name_hash(ev[0].name_hash).unwrap();
     assert_eq!(run(&dp, &held), PASS);
 
     // a blocklisted registered domain drops every subdomain, checked by suffix hash

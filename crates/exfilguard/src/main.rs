@@ -1,5 +1,6 @@
 //! `exfilguard`: the command-line front door to the detection brain.
 
+mod agent_cmd;
 mod classify;
 mod dataset;
 mod eval;
@@ -27,7 +28,7 @@ struct Cli {
 
 /// Options that choose the brain: the model and the operator's lists.
 #[derive(clap::Args)]
-struct BrainArgs {
+pub struct BrainArgs {
     /// ONNX model to use instead of the embedded one.
     #[arg(long, global = true, value_name = "FILE")]
     model: Option<PathBuf>,
@@ -62,8 +63,18 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Classify every DNS query in a pcap or pcapng capture.
     Scan(scan::ScanArgs),
-    /// Run the kernel data plane with the brain in-process (root): hold, release, block.
+    /// Run the agent (root): kernel data plane, brain, event sinks, Kafka, metrics.
+    Run(agent_cmd::RunArgs),
+    /// The kernel data plane with the brain, settings from flags, JSON events on stdout (root).
     Protect(protect::ProtectArgs),
+    /// Print the default configuration, or check a configuration file.
+    Config(agent_cmd::ConfigArgs),
+    /// Block domains on this host's pinned maps and on the fleet blocklist topic.
+    Block(agent_cmd::BlockArgs),
+    /// Remove domains from this host's pinned maps and from the fleet blocklist topic.
+    Unblock(agent_cmd::BlockArgs),
+    /// Fleet-wide aggregates over the Kafka event topic; convicts domains seen from many hosts.
+    Analytics(agent_cmd::AnalyticsArgs),
     /// Print the feature vector of names (the model's exact input), for debugging and docs.
     Features {
         #[arg(required = true)]
@@ -111,6 +122,30 @@ enum DatasetCommand {
 }
 
 impl BrainArgs {
+    /// Carries these flags into an agent configuration (`protect`).
+    fn apply_to(&self, d: &mut exfilguard_agent::config::DetectConfig) -> Result<()> {
+        if let Some(m) = &self.model {
+            d.model = m.clone();
+        }
+        if let Some(t) = self.threshold {
+            d.threshold = t;
+        }
+        let lines = |p: &Option<PathBuf>| -> Result<Vec<String>> {
+            Ok(match p {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .lines()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .collect(),
+                None => Vec::new(),
+            })
+        };
+        d.allow = lines(&self.allowlist)?;
+        d.block = lines(&self.blocklist)?;
+        Ok(())
+    }
+
     fn detector(&self) -> Result<Detector> {
         let mut model = match &self.model {
             Some(p) => {
@@ -143,6 +178,19 @@ impl BrainArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    // structured logs on stderr; RUST_LOG filters (default info), EXFILGUARD_LOG_FORMAT=json
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var("EXFILGUARD_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // A closed pipe (`| head`) is the reader's choice, not an error.
@@ -168,7 +216,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => eval::run(&cli.brain.detector()?, &args),
         Command::Scan(args) => scan::run(&cli.brain.detector()?, &args),
-        Command::Protect(args) => protect::run(&cli.brain.detector()?, &args),
+        Command::Run(args) => agent_cmd::run(&args),
+        Command::Protect(args) => protect::run(&cli.brain, &args),
+        Command::Config(args) => agent_cmd::config(&args),
+        Command::Block(args) => agent_cmd::block(&args, false),
+        Command::Unblock(args) => agent_cmd::block(&args, true),
+        Command::Analytics(args) => agent_cmd::analytics(&args),
         Command::Features { names } => classify::features(&names),
         Command::ModelInfo => {
             let d = cli.brain.detector()?;

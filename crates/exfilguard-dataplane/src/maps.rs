@@ -1,0 +1,143 @@
+//! Owned handles on the maps the agent's other threads (fleet blocklist feed, metrics) and the
+//! operator's `exfilguard block` command touch. Each is a dup of the map fd, so they are `Send`
+//! and outlive nothing: the kernel map lives as long as any fd or pin holds it.
+
+use crate::{hash, now_secs, Ctx, DataplaneError, Result, STAT_NAMES};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use std::path::Path;
+
+pub struct Maps {
+    blocklist: MapHandle,
+    allow: MapHandle,
+    quarantine: MapHandle,
+    /// Not pinned: only present when the handles come from a loaded data plane.
+    stats: Option<MapHandle>,
+}
+
+impl Maps {
+    pub(crate) fn from_handles(
+        blocklist: MapHandle,
+        allow: MapHandle,
+        quarantine: MapHandle,
+        stats: Option<MapHandle>,
+    ) -> Self {
+        Self {
+            blocklist,
+            allow,
+            quarantine,
+            stats,
+        }
+    }
+
+    /// The pinned maps of a running (or stopped) agent, e.g. for `exfilguard block`.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        let open = |name: &str| {
+            let p = dir.join(name);
+            MapHandle::from_pinned_path(&p).ctx(|| format!("opening pinned map {}", p.display()))
+        };
+        Ok(Self::from_handles(
+            open("eg_blocklist")?,
+            open("eg_allow")?,
+            open("eg_quarantine")?,
+            None,
+        ))
+    }
+
+    pub fn try_clone(&self) -> Result<Self> {
+        let dup = |m: &MapHandle| MapHandle::try_from(m).ctx(|| "duplicating a map handle".into());
+        Ok(Self {
+            blocklist: dup(&self.blocklist)?,
+            allow: dup(&self.allow)?,
+            quarantine: dup(&self.quarantine)?,
+            stats: self.stats.as_ref().map(dup).transpose()?,
+        })
+    }
+
+    fn block_key(domain: &str) -> Result<u64> {
+        hash::domain_hash(domain).ok_or_else(|| {
+            DataplaneError::Other(format!(
+                "cannot block {domain:?}: not a domain of 1 to {} labels",
+                hash::MAX_SUFFIX_LABELS
+            ))
+        })
+    }
+
+    /// Blocks a domain and all its subdomains (dotted form, e.g. a registered domain).
+    pub fn block_domain(&self, domain: &str) -> Result<u64> {
+        let h = Self::block_key(domain)?;
+        self.blocklist
+            .update(&h.to_ne_bytes(), &now_secs().to_ne_bytes(), MapFlags::ANY)
+            .ctx(|| format!("blocking {domain}"))?;
+        Ok(h)
+    }
+
+    pub fn unblock_domain(&self, domain: &str) -> Result<()> {
+        let h = Self::block_key(domain)?;
+        match self.blocklist.delete(&h.to_ne_bytes()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).ctx(|| format!("unblocking {domain}")),
+        }
+    }
+
+    pub fn is_blocked(&self, domain: &str) -> Result<bool> {
+        let h = Self::block_key(domain)?;
+        Ok(self
+            .blocklist
+            .lookup(&h.to_ne_bytes(), MapFlags::ANY)
+            .ctx(|| "reading eg_blocklist".into())?
+            .is_some())
+    }
+
+    /// Lets this exact name pass without a hold from now on.
+    pub fn allow_name_hash(&self, name_hash: u64) -> Result<()> {
+        self.allow
+            .update(
+                &name_hash.to_ne_bytes(),
+                &now_secs().to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .ctx(|| "writing eg_allow".into())
+    }
+
+    /// Denies all further DNS from a process (socket layer for port 53, tc for any port).
+    pub fn quarantine(&self, tgid: u32) -> Result<()> {
+        self.quarantine
+            .update(
+                &tgid.to_ne_bytes(),
+                &now_secs().to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .ctx(|| format!("quarantining tgid {tgid}"))
+    }
+
+    /// Entries in (blocklist, allow cache, quarantine): a walk of the keys, so call it at a
+    /// slow cadence (metrics refresh), not per packet.
+    pub fn occupancy(&self) -> (usize, usize, usize) {
+        (
+            self.blocklist.keys().count(),
+            self.allow.keys().count(),
+            self.quarantine.keys().count(),
+        )
+    }
+
+    /// Sums the per-CPU counters (empty when these handles came from pins).
+    pub fn stats(&self) -> Result<Vec<(&'static str, u64)>> {
+        let Some(stats) = &self.stats else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(STAT_NAMES.len());
+        for (i, name) in STAT_NAMES.iter().enumerate() {
+            let per_cpu = stats
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+                .ctx(|| "reading eg_stats".into())?
+                .unwrap_or_default();
+            let sum = per_cpu
+                .iter()
+                .map(|v| u64::from_ne_bytes(v[..8].try_into().expect("u64 counter")))
+                .sum();
+            out.push((*name, sum));
+        }
+        Ok(out)
+    }
+}

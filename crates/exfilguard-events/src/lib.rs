@@ -1,0 +1,97 @@
+//! What the agent (and later the resolver front) says about a DNS query: one `Detection`
+//! record per held, blocked or reported query, serialised either in exfilguard's own compact
+//! form or as an OCSF "DNS Activity" event for XDR/EDR/SIEM pipelines (docs/ocsf.md), and
+//! written to a size-rotated JSONL file.
+
+pub mod jsonl;
+pub mod ocsf;
+
+use exfilguard_dataplane::Event;
+use exfilguard_detect::Verdict;
+use serde::{Deserialize, Serialize};
+
+/// What the agent did with a query or response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Held, judged benign, re-injected unchanged.
+    Released,
+    /// Dropped: blocklisted in the kernel, or held and convicted.
+    Blocked,
+    /// Dropped because the sending process is quarantined.
+    Quarantined,
+    /// Dropped by the fail policy (could not be held, or held too long).
+    Dropped,
+    /// Monitor mode or an audit: nothing dropped.
+    Reported,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Released => "released",
+            Decision::Blocked => "blocked",
+            Decision::Quarantined => "quarantined",
+            Decision::Dropped => "dropped",
+            Decision::Reported => "reported",
+        }
+    }
+
+    pub const ALL: [Decision; 5] = [
+        Decision::Released,
+        Decision::Blocked,
+        Decision::Quarantined,
+        Decision::Dropped,
+        Decision::Reported,
+    ];
+}
+
+/// One decision about one DNS message.
+#[derive(Clone, Debug, Serialize)]
+pub struct Detection {
+    /// "query" (egress) or "response" (XDP ingress).
+    pub event: &'static str,
+    pub decision: Decision,
+    pub name: String,
+    pub registered_domain: Option<String>,
+    pub verdict: Option<Verdict>,
+    #[serde(flatten)]
+    pub kernel: Event,
+    /// Kernel hold to agent decision, microseconds (held queries only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_us: Option<f64>,
+    /// Wall-clock time of the decision, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The reporting host (config `host.name`, default the hostname).
+    pub host: String,
+    /// Interface name of `kernel.ifindex`, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    /// Container (or systemd unit) of the sending process, from its cgroup path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Unique id (UUIDv7, time ordered): lets consumers drop the rare duplicate an at-least-once
+    /// delivery after a crash can produce.
+    pub uid: uuid::Uuid,
+}
+
+/// Serialisation of records on a sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// OCSF 1.3 DNS Activity (class 4003).
+    #[default]
+    Ocsf,
+    /// exfilguard's own record (`Detection` as JSON).
+    Native,
+}
+
+impl Detection {
+    pub fn to_json(&self, format: Format) -> String {
+        match format {
+            Format::Native => serde_json::to_string(self),
+            Format::Ocsf => serde_json::to_string(&ocsf::dns_activity(self)),
+        }
+        .expect("records serialise")
+    }
+}
