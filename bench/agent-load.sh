@@ -67,4 +67,4 @@ echo "== agent =="
 echo "peak RSS: $(sort -n $w/rss.txt | tail -1) KiB; median RSS: $(sort -n $w/rss.txt | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}') KiB"
 echo "$metrics" | grep -E '^exfilguard_(kernel_events_total\{hook="egress",event="(dns_queries|pass_plain|hold|block|released|fail_closed|ringbuf_full)"|decisions_total|events_dropped_total|sink_queue_depth|spool_pending_bytes|kafka_delivered_total|map_entries\{map="blocklist")'
 echo "$metrics" | grep -E '^exfilguard_hold_release_seconds_(sum|count)'
-echo "events written: $(wc -l < $w/events.jsonl)"
+echo "events written: $(cat $w/events.jsonl* | wc -l) (file, with rotations)"

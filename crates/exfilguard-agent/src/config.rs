@@ -58,6 +58,8 @@ pub struct DataplaneConfig {
     pub pin_dir: PathBuf,
     /// Leave programs attached when the agent exits; the next start takes them over.
     pub persist: bool,
+    /// Ring buffer of held frames (MiB, a power of two); mapped twice by the agent.
+    pub ringbuf_mib: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -69,6 +71,7 @@ impl Default for DataplaneConfig {
             cgroup: PathBuf::new(),
             pin_dir: PathBuf::from(exfilguard_dataplane::DEFAULT_PIN_DIR),
             persist: false,
+            ringbuf_mib: 4,
         }
     }
 }
@@ -106,7 +109,7 @@ impl Default for PipelineConfig {
         Self {
             batch_max: 1024,
             max_hold_ms: 2000,
-            sink_queue: 65536,
+            sink_queue: 16384,
         }
     }
 }
@@ -215,6 +218,12 @@ impl Config {
     /// Checks what types cannot: ranges and names.
     pub fn validate(&self) -> Result<()> {
         let mut errs = Vec::new();
+        let rb = self.dataplane.ringbuf_mib;
+        if !(1..=256).contains(&rb) || !rb.is_power_of_two() {
+            errs.push(format!(
+                "dataplane.ringbuf_mib = {rb}: must be a power of two in 1..=256"
+            ));
+        }
         let k = &self.kernel;
         let mut range = |key: &str, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi {
@@ -357,6 +366,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen") && e.contains("nowhere"), "{e}");
+        let e = Config::from_toml("[dataplane]\nringbuf_mib = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dataplane.ringbuf_mib = 3"), "{e}");
     }
 
     #[test]

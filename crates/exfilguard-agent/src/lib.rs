@@ -75,7 +75,7 @@ fn host_name(cfg: &Config) -> String {
 
 /// Writes records to the file and stdout sinks and appends them to the Kafka spool.
 fn sink_loop(
-    rx: Receiver<Detection>,
+    rx: Receiver<Box<Detection>>,
     cfg: Config,
     spool: Option<Arc<Spool>>,
     metrics: metrics::Metrics,
@@ -292,6 +292,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
     let mut dp = Dataplane::load(LoadOptions {
         pin_dir: Some(cfg.dataplane.pin_dir.clone()),
         persist: cfg.dataplane.persist,
+        ringbuf_bytes: cfg.dataplane.ringbuf_mib << 20,
     })
     .context("loading the data plane (needs root)")?;
     dp.set_policy(&cfg.kernel)?;
@@ -448,7 +449,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
     }
 
     // sinks
-    let (sink_tx, sink_rx) = sync_channel::<Detection>(cfg.pipeline.sink_queue);
+    let (sink_tx, sink_rx) = sync_channel::<Box<Detection>>(cfg.pipeline.sink_queue);
     {
         let (c, s, m) = (cfg.clone(), event_spool.clone(), metrics.clone());
         threads.push((

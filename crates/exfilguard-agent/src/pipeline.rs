@@ -98,7 +98,8 @@ pub struct Pipeline {
     pub batch_max: usize,
     pub quarantine_after: u32,
     pub emit_released: bool,
-    pub sink: SyncSender<Detection>,
+    /// Boxed so the bounded channel preallocates pointers, not whole records.
+    pub sink: SyncSender<Box<Detection>>,
     pub convictions: Option<SyncSender<Conviction>>,
     pub released: u64,
     pub convicted: u64,
@@ -117,7 +118,7 @@ impl Pipeline {
         metrics: Metrics,
         host: String,
         cfg: &crate::config::Config,
-        sink: SyncSender<Detection>,
+        sink: SyncSender<Box<Detection>>,
         convictions: Option<SyncSender<Conviction>>,
         cgroup_root: Option<std::path::PathBuf>,
     ) -> Self {
@@ -265,7 +266,7 @@ impl Pipeline {
             });
         }
         for r in records {
-            match self.sink.try_send(r) {
+            match self.sink.try_send(Box::new(r)) {
                 Ok(()) => {
                     self.metrics.sink_queue_depth.inc();
                 }

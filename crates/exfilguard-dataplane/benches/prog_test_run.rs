@@ -60,6 +60,7 @@ fn main() {
     let dp = Dataplane::load(LoadOptions {
         pin_dir: None,
         persist: false,
+        ..Default::default()
     })
     .expect("load");
     dp.block_domain("evil-c2.net").unwrap();

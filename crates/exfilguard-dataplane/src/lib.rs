@@ -108,6 +108,8 @@ pub struct LoadOptions {
     /// Keep programs attached after this process exits (links pinned under `pin_dir/links`),
     /// so a restart leaves no unprotected gap; the next start takes the links over.
     pub persist: bool,
+    /// Size of the held-frame ring buffer in bytes (a power of two ≥ the page size); 0: 8 MiB.
+    pub ringbuf_bytes: u32,
 }
 
 impl Default for LoadOptions {
@@ -115,6 +117,7 @@ impl Default for LoadOptions {
         Self {
             pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             persist: false,
+            ringbuf_bytes: 0,
         }
     }
 }
@@ -198,6 +201,12 @@ impl Dataplane {
             open.progs
                 .eg_tc_egress
                 .set_attach_type(libbpf_rs::ProgramAttachType::TcxEgress);
+        }
+        if opts.ringbuf_bytes != 0 {
+            open.maps
+                .eg_events
+                .set_max_entries(opts.ringbuf_bytes)
+                .ctx(|| format!("ring buffer size {}", opts.ringbuf_bytes))?;
         }
         if let Some(dir) = &opts.pin_dir {
             mount_bpffs(dir)?;

@@ -19,6 +19,7 @@ fn load() -> Option<Dataplane> {
         Dataplane::load(LoadOptions {
             pin_dir: None,
             persist: false,
+            ..Default::default()
         })
         .expect("loading the BPF programs (verifier)"),
     )
