@@ -27,6 +27,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub kafka: KafkaSettings,
     pub metrics: MetricsConfig,
+    pub resolve: ResolveConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -186,6 +187,54 @@ impl MetricsConfig {
     }
 }
 
+/// What `exfilguard resolve` answers to a query it refuses to forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockAction {
+    Refused,
+    Nxdomain,
+    /// A/AAAA answers pointing at `resolve.sinkhole_ipv4`/`sinkhole_ipv6`; other types NODATA.
+    Sinkhole,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResolveConfig {
+    /// `ip:port` addresses served over UDP and TCP.
+    pub listen: Vec<String>,
+    /// `ip:port` resolvers forwarded to, round robin; one that stops answering is skipped.
+    pub upstreams: Vec<String>,
+    pub action: BlockAction,
+    pub sinkhole_ipv4: std::net::Ipv4Addr,
+    pub sinkhole_ipv6: std::net::Ipv6Addr,
+    /// Upstream answer deadline; past it the client gets SERVFAIL.
+    pub timeout_ms: u64,
+    /// Verdicts cached per name (entries, seconds).
+    pub cache_entries: usize,
+    pub cache_secs: u64,
+    /// A malicious verdict blocks its whole registered domain for this long (0: the name only).
+    pub block_secs: u64,
+    /// Worker threads (0: one per core).
+    pub workers: usize,
+}
+
+impl Default for ResolveConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:5353".into()],
+            upstreams: Vec::new(),
+            action: BlockAction::Refused,
+            sinkhole_ipv4: std::net::Ipv4Addr::UNSPECIFIED,
+            sinkhole_ipv6: std::net::Ipv6Addr::UNSPECIFIED,
+            timeout_ms: 2000,
+            cache_entries: 100_000,
+            cache_secs: 300,
+            block_secs: 3600,
+            workers: 0,
+        }
+    }
+}
+
 impl Config {
     /// Defaults, then the file (when given), then `EXFILGUARD__…` environment variables;
     /// then validation. Errors name the key and the bad value.
@@ -266,11 +315,29 @@ impl Config {
             1,
             10_000,
         );
+        range("resolve.timeout_ms", self.resolve.timeout_ms, 10, 60_000);
+        range(
+            "resolve.cache_entries",
+            self.resolve.cache_entries as u64,
+            0,
+            1 << 26,
+        );
+        range("resolve.workers", self.resolve.workers as u64, 0, 256);
         if self.metrics.listen.parse::<SocketAddr>().is_err() {
             errs.push(format!(
                 "metrics.listen = {:?}: not an ip:port address",
                 self.metrics.listen
             ));
+        }
+        for (key, list) in [
+            ("resolve.listen", &self.resolve.listen),
+            ("resolve.upstreams", &self.resolve.upstreams),
+        ] {
+            for a in list {
+                if a.parse::<SocketAddr>().is_err() {
+                    errs.push(format!("{key}: {a:?} is not an ip:port address"));
+                }
+            }
         }
         if k.release_mark == 0 {
             errs.push("kernel.release_mark = 0: must be non-zero".into());

@@ -7,25 +7,20 @@ pub mod config;
 pub mod host;
 pub mod metrics;
 pub mod pipeline;
+pub mod services;
 
 use anyhow::{Context, Result};
 use config::{AttachPoint, Config};
 use exfilguard_dataplane::{Dataplane, EgressAttach, Features, LoadOptions, Maps};
 use exfilguard_detect::{Detector, Model, NameList};
 use exfilguard_dns::DnsName;
-use exfilguard_events::jsonl::JsonlFile;
-use exfilguard_events::Detection;
-use exfilguard_kafka::fleet::{BlockEntry, FleetUpdate};
-use exfilguard_kafka::sender::{Sender, SenderStats};
-use exfilguard_kafka::spool::Spool;
-use pipeline::{Conviction, Pipeline};
+use exfilguard_kafka::fleet::FleetUpdate;
+use pipeline::Pipeline;
+use services::{FleetApply, Services};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a finished run reports (printed by `protect`, logged by `run`).
@@ -41,7 +36,8 @@ pub struct Summary {
     pub kernel: serde_json::Map<String, serde_json::Value>,
 }
 
-fn name_list(entries: &[String]) -> Result<NameList> {
+/// An allow/block list from config entries.
+pub fn name_list(entries: &[String]) -> Result<NameList> {
     NameList::parse(&entries.join("\n")).context("domain list")
 }
 
@@ -65,102 +61,12 @@ pub fn detector(cfg: &Config) -> Result<Detector> {
     Ok(det)
 }
 
-fn host_name(cfg: &Config) -> String {
+/// The host name events and fleet entries carry.
+pub fn host_name(cfg: &Config) -> String {
     if cfg.host.name.is_empty() {
         host::hostname()
     } else {
         cfg.host.name.clone()
-    }
-}
-
-/// Writes records to the file and stdout sinks and appends them to the Kafka spool.
-fn sink_loop(
-    rx: Receiver<Box<Detection>>,
-    cfg: Config,
-    spool: Option<Arc<Spool>>,
-    metrics: metrics::Metrics,
-) {
-    let mut file = if cfg.events.file.enabled {
-        match JsonlFile::open(
-            &cfg.events.file.path,
-            cfg.events.file.max_bytes,
-            cfg.events.file.keep,
-        ) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::error!(path = %cfg.events.file.path.display(), "event file sink disabled: {e}");
-                metrics.error("file_sink");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let stdout = std::io::stdout();
-    let counter = |sink: &str| {
-        metrics
-            .events_written
-            .get_or_create(&vec![("sink", sink.to_string())])
-            .clone()
-    };
-    let (c_file, c_stdout, c_kafka) = (counter("file"), counter("stdout"), counter("kafka"));
-    let mut kafka_batch: Vec<(String, String)> = Vec::new();
-    loop {
-        let first = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(d) => Some(d),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut out = stdout.lock();
-        for det in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-        {
-            metrics.sink_queue_depth.dec();
-            if let Some(f) = &mut file {
-                let line = det.to_json(cfg.events.file.format);
-                if let Err(e) = f.write_line(&line) {
-                    tracing::error!("event file: {e}");
-                    metrics.error("file_sink");
-                } else {
-                    c_file.inc();
-                }
-            }
-            if cfg.events.stdout.enabled {
-                let _ = writeln!(out, "{}", det.to_json(cfg.events.stdout.format));
-                c_stdout.inc();
-            }
-            if spool.is_some() {
-                kafka_batch.push((
-                    det.host.clone(),
-                    det.to_json(exfilguard_events::Format::Ocsf),
-                ));
-            }
-            if kafka_batch.len() >= 512 {
-                break;
-            }
-        }
-        let _ = out.flush();
-        drop(out);
-        if let Some(f) = &mut file {
-            let _ = f.flush();
-        }
-        if let (Some(s), false) = (&spool, kafka_batch.is_empty()) {
-            match s.append(
-                kafka_batch
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), Some(v.as_str()))),
-            ) {
-                Ok(()) => {
-                    c_kafka.inc_by(kafka_batch.len() as u64);
-                }
-                Err(e) => {
-                    tracing::error!("event spool: {e}");
-                    metrics.error("spool");
-                }
-            }
-            kafka_batch.clear();
-        }
     }
 }
 
@@ -241,31 +147,6 @@ impl FleetApplier {
                 self.count("unblock");
             }
             Err(e) => tracing::warn!(domain, "fleet unblock not applied: {e}"),
-        }
-    }
-}
-
-/// Turns this host's convictions into fleet entries on the blocklist spool.
-fn conviction_loop(rx: Receiver<Conviction>, spool: Arc<Spool>, host: String, ttl_secs: u64) {
-    while let Ok(c) = rx.recv() {
-        let now = exfilguard_kafka::fleet::now_ms();
-        let entry = BlockEntry {
-            domain: c.domain.clone(),
-            class: c.verdict.class.as_str().to_string(),
-            score: c.verdict.score,
-            host: host.clone(),
-            source: "agent".into(),
-            first_seen_ms: now,
-            expires_ms: if ttl_secs == 0 {
-                0
-            } else {
-                now + ttl_secs * 1000
-            },
-            reason: format!("{}: {}", c.name, c.verdict.reasons.join("; ")),
-        };
-        let v = serde_json::to_string(&entry).expect("entry serialises");
-        if let Err(e) = spool.append([(c.domain.as_str(), Some(v.as_str()))]) {
-            tracing::error!("blocklist spool: {e}");
         }
     }
 }
@@ -351,131 +232,25 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
         .context("signal handler")?;
 
-    let mut threads: Vec<(&str, JoinHandle<()>)> = Vec::new();
-    let mut live = metrics::Live {
+    let live = metrics::Live {
         maps: Some(dp.maps().try_clone()?),
         ..Default::default()
     };
-
-    // Kafka: spools, senders, fleet follower
-    let kafka_stop = Arc::new(AtomicBool::new(false));
-    let mut event_spool = None;
-    let mut convictions_tx = None;
-    if cfg.kafka.enabled() {
-        let client_id = format!("exfilguard-{host}");
-        let ev_spool = Arc::new(Spool::open(
-            &cfg.kafka.spool_dir.join("events"),
-            cfg.kafka.spool_max_bytes,
-        )?);
-        let bl_spool = Arc::new(Spool::open(
-            &cfg.kafka.spool_dir.join("blocklist"),
-            cfg.kafka.spool_max_bytes / 8,
-        )?);
-        {
-            let (k, id) = (cfg.kafka.clone(), client_id.clone());
-            let st = kafka_stop.clone();
-            threads.push((
-                "topics",
-                std::thread::spawn(move || {
-                    // the broker may be down at start: keep trying in the background
-                    while !st.load(Ordering::Relaxed) {
-                        match k.ensure_topics(&id) {
-                            Ok(()) => break,
-                            Err(e) => {
-                                tracing::warn!("kafka topics not ensured yet: {e}");
-                                std::thread::sleep(Duration::from_secs(5));
-                            }
-                        }
-                    }
-                }),
-            ));
-        }
-        for (stream, spool, topic) in [
-            ("events", ev_spool.clone(), cfg.kafka.events_topic.clone()),
-            (
-                "blocklist",
-                bl_spool.clone(),
-                cfg.kafka.blocklist_topic.clone(),
-            ),
-        ] {
-            let stats = Arc::new(SenderStats::default());
-            live.senders.push((stream, stats.clone(), spool.clone()));
-            let sender = Sender {
-                spool,
-                topic,
-                producer: exfilguard_kafka::sender::producer(&cfg.kafka, &client_id)?,
-                settings: cfg.kafka.clone(),
-                client_id: client_id.clone(),
-                stats,
-                batch: 1000,
-            };
-            let st = kafka_stop.clone();
-            threads.push((
-                stream,
-                std::thread::spawn(move || sender.run(&st, Duration::from_secs(3))),
-            ));
-        }
-        event_spool = Some(ev_spool);
-        if cfg.kafka.publish_convictions {
-            let (tx, rx) = sync_channel::<Conviction>(4096);
-            convictions_tx = Some(tx);
-            let (h, ttl) = (host.clone(), cfg.kafka.conviction_ttl_secs);
-            threads.push((
-                "convictions",
-                std::thread::spawn(move || conviction_loop(rx, bl_spool, h, ttl)),
-            ));
-        }
-        if cfg.kafka.follow_blocklist {
-            let mut applier = FleetApplier {
-                maps: dp.maps().try_clone()?,
-                allow: name_list(&cfg.detect.allow)?,
-                pinned_block: cfg.detect.block.clone(),
-                expiries: HashMap::new(),
-                metrics: metrics.clone(),
-                last_sweep: std::time::Instant::now(),
-            };
-            let (k, id, st) = (cfg.kafka.clone(), client_id.clone(), kafka_stop.clone());
-            threads.push((
-                "fleet",
-                std::thread::spawn(move || {
-                    if let Err(e) =
-                        exfilguard_kafka::fleet::follow(&k, &id, &st, |u| applier.apply(u))
-                    {
-                        tracing::error!("fleet blocklist follower stopped: {e}");
-                    }
-                }),
-            ));
-        }
-    }
-
-    // sinks
-    let (sink_tx, sink_rx) = sync_channel::<Box<Detection>>(cfg.pipeline.sink_queue);
-    {
-        let (c, s, m) = (cfg.clone(), event_spool.clone(), metrics.clone());
-        threads.push((
-            "sinks",
-            std::thread::spawn(move || sink_loop(sink_rx, c, s, m)),
-        ));
-    }
-
-    // metrics endpoint
-    registry.register_collector(Box::new(live));
-    let metrics_stop = Arc::new(AtomicBool::new(false));
-    if cfg.metrics.enabled {
-        let listener = std::net::TcpListener::bind(cfg.metrics.addr())
-            .with_context(|| format!("metrics.listen: binding {}", cfg.metrics.listen))?;
-        tracing::info!(listen = %cfg.metrics.listen, "metrics on /metrics, /healthz, /readyz");
-        let reg = Arc::new(Mutex::new(registry));
-        let (ready, st) = (metrics.ready.clone(), metrics_stop.clone());
-        threads.push((
-            "metrics",
-            std::thread::spawn(move || {
-                if let Err(e) = metrics::serve(listener, reg, ready, st) {
-                    tracing::error!("metrics server: {e}");
-                }
-            }),
-        ));
-    }
+    let fleet: Option<FleetApply> = if cfg.kafka.enabled() && cfg.kafka.follow_blocklist {
+        let mut applier = FleetApplier {
+            maps: dp.maps().try_clone()?,
+            allow: name_list(&cfg.detect.allow)?,
+            pinned_block: cfg.detect.block.clone(),
+            expiries: HashMap::new(),
+            metrics: metrics.clone(),
+            last_sweep: std::time::Instant::now(),
+        };
+        Some(Box::new(move |u| applier.apply(u)))
+    } else {
+        None
+    };
+    let services = Services::start(&cfg, &host, &metrics, registry, live, fleet)?;
+    let (sink_tx, convictions_tx) = (services.sink.clone(), services.convictions.clone());
 
     let mut pipe = Pipeline::new(
         detector,
@@ -520,13 +295,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
     drop(pipe); // closes the sink and conviction queues
     let persist = current.dataplane.persist;
     dp.detach_all();
-    kafka_stop.store(true, Ordering::Relaxed);
-    metrics_stop.store(true, Ordering::Relaxed);
-    for (name, t) in threads {
-        if t.join().is_err() {
-            tracing::error!("{name} thread panicked");
-        }
-    }
+    services.shutdown();
     tracing::info!(
         released = summary.released,
         convicted = summary.convicted,

@@ -43,6 +43,51 @@ pub struct KernelPolicy {
     pub drop_malformed53: bool,
 }
 
+impl KernelPolicy {
+    /// The kernel's "is this name worth the model?" test (`suspicion()` in the BPF program),
+    /// for fronts that see queries without the kernel: reasons, empty when plainly benign.
+    /// `name_wire` is the lower-cased wire-format name without the root byte.
+    pub fn suspicion(&self, name_wire: &[u8], qtype: u16) -> Vec<&'static str> {
+        let (mut labels, mut max_label, mut digits, mut odd, mut i) = (0u32, 0u32, 0u32, false, 0);
+        while i < name_wire.len() {
+            let len = name_wire[i] as usize;
+            labels += 1;
+            max_label = max_label.max(len as u32);
+            for &c in name_wire.iter().skip(i + 1).take(len) {
+                let c = c.to_ascii_lowercase();
+                if c.is_ascii_digit() {
+                    digits += 1;
+                } else if !(c.is_ascii_lowercase() || c == b'-' || c == b'_') {
+                    odd = true;
+                }
+            }
+            i += len + 1;
+        }
+        // dotted length = wire length without the root byte, minus the first length byte
+        let dotted = name_wire.len().saturating_sub(1) as u32;
+        let mut r = Vec::new();
+        if dotted >= self.hold_name_len {
+            r.push("long_name");
+        }
+        if max_label >= self.hold_label_len {
+            r.push("long_label");
+        }
+        if labels >= self.hold_labels {
+            r.push("many_labels");
+        }
+        if digits >= self.hold_digits {
+            r.push("digits");
+        }
+        if odd {
+            r.push("odd_chars");
+        }
+        if !matches!(qtype, 1 | 2 | 6 | 12 | 28 | 43 | 48 | 64 | 65) {
+            r.push("rare_qtype");
+        }
+        r
+    }
+}
+
 impl Default for KernelPolicy {
     fn default() -> Self {
         Self {

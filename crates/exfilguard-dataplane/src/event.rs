@@ -41,6 +41,8 @@ pub enum Hook {
     Tc,
     Xdp,
     Netfilter,
+    /// Not a kernel hook: the query reached `exfilguard resolve` (the resolver front).
+    Resolver,
 }
 
 /// Names of the `enum eg_reason` bits, in bit order.

@@ -256,3 +256,56 @@ fn xdp_limits_nxdomain_floods() {
     assert_eq!(stats["xdp_nxdomain"], 120);
     assert_eq!(stats["xdp_ratelimited"], 70);
 }
+
+/// `KernelPolicy::suspicion` (used by the resolver front) is the kernel's hold test: both hold
+/// exactly the same names, with the same reasons.
+#[test]
+fn rust_prefilter_agrees_with_the_kernel() {
+    let Some(dp) = load() else { return };
+    let policy = KernelPolicy::default();
+    let names = [
+        ("www.example.com", 1),
+        ("www.example.com", 16),
+        ("abcdefghi.abcdefghi.abcdefg.com", 1),
+        ("abcdefghi.abcdefghi.abcdefgh.com", 1),
+        ("abcdefghij.com", 28),
+        ("a.b.c.d.com", 1),
+        ("a.b.c.com", 65),
+        ("a1b2c3.com", 1),
+        ("a1b2c3d4.com", 1),
+        ("mail_srv.example.org", 1),
+        ("q+z8anwaba.hidemyself.org", 1),
+        ("r12345.t.example", 16),
+        ("x.y", 10),
+        (TUNNEL, 16),
+    ];
+    for (i, (name, qtype)) in names.into_iter().enumerate() {
+        let frame = udp_frame(
+            sa("10.0.0.1:40100"),
+            sa("10.0.0.2:53"),
+            &query(name, qtype, 100 + i as u16),
+        );
+        let verdict = run(&dp, &frame);
+        let ev = dp.drain_events().unwrap();
+        let n = exfilguard_dns::DnsName::parse(name).unwrap();
+        let mut wire = Vec::new();
+        for l in n.labels() {
+            wire.push(l.len() as u8);
+            wire.extend(l.iter().map(u8::to_ascii_lowercase));
+        }
+        let mut rust = policy.suspicion(&wire, qtype);
+        rust.sort();
+        if rust.is_empty() {
+            assert_eq!(verdict, PASS, "{name}/{qtype}: Rust passes, kernel held");
+            assert!(ev.is_empty(), "{name}/{qtype}: {ev:?}");
+        } else {
+            assert_eq!(
+                verdict, DROP,
+                "{name}/{qtype}: Rust holds {rust:?}, kernel passed"
+            );
+            let mut k: Vec<&str> = ev[0].reasons.clone();
+            k.sort();
+            assert_eq!(k, rust, "{name}/{qtype}: reasons");
+        }
+    }
+}

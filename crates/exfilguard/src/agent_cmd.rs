@@ -43,6 +43,52 @@ pub fn run(args: &RunArgs) -> Result<()> {
 }
 
 #[derive(clap::Args)]
+pub struct ResolveArgs {
+    /// Configuration file (TOML; its [resolve] section and the shared [detect], [events],
+    /// [kafka], [metrics]).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve over UDP and TCP (repeatable; replaces resolve.listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<String>,
+    /// Resolver to forward to (repeatable; replaces resolve.upstreams).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub upstream: Vec<String>,
+    /// Answer to refused queries: refused, nxdomain or sinkhole.
+    #[arg(long, value_name = "ACTION")]
+    pub action: Option<String>,
+    /// Also print every event on stdout (exfilguard's own JSON form).
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+pub fn resolve(brain: &crate::BrainArgs, args: &ResolveArgs) -> Result<()> {
+    let mut cfg = Config::load(args.config.as_deref())?;
+    if !args.listen.is_empty() {
+        cfg.resolve.listen = args.listen.clone();
+    }
+    if !args.upstream.is_empty() {
+        cfg.resolve.upstreams = args.upstream.clone();
+    }
+    if let Some(a) = &args.action {
+        cfg.resolve.action = serde_json::from_value(serde_json::Value::String(a.clone()))
+            .with_context(|| format!("--action {a}: expected refused, nxdomain or sinkhole"))?;
+    }
+    if args.foreground {
+        cfg.events.stdout.enabled = true;
+    }
+    brain.apply_to(&mut cfg.detect)?;
+    cfg.validate()?;
+    exfilguard_resolver::run(
+        cfg,
+        exfilguard_resolver::ResolveOptions {
+            config_path: args.config.clone(),
+            ..Default::default()
+        },
+    )
+}
+
+#[derive(clap::Args)]
 pub struct ConfigArgs {
     /// Print the commented default configuration.
     #[arg(long, conflicts_with = "check")]

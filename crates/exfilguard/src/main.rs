@@ -65,6 +65,9 @@ enum Command {
     Scan(scan::ScanArgs),
     /// Run the agent (root): kernel data plane, brain, event sinks, Kafka, metrics.
     Run(agent_cmd::RunArgs),
+    /// The filtering DNS forwarder for resolvers (no eBPF, no root): refuses tunnel, C2 and DGA
+    /// queries, forwards the rest.
+    Resolve(agent_cmd::ResolveArgs),
     /// The kernel data plane with the brain, settings from flags, JSON events on stdout (root).
     Protect(protect::ProtectArgs),
     /// Print the default configuration, or check a configuration file.
@@ -217,6 +220,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(&cli.brain.detector()?, &args),
         Command::Scan(args) => scan::run(&cli.brain.detector()?, &args),
         Command::Run(args) => agent_cmd::run(&args),
+        Command::Resolve(args) => agent_cmd::resolve(&cli.brain, &args),
         Command::Protect(args) => protect::run(&cli.brain, &args),
         Command::Config(args) => agent_cmd::config(&args),
         Command::Block(args) => agent_cmd::block(&args, false),

@@ -1,0 +1,597 @@
+//! `exfilguard resolve`: a filtering DNS forwarder (UDP and TCP, IPv4 and IPv6) to put in front
+//! of any resolver. Every query goes through the same brain as the eBPF agent; tunnel, C2 and
+//! DGA queries get the configured block answer (REFUSED by default), a conviction refuses the
+//! whole registered domain, everything else is forwarded and its answer relayed unchanged.
+//! Events, convictions, the fleet blocklist and metrics go through the agent's services.
+//! Needs no privileges (port 53 needs `cap_net_bind_service`).
+
+pub mod answer;
+pub mod judge;
+pub mod upstream;
+
+use anyhow::{bail, Context, Result};
+use exfilguard_agent::config::Config;
+use exfilguard_agent::metrics::{Live, Metrics};
+use exfilguard_agent::pipeline::{monotonic_ns, now_ms, Conviction};
+use exfilguard_agent::services::{FleetApply, Services};
+use exfilguard_dataplane::{Action, Event, Hook};
+use exfilguard_detect::Verdict;
+use exfilguard_dns::DnsName;
+use exfilguard_events::{Decision, Detection};
+use exfilguard_kafka::fleet::FleetUpdate;
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use judge::{Judge, Judgement};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use upstream::{Reply, Upstreams};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Options from the command line beyond the config file.
+#[derive(Default)]
+pub struct ResolveOptions {
+    pub config_path: Option<PathBuf>,
+    /// Called once every listener is bound (tests, readiness).
+    pub on_ready: Option<Box<dyn FnOnce(Vec<SocketAddr>) + Send>>,
+}
+
+/// What the front counts beyond the agent's metrics.
+#[derive(Clone)]
+pub struct FrontMetrics {
+    /// `proto` (udp, tcp) × `result` (forwarded, refused, formerr, servfail, dropped).
+    pub queries: Family<Labels, Counter>,
+    pub convicted_domains: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl FrontMetrics {
+    fn register(
+        reg: &mut prometheus_client::registry::Registry,
+        up: &upstream::UpstreamStats,
+    ) -> Self {
+        let m = Self {
+            queries: Family::default(),
+            convicted_domains: Default::default(),
+        };
+        reg.register(
+            "exfilguard_resolve_queries",
+            "Queries the resolver front handled, by transport and result",
+            m.queries.clone(),
+        );
+        reg.register(
+            "exfilguard_resolve_convicted_domains",
+            "Registered domains the front refuses (convictions and fleet entries)",
+            m.convicted_domains.clone(),
+        );
+        reg.register(
+            "exfilguard_resolve_upstream_answers",
+            "Answers relayed from the upstream resolvers",
+            up.answered.clone(),
+        );
+        reg.register(
+            "exfilguard_resolve_upstream_timeouts",
+            "Queries the upstream resolvers did not answer within resolve.timeout_ms",
+            up.timeouts.clone(),
+        );
+        reg.register(
+            "exfilguard_resolve_upstream_send_errors",
+            "Queries that could not be sent upstream (or were shed)",
+            up.send_errors.clone(),
+        );
+        reg.register(
+            "exfilguard_resolve_upstream_seconds",
+            "Upstream round-trip time of forwarded UDP queries",
+            up.latency.clone(),
+        );
+        m
+    }
+
+    fn count(&self, proto: &'static str, result: &'static str) {
+        self.queries
+            .get_or_create(&vec![
+                ("proto", proto.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+}
+
+/// Shared by every worker task.
+struct Front {
+    cfg: Config,
+    host: String,
+    judge: Arc<Judge>,
+    upstreams: Arc<Upstreams>,
+    metrics: Metrics,
+    front: FrontMetrics,
+    sink: SyncSender<Box<Detection>>,
+    convictions: Option<SyncSender<Conviction>>,
+}
+
+/// What to do with one client message.
+enum Step {
+    Answer(Vec<u8>),
+    Forward,
+    Drop,
+}
+
+impl Front {
+    /// Judges one client message. Decisions never wait on sinks (bounded `try_send`).
+    fn decide(
+        &self,
+        bytes: &[u8],
+        client: SocketAddr,
+        local: SocketAddr,
+        proto: &'static str,
+    ) -> Step {
+        if bytes.len() < 12 {
+            self.front.count(proto, "dropped");
+            return Step::Drop;
+        }
+        let req = match Message::from_vec(bytes) {
+            Ok(m) => m,
+            Err(_) => {
+                self.front.count(proto, "formerr");
+                return match answer::error_for(bytes, ResponseCode::FormErr) {
+                    Some(a) => Step::Answer(a),
+                    None => Step::Drop,
+                };
+            }
+        };
+        if req.metadata.message_type == MessageType::Response {
+            self.front.count(proto, "dropped");
+            return Step::Drop;
+        }
+        if req.metadata.op_code != OpCode::Query {
+            // NOTIFY/UPDATE carry no lookup to judge: relay them
+            self.front.count(proto, "forwarded");
+            return Step::Forward;
+        }
+        let Some(q) = req.queries.first().filter(|_| req.queries.len() == 1) else {
+            self.front.count(proto, "formerr");
+            return answer::error_for(bytes, ResponseCode::FormErr)
+                .map_or(Step::Drop, Step::Answer);
+        };
+        let name = match DnsName::from_labels(q.name().iter()) {
+            Ok(n) => n,
+            Err(_) => {
+                self.front.count(proto, "formerr");
+                return answer::error_for(bytes, ResponseCode::FormErr)
+                    .map_or(Step::Drop, Step::Answer);
+            }
+        };
+        let qtype = u16::from(q.query_type());
+        let t0 = Instant::now();
+        let judged = self.judge.judge(&name, qtype);
+        let record = |decision: Decision, verdict: Option<Verdict>| {
+            self.metrics
+                .decisions
+                .get_or_create(&vec![
+                    ("iface", "resolve".to_string()),
+                    ("decision", decision.as_str().to_string()),
+                ])
+                .inc();
+            if let Some(v) = &verdict {
+                self.metrics
+                    .verdicts
+                    .get_or_create(&vec![("class", v.class.as_str().to_string())])
+                    .inc();
+            }
+            self.emit(
+                &req,
+                &name,
+                qtype,
+                client,
+                local,
+                proto,
+                decision,
+                verdict,
+                bytes.len(),
+            );
+        };
+        match judged {
+            Ok(Judgement::Pass) => {
+                self.front.count(proto, "forwarded");
+                Step::Forward
+            }
+            Ok(Judgement::Benign { verdict, fresh }) => {
+                if fresh {
+                    self.metrics
+                        .inference_seconds
+                        .observe(t0.elapsed().as_secs_f64());
+                    if self.cfg.events.released {
+                        record(Decision::Released, Some(verdict));
+                    }
+                }
+                self.front.count(proto, "forwarded");
+                Step::Forward
+            }
+            Ok(Judgement::Refuse { verdict, convicted }) => {
+                if let Some(domain) = convicted {
+                    self.metrics
+                        .inference_seconds
+                        .observe(t0.elapsed().as_secs_f64());
+                    tracing::info!(%domain, name = %name.normalized(), class = verdict.class.as_str(), "convicted");
+                    if let Some(tx) = &self.convictions {
+                        let _ = tx.try_send(Conviction {
+                            domain,
+                            verdict: verdict.clone(),
+                            name: name.normalized(),
+                        });
+                    }
+                }
+                self.front.count(proto, "refused");
+                record(Decision::Blocked, Some(verdict));
+                let r = &self.cfg.resolve;
+                Step::Answer(answer::block(
+                    &req,
+                    r.action,
+                    r.sinkhole_ipv4,
+                    r.sinkhole_ipv6,
+                ))
+            }
+            Err(e) => {
+                // the model failed: the configured fail policy, like held packets in the kernel
+                tracing::error!("model error: {e}");
+                self.metrics.error("model");
+                if self.cfg.kernel.fail_open {
+                    self.front.count(proto, "forwarded");
+                    Step::Forward
+                } else {
+                    self.front.count(proto, "refused");
+                    record(Decision::Dropped, None);
+                    let r = &self.cfg.resolve;
+                    Step::Answer(answer::block(
+                        &req,
+                        r.action,
+                        r.sinkhole_ipv4,
+                        r.sinkhole_ipv6,
+                    ))
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &self,
+        req: &Message,
+        name: &DnsName,
+        qtype: u16,
+        client: SocketAddr,
+        local: SocketAddr,
+        proto: &'static str,
+        decision: Decision,
+        verdict: Option<Verdict>,
+        len: usize,
+    ) {
+        let mut name_wire = Vec::with_capacity(name.wire_len());
+        for l in name.labels() {
+            name_wire.push(l.len() as u8);
+            name_wire.extend(l.iter().map(u8::to_ascii_lowercase));
+        }
+        let ev = Event {
+            ts_ns: monotonic_ns(),
+            action: if decision == Decision::Released {
+                Action::Pass
+            } else {
+                Action::Block
+            },
+            hook: Hook::Resolver,
+            response: false,
+            reasons: Vec::new(),
+            ifindex: 0,
+            src: client.ip(),
+            dst: local.ip(),
+            sport: client.port(),
+            dport: local.port(),
+            transport: proto,
+            encap: "none",
+            qtype,
+            dns_id: req.metadata.id,
+            rcode: 0,
+            ancount: 0,
+            name_wire,
+            name_hash: 0,
+            socket_cookie: 0,
+            process: None,
+            wire_len: len as u32,
+            packet: Vec::new(),
+            csum: None,
+        };
+        let det = Detection {
+            event: "query",
+            decision,
+            name: name.normalized(),
+            registered_domain: name.registered_domain(),
+            verdict,
+            kernel: ev,
+            hold_us: None,
+            time_ms: now_ms(),
+            host: self.host.clone(),
+            iface: None,
+            container: None,
+            uid: uuid::Uuid::now_v7(),
+        };
+        match self.sink.try_send(Box::new(det)) {
+            Ok(()) => {
+                self.metrics.sink_queue_depth.inc();
+            }
+            Err(TrySendError::Full(_)) => {
+                self.metrics.events_dropped.inc();
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        };
+    }
+}
+
+fn udp_socket(addr: SocketAddr) -> Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // one socket per worker on the same address: the kernel spreads clients over them
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_recv_buffer_size(4 << 20).ok();
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())
+        .with_context(|| format!("resolve.listen: binding udp {addr}"))?;
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
+async fn udp_worker(front: Arc<Front>, sock: Arc<UdpSocket>) {
+    let local = sock.local_addr().expect("bound");
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        match front.decide(&buf[..n], peer, local, "udp") {
+            Step::Answer(a) => {
+                let _ = sock.send_to(&a, peer).await;
+            }
+            Step::Forward => {
+                let reply = Reply::Udp {
+                    sock: sock.clone(),
+                    peer,
+                };
+                front.upstreams.forward_udp(&buf[..n], reply).await;
+            }
+            Step::Drop => {}
+        }
+    }
+}
+
+async fn tcp_conn(front: Arc<Front>, mut s: tokio::net::TcpStream, peer: SocketAddr) {
+    let local = match s.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    // idle clients are cut off; a slow or hostile one cannot pin a task forever
+    let idle = Duration::from_secs(10);
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(idle, s.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        match tokio::time::timeout(idle, s.read_exact(&mut msg)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let out = match front.decide(&msg, peer, local, "tcp") {
+            Step::Answer(a) => a,
+            Step::Forward => match front.upstreams.exchange_tcp(&msg).await {
+                Some(a) => a,
+                None => {
+                    front.front.count("tcp", "servfail");
+                    match answer::error_for(&msg, ResponseCode::ServFail) {
+                        Some(a) => a,
+                        None => return,
+                    }
+                }
+            },
+            Step::Drop => return,
+        };
+        let mut framed = Vec::with_capacity(out.len() + 2);
+        framed.extend((out.len() as u16).to_be_bytes());
+        framed.extend(out);
+        if s.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The fleet blocklist applied to the front: entries refuse, tombstones and expiries release.
+fn fleet_applier(judge: Arc<Judge>, allow: exfilguard_detect::NameList) -> FleetApply {
+    Box::new(move |u| match u {
+        Some(FleetUpdate::Block(e)) => {
+            let now = exfilguard_kafka::fleet::now_ms();
+            if e.expired(now) {
+                judge.acquit(&e.domain);
+                return;
+            }
+            if DnsName::parse(&e.domain).is_ok_and(|n| allow.lookup(&n).is_some()) {
+                tracing::warn!(domain = %e.domain, "fleet entry for an allowlisted domain not applied");
+                return;
+            }
+            let until = (e.expires_ms != 0)
+                .then(|| Instant::now() + Duration::from_millis(e.expires_ms.saturating_sub(now)));
+            tracing::info!(domain = %e.domain, from = %e.host, "fleet blocklist: refusing");
+            judge.convict(&e.domain, until, format!("fleet entry from {}", e.host));
+        }
+        Some(FleetUpdate::Unblock(d)) => {
+            if judge.acquit(&d) {
+                tracing::info!(domain = %d, "fleet blocklist: released");
+            }
+        }
+        None => {
+            for d in judge.sweep() {
+                tracing::info!(domain = %d, "conviction expired");
+            }
+        }
+    })
+}
+
+/// Runs the front until SIGTERM/SIGINT. SIGHUP reloads the model and lists.
+pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
+    if cfg.resolve.upstreams.is_empty() {
+        bail!("resolve.upstreams is empty: name at least one resolver to forward to (--upstream ADDR:PORT)");
+    }
+    let listen: Vec<SocketAddr> = cfg
+        .resolve
+        .listen
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let ups: Vec<SocketAddr> = cfg
+        .resolve
+        .upstreams
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let host = exfilguard_agent::host_name(&cfg);
+    let detector = exfilguard_agent::detector(&cfg)?;
+    let info = detector.model().info().clone();
+    tracing::info!(model = %info.version, sha256 = %&info.sha256[..12], host = %host, "brain loaded");
+    let allow = exfilguard_agent::name_list(&cfg.detect.allow)?;
+    let judge = Arc::new(Judge::new(
+        detector,
+        cfg.kernel.clone(),
+        allow.clone(),
+        exfilguard_agent::name_list(&cfg.detect.block)?,
+        cfg.resolve.cache_entries,
+        Duration::from_secs(cfg.resolve.cache_secs),
+        Duration::from_secs(cfg.resolve.block_secs),
+    ));
+
+    let workers = match cfg.resolve.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .thread_name("exfilguard-resolve")
+        .build()?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::new(&mut registry, &info.version, &info.sha256);
+    let upstreams = rt.block_on(Upstreams::connect(
+        &ups,
+        Duration::from_millis(cfg.resolve.timeout_ms),
+        upstream::UpstreamStats {
+            answered: Counter::default(),
+            timeouts: Counter::default(),
+            send_errors: Counter::default(),
+            latency: Histogram::new(exponential_buckets(50e-6, 2.0, 16)),
+        },
+    ))?;
+    let front_metrics = FrontMetrics::register(&mut registry, &upstreams.stats);
+    let fleet = (cfg.kafka.enabled() && cfg.kafka.follow_blocklist)
+        .then(|| fleet_applier(judge.clone(), allow));
+    let services = Services::start(&cfg, &host, &metrics, registry, Live::default(), fleet)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("signal handler")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+        .context("signal handler")?;
+
+    let front = Arc::new(Front {
+        cfg: cfg.clone(),
+        host,
+        judge: judge.clone(),
+        upstreams,
+        metrics: metrics.clone(),
+        front: front_metrics.clone(),
+        sink: services.sink.clone(),
+        convictions: services.convictions.clone(),
+    });
+    let result = rt.block_on(async {
+        let mut bound = Vec::new();
+        for &addr in &listen {
+            let mut local = addr;
+            for w in 0..workers {
+                let s = Arc::new(udp_socket(local)?);
+                if w == 0 {
+                    // port 0: the workers share the port the first socket got
+                    local = s.local_addr()?;
+                }
+                tokio::spawn(udp_worker(front.clone(), s));
+            }
+            let tcp = TcpListener::bind(local)
+                .await
+                .with_context(|| format!("resolve.listen: binding tcp {local}"))?;
+            let f = front.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Ok((s, peer)) = tcp.accept().await {
+                        tokio::spawn(tcp_conn(f.clone(), s, peer));
+                    }
+                }
+            });
+            bound.push(local);
+        }
+        metrics.ready.store(true, Ordering::Relaxed);
+        tracing::info!(listen = ?bound, upstreams = ?ups, action = ?cfg.resolve.action, workers, "resolving; SIGTERM stops, SIGHUP reloads");
+        if let Some(f) = opts.on_ready {
+            f(bound);
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            front_metrics.convicted_domains.set(judge.convicted_domains() as i64);
+            if reload.swap(false, Ordering::Relaxed) {
+                reload_model(&judge, opts.config_path.as_deref(), &cfg, &metrics);
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    metrics.ready.store(false, Ordering::Relaxed);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    drop(front);
+    services.shutdown();
+    tracing::info!("stopped");
+    result
+}
+
+/// SIGHUP: the model and threshold from the (re-read) config; on error the running ones stay.
+fn reload_model(
+    judge: &Judge,
+    path: Option<&std::path::Path>,
+    running: &Config,
+    metrics: &Metrics,
+) {
+    let cfg = match path.map(|p| Config::load(Some(p))).transpose() {
+        Ok(c) => c.unwrap_or_else(|| running.clone()),
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running model: {e:#}");
+            metrics.error("reload");
+            return;
+        }
+    };
+    match exfilguard_agent::detector(&cfg) {
+        Ok(d) => {
+            judge.set_detector(d);
+            tracing::info!(model = %judge.model_version(), "model reloaded (listeners, lists and upstreams change at restart)");
+        }
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running model: {e:#}");
+            metrics.error("reload");
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The resolver topology with real PowerDNS on loopback: clients → `exfilguard resolve` →
+//! PowerDNS Recursor → PowerDNS Authoritative (bind backend) serving an internal zone and a
+//! "C2" zone. Needs the Debian packages pdns-server, pdns-backend-bind and pdns-recursor; no
+//! root. Without them the test fails, unless EXFILGUARD_SKIP_POWERDNS_TESTS=1 says to skip.
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RData;
+use rand::{Rng, SeedableRng};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn possible() -> bool {
+    let missing: Vec<_> = ["pdns_server", "pdns_recursor"]
+        .into_iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t} || test -x /usr/sbin/{t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("EXFILGUARD_SKIP_POWERDNS_TESTS").as_deref() == Ok("1") {
+        eprintln!(
+            "!!! SKIPPED PowerDNS test: missing {missing:?} (EXFILGUARD_SKIP_POWERDNS_TESTS=1) !!!"
+        );
+        return false;
+    }
+    panic!("PowerDNS tests need {missing:?} (apt-get install pdns-server pdns-backend-bind pdns-recursor); set EXFILGUARD_SKIP_POWERDNS_TESTS=1 to skip explicitly");
+}
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::var_os("EXFILGUARD_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    assert!(
+        dir.join("tunnel_queries_train.tsv").is_file(),
+        "labelled data not found at {} (set EXFILGUARD_DATA)",
+        dir.display()
+    );
+    dir
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+struct Proc(Child, &'static str);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop on SIGTERM: killing", self.1);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn query_bytes(name: &str, qtype: u16, id: u16) -> Vec<u8> {
+    let n = exfilguard_dns::DnsName::parse(name).unwrap();
+    exfilguard_dns::build_query(&n, qtype, id).unwrap()
+}
+
+fn ask_udp(server: SocketAddr, q: &[u8]) -> Option<Message> {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    for _ in 0..2 {
+        s.send_to(q, server).unwrap();
+        let mut buf = [0u8; 4096];
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            return Message::from_vec(&buf[..n]).ok();
+        }
+    }
+    None
+}
+
+fn ask(server: SocketAddr, name: &str, qtype: u16) -> Message {
+    ask_udp(server, &query_bytes(name, qtype, 0x4242))
+        .unwrap_or_else(|| panic!("no answer from {server} for {name}"))
+}
+
+fn ask_tcp(server: SocketAddr, name: &str, qtype: u16) -> Message {
+    let q = query_bytes(name, qtype, 0x7777);
+    let mut s = TcpStream::connect(server).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+    s.write_all(&q).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut a = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut a).unwrap();
+    Message::from_vec(&a).unwrap()
+}
+
+fn a_records(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn wait_for(server: SocketAddr, name: &str, what: &str) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        let q = query_bytes(name, 1, 1);
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s.send_to(&q, server).unwrap();
+        let mut buf = [0u8; 512];
+        if s.recv_from(&mut buf).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} on {server} did not come up");
+}
+
+struct Lab {
+    dir: PathBuf,
+    recursor: SocketAddr,
+    _auth: Proc,
+    _rec: Proc,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_powerdns() -> Lab {
+    let dir = std::env::temp_dir().join(format!("eg-pdns-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    let soa = "@ 3600 IN SOA ns1 hostmaster 1 3600 600 86400 60\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n";
+    w(
+        "corp.test.zone",
+        &format!("$ORIGIN corp.test.\n{soa}www 300 IN A 10.1.0.10\nmail 300 IN A 10.1.0.20\napi 300 IN TXT \"hello from corp\"\n*.hosts 300 IN A 10.1.0.99\n"),
+    );
+    // the "C2" zone answers everything, as a tunnel server would
+    w(
+        "c2.test.zone",
+        &format!("$ORIGIN c2.test.\n{soa}* 0 IN A 10.66.6.6\n* 0 IN TXT \"payload\"\n"),
+    );
+    w(
+        "named.conf",
+        &format!(
+            "zone \"corp.test\" {{ type master; file \"{d}/corp.test.zone\"; }};\nzone \"c2.test\" {{ type master; file \"{d}/c2.test.zone\"; }};\n",
+            d = dir.display()
+        ),
+    );
+    let auth_port = free_port();
+    let auth = Command::new("pdns_server")
+        .args([
+            "--no-config",
+            "--daemon=no",
+            "--guardian=no",
+            "--disable-syslog",
+            "--write-pid=no",
+            "--security-poll-suffix=",
+            "--launch=bind",
+            &format!("--bind-config={}/named.conf", dir.display()),
+            &format!("--socket-dir={}", dir.display()),
+            "--local-address=127.0.0.1",
+            &format!("--local-port={auth_port}"),
+            "--loglevel=3",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting pdns_server");
+    let auth = Proc(auth, "pdns_server");
+    let auth_addr: SocketAddr = format!("127.0.0.1:{auth_port}").parse().unwrap();
+    wait_for(auth_addr, "www.corp.test", "PowerDNS Authoritative");
+
+    w(
+        "recursor.lua",
+        "addNTA(\"corp.test\")\naddNTA(\"c2.test\")\n",
+    );
+    w("recursor.conf", "");
+    let rec_port = free_port();
+    let rec = Command::new("pdns_recursor")
+        .args([
+            &format!("--config-dir={}", dir.display()),
+            &format!("--socket-dir={}", dir.display()),
+            "--daemon=no",
+            "--disable-syslog",
+            "--write-pid=no",
+            "--security-poll-suffix=",
+            "--local-address=127.0.0.1",
+            &format!("--local-port={rec_port}"),
+            &format!(
+                "--forward-zones=corp.test=127.0.0.1:{auth_port},c2.test=127.0.0.1:{auth_port}"
+            ),
+            "--dont-query=",
+            &format!("--lua-config-file={}/recursor.lua", dir.display()),
+            "--threads=1",
+            "--loglevel=3",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting pdns_recursor");
+    let rec = Proc(rec, "pdns_recursor");
+    let recursor: SocketAddr = format!("127.0.0.1:{rec_port}").parse().unwrap();
+    wait_for(recursor, "www.corp.test", "PowerDNS Recursor");
+    Lab {
+        dir,
+        recursor,
+        _auth: auth,
+        _rec: rec,
+    }
+}
+
+fn start_front(lab: &Lab, name: &str, extra: &str) -> (Proc, SocketAddr, PathBuf) {
+    let port = free_port();
+    let metrics = free_port();
+    let events = lab.dir.join(format!("{name}-events.jsonl"));
+    let cfg = lab.dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[events.file]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[resolve]\nlisten = [\"127.0.0.1:{port}\"]\nupstreams = [\"{}\"]\nworkers = 2\n{extra}",
+            events.display(),
+            lab.recursor
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_exfilguard"))
+        .args(["resolve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(lab.dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .expect("starting exfilguard resolve");
+    let p = Proc(child, "exfilguard resolve");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(addr, "www.corp.test", "exfilguard resolve");
+    (p, addr, events)
+}
+
+/// Payload-bearing tunnel names from the shared data (per tool), their lab zone replaced by
+/// the test's C2 zone.
+fn tunnel_names(per_tool: usize) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(data_dir().join("tunnel_queries_train.tsv")).unwrap();
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let (q, tool, zone) = (f[0], f[1], f[3]);
+        let Some(left) = q.strip_suffix(zone).and_then(|l| l.strip_suffix('.')) else {
+            continue;
+        };
+        let name = format!("{left}.c2.test");
+        if left.len() < 40 || exfilguard_dns::DnsName::parse(&name).is_err() {
+            continue; // control queries carry no payload: caught per domain, not per name
+        }
+        let c = counts.entry(tool.to_string()).or_default();
+        if *c < per_tool {
+            *c += 1;
+            out.push((tool.to_string(), name));
+        }
+    }
+    out
+}
+
+#[test]
+fn resolver_front_with_powerdns_recursor_and_authoritative() {
+    if !possible() {
+        return;
+    }
+    let lab = start_powerdns();
+
+    // Front 1: per-name verdicts only (no domain conviction), to measure the replay.
+    let (_f1, front1, _) = start_front(&lab, "pername", "block_secs = 0\n");
+    // benign answers through the front equal the recursor's own
+    for (name, qtype) in [
+        ("www.corp.test", 1),
+        ("mail.corp.test", 1),
+        ("api.corp.test", 16),
+    ] {
+        let direct = ask(lab.recursor, name, qtype);
+        let via = ask(front1, name, qtype);
+        assert_eq!(via.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert_eq!(via.metadata.id, 0x4242, "client id restored");
+        assert_eq!(
+            via.answers, direct.answers,
+            "{name}: answer relayed unchanged"
+        );
+        assert!(!via.answers.is_empty(), "{name}");
+    }
+    assert_eq!(
+        a_records(&ask(front1, "www.corp.test", 1)),
+        vec!["10.1.0.10"]
+    );
+    assert_eq!(
+        a_records(&ask_tcp(front1, "mail.corp.test", 1)),
+        vec!["10.1.0.20"]
+    );
+
+    // benign host names (CDN, cloud, PTR-like) moved under the internal zone keep resolving
+    let benign =
+        std::fs::read_to_string(data_dir().join("benign_umbrella_fqdn50k_2019.txt")).unwrap();
+    let benign: Vec<String> = benign
+        .lines()
+        .filter(|l| l.matches('.').count() >= 2)
+        .step_by(97)
+        .take(300)
+        .map(|l| {
+            let n = exfilguard_dns::DnsName::parse(l.trim()).unwrap();
+            let first = n.split().subdomain_labels();
+            let left = if first == 0 {
+                "www".to_string()
+            } else {
+                n.normalized_from(0)
+                    .split('.')
+                    .take(first)
+                    .collect::<Vec<_>>()
+                    .join(".")
+            };
+            format!("{left}.hosts.corp.test")
+        })
+        .collect();
+    let mut refused_benign = Vec::new();
+    for n in &benign {
+        let m = ask(front1, n, 1);
+        if m.metadata.response_code == ResponseCode::Refused {
+            refused_benign.push(n.clone());
+        } else {
+            let a = a_records(&m);
+            assert!(
+                a.len() == 1 && a[0].starts_with("10.1.0."),
+                "{n}: {a:?} {:?}",
+                m.metadata.response_code
+            );
+        }
+    }
+    eprintln!(
+        "benign host names refused: {} of {} {:?}",
+        refused_benign.len(),
+        benign.len(),
+        refused_benign
+    );
+    assert!(
+        refused_benign.len() <= 3,
+        "too many benign names refused: {refused_benign:?}"
+    );
+
+    // replayed tunnel names: refused per name
+    let tunnels = tunnel_names(60);
+    let mut per_tool = std::collections::BTreeMap::<String, (usize, usize)>::new();
+    for (tool, name) in &tunnels {
+        let qtype = if tool == "iodine" { 10 } else { 16 };
+        let m = ask(front1, name, qtype);
+        let e = per_tool.entry(tool.clone()).or_default();
+        e.1 += 1;
+        if m.metadata.response_code == ResponseCode::Refused {
+            e.0 += 1;
+            assert!(m.answers.is_empty());
+        }
+    }
+    eprintln!("tunnel payload names refused per tool (per-name verdicts): {per_tool:?}");
+    assert!(per_tool.len() >= 4, "tools in the replay: {per_tool:?}");
+    for (tool, (refused, total)) in &per_tool {
+        assert!(
+            *refused as f64 >= 0.9 * *total as f64,
+            "{tool}: only {refused}/{total} payload names refused"
+        );
+    }
+
+    // malformed messages never take the front down; they get FORMERR or nothing
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut corpus: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x12],
+        vec![0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0], // qdcount 1, no question
+        vec![
+            0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1,
+        ], // pointer loop
+        vec![
+            0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 64, b'a', 0, 0, 1, 0, 1,
+        ], // label type 01
+    ];
+    let mut long = query_bytes("www.corp.test", 1, 9);
+    long.truncate(20);
+    corpus.push(long);
+    for _ in 0..2000 {
+        let mut q = query_bytes("abc.corp.test", 1, rng.random());
+        let flips = rng.random_range(1..6);
+        for _ in 0..flips {
+            let i = rng.random_range(0..q.len());
+            q[i] = rng.random();
+        }
+        q.truncate(rng.random_range(0..=q.len()));
+        corpus.push(q);
+    }
+    let mut formerr = 0;
+    for q in &corpus {
+        s.send_to(q, front1).unwrap();
+        let mut buf = [0u8; 4096];
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            if Message::from_vec(&buf[..n])
+                .is_ok_and(|m| m.metadata.response_code == ResponseCode::FormErr)
+            {
+                formerr += 1;
+            }
+        }
+    }
+    eprintln!(
+        "malformed corpus: {} messages, {formerr} FORMERR answers",
+        corpus.len()
+    );
+    assert!(formerr > 0);
+    assert_eq!(
+        a_records(&ask(front1, "www.corp.test", 1)),
+        vec!["10.1.0.10"],
+        "front still serving"
+    );
+
+    // Front 2: the defaults — a conviction refuses the whole registered domain.
+    let (_f2, front2, events2) = start_front(&lab, "convict", "");
+    let quiet = "www.c2.test";
+    assert_eq!(
+        a_records(&ask(front2, quiet, 1)),
+        vec!["10.66.6.6"],
+        "plain name before any conviction"
+    );
+    let (_, payload) = tunnels.iter().find(|(t, _)| t == "iodine").unwrap();
+    assert_eq!(
+        ask(front2, payload, 10).metadata.response_code,
+        ResponseCode::Refused
+    );
+    let m = ask(front2, quiet, 1);
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::Refused,
+        "the convicted domain is refused, even plain names"
+    );
+    assert_eq!(
+        ask_tcp(front2, "r12345.c2.test", 16).metadata.response_code,
+        ResponseCode::Refused,
+        "over TCP too"
+    );
+    assert_eq!(
+        a_records(&ask(front2, "www.corp.test", 1)),
+        vec!["10.1.0.10"],
+        "other domains unaffected"
+    );
+    std::thread::sleep(Duration::from_millis(500)); // the sink thread writes asynchronously
+    let events = std::fs::read_to_string(&events2).unwrap();
+    let lines: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.iter().all(|e| e["class_uid"] == 4003),
+        "OCSF DNS Activity"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|e| e.to_string().contains("convicted domain c2.test")),
+        "an event explains the conviction"
+    );
+}
