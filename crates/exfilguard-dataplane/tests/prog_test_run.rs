@@ -288,11 +288,7 @@ fn rust_prefilter_agrees_with_the_kernel() {
         let verdict = run(&dp, &frame);
         let ev = dp.drain_events().unwrap();
         let n = exfilguard_dns::DnsName::parse(name).unwrap();
-        let mut wire = Vec::new();
-        for l in n.labels() {
-            wire.push(l.len() as u8);
-            wire.extend(l.iter().map(u8::to_ascii_lowercase));
-        }
+        let wire = exfilguard_dataplane::hash::wire(n.labels());
         let mut rust = policy.suspicion(&wire, qtype);
         rust.sort();
         if rust.is_empty() {

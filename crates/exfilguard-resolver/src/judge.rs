@@ -43,12 +43,7 @@ pub struct Judge {
 }
 
 fn wire(name: &DnsName) -> Vec<u8> {
-    let mut w = Vec::with_capacity(name.wire_len());
-    for l in name.labels() {
-        w.push(l.len() as u8);
-        w.extend(l.iter().map(u8::to_ascii_lowercase));
-    }
-    w
+    exfilguard_dataplane::hash::wire(name.labels())
 }
 
 impl Judge {

@@ -273,11 +273,7 @@ impl Front {
         verdict: Option<Verdict>,
         len: usize,
     ) {
-        let mut name_wire = Vec::with_capacity(name.wire_len());
-        for l in name.labels() {
-            name_wire.push(l.len() as u8);
-            name_wire.extend(l.iter().map(u8::to_ascii_lowercase));
-        }
+        let name_wire = exfilguard_dataplane::hash::wire(name.labels());
         let ev = Event {
             ts_ns: monotonic_ns(),
             action: if decision == Decision::Released {
@@ -299,8 +295,8 @@ impl Front {
             dns_id: req.metadata.id,
             rcode: 0,
             ancount: 0,
+            name_hash: exfilguard_dataplane::hash::name_hash(&name_wire),
             name_wire,
-            name_hash: 0,
             socket_cookie: 0,
             process: None,
             wire_len: len as u32,
