@@ -84,10 +84,16 @@ fn settings(port: u16, tag: &str) -> KafkaSettings {
 }
 
 /// Every value on `topic` from the beginning, until nothing new arrives for `idle`.
+/// Reads `topic` from the beginning until `idle` passes without a message — counted from the
+/// first message, so a slow first fetch from a fresh broker (up to 30 s) is not taken for an
+/// empty topic.
 fn consume_all(s: &KafkaSettings, topic: &str, idle: Duration) -> Vec<String> {
+    static READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = READERS.fetch_add(1, Ordering::Relaxed);
     let c: BaseConsumer = s
         .client_config("test-reader")
-        .set("group.id", format!("reader-{}", std::process::id()))
+        // a fresh group per reader: no rejoin delay, no committed offsets
+        .set("group.id", format!("reader-{}-{n}", std::process::id()))
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
@@ -96,11 +102,17 @@ fn consume_all(s: &KafkaSettings, topic: &str, idle: Duration) -> Vec<String> {
         .unwrap();
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    let mut last = Instant::now();
-    while last.elapsed() < idle {
+    let start = Instant::now();
+    let mut last: Option<Instant> = None;
+    loop {
+        match last {
+            Some(t) if t.elapsed() >= idle => break,
+            None if start.elapsed() >= Duration::from_secs(30) => break,
+            _ => {}
+        }
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-            last = Instant::now();
+            last = Some(Instant::now());
         }
     }
     out
