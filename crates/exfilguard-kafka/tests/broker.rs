@@ -97,9 +97,18 @@ fn consume_all(s: &KafkaSettings, topic: &str, idle: Duration) -> Vec<String> {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+    // every partition: a broker that came back may have auto-created the topic (with its own
+    // partition count) before ensure_topics ran; one key still lands in one partition, in order
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let start = Instant::now();
