@@ -197,6 +197,15 @@ impl Front {
                 bytes.len(),
             );
         };
+        let refuse = || {
+            let r = &self.cfg.resolve;
+            Step::Answer(answer::block(
+                &req,
+                r.action,
+                r.sinkhole_ipv4,
+                r.sinkhole_ipv6,
+            ))
+        };
         match judged {
             Ok(Judgement::Pass) => {
                 self.front.count(proto, "forwarded");
@@ -230,13 +239,7 @@ impl Front {
                 }
                 self.front.count(proto, "refused");
                 record(Decision::Blocked, Some(verdict));
-                let r = &self.cfg.resolve;
-                Step::Answer(answer::block(
-                    &req,
-                    r.action,
-                    r.sinkhole_ipv4,
-                    r.sinkhole_ipv6,
-                ))
+                refuse()
             }
             Err(e) => {
                 // the model failed: the configured fail policy, like held packets in the kernel
@@ -248,13 +251,7 @@ impl Front {
                 } else {
                     self.front.count(proto, "refused");
                     record(Decision::Dropped, None);
-                    let r = &self.cfg.resolve;
-                    Step::Answer(answer::block(
-                        &req,
-                        r.action,
-                        r.sinkhole_ipv4,
-                        r.sinkhole_ipv6,
-                    ))
+                    refuse()
                 }
             }
         }
