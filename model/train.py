@@ -157,6 +157,27 @@ def export_onnx(model, temperature, thr, feats, path, version):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
+def export_saved_model(model, temperature, n_features, path, version):
+    """The same graph as a TensorFlow SavedModel for TensorFlow Serving: signature
+    serving_default, input "features" [n, 45] float32, output "probs" [n, 3]. TF Serving wants
+    MODEL_BASE/<version number>/saved_model.pb, so `path` should end in a number."""
+    spec = tf.TensorSpec((None, n_features), tf.float32, name="features")
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        @tf.function(input_signature=[spec])
+        def serve(self, features):
+            return {"probs": tf.nn.softmax(self.model(features) / temperature)}
+
+    m = Serving()
+    tf.saved_model.save(m, path, signatures={"serving_default": m.serve})
+    with open(os.path.join(path, "exfilguard-version.txt"), "w") as f:
+        f.write(version + "\n")
+
+
 def fit_and_score(feats, split, label, group, x, exclude, epochs):
     """Train without the `exclude` groups; return calibrated scores for every row + threshold."""
     keep = ~np.isin(group, list(exclude))
@@ -177,6 +198,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--cv", action="store_true", help="leave-one-tool/family-out cross-validation")
     ap.add_argument("--version", default=time.strftime("mlp-%Y%m%d"))
+    ap.add_argument("--saved-model", metavar="DIR",
+                    help="also write a TensorFlow SavedModel for TF Serving (e.g. serving/exfilguard/1)")
     args = ap.parse_args()
 
     feats, split, label, group, name, x = load(args.data)
@@ -194,6 +217,8 @@ def main():
     np.savez_compressed(os.path.join(HERE, "data", "scores.npz"), p=p, split=split,
                         label=label, group=group, name=name)
     report["sha256"] = export_onnx(m, temp, thr, feats, args.out, args.version)
+    if args.saved_model:
+        export_saved_model(m, temp, len(feats), args.saved_model, args.version)
     print(json.dumps(report["test"], indent=1), file=sys.stderr)
     print(f"thresholds {thr} temperature {temp:.3f}", file=sys.stderr)
 

@@ -28,6 +28,8 @@ pub struct Config {
     pub kafka: KafkaSettings,
     pub metrics: MetricsConfig,
     pub resolve: ResolveConfig,
+    pub rpz: exfilguard_rpz::RpzSettings,
+    pub runtime: exfilguard_runtime::RuntimeSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -369,6 +371,8 @@ impl Config {
         if self.events.file.enabled && self.events.file.path.as_os_str().is_empty() {
             errs.push("events.file.path is empty while events.file.enabled = true".into());
         }
+        errs.extend(self.rpz.problems());
+        errs.extend(self.runtime.problems());
         if errs.is_empty() {
             Ok(())
         } else {

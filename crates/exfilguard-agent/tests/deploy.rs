@@ -109,3 +109,19 @@ fn alert_rules_pass_promtool_and_use_real_metrics() {
         Err(e) => panic!("promtool (Debian package prometheus) is needed: {e}; EXFILGUARD_SKIP_PROMTOOL=1 skips explicitly"),
     }
 }
+
+#[test]
+fn powerdns_topology_config_is_valid() {
+    let cfg = exfilguard_agent::config::Config::from_toml(&deploy("powerdns/exfilguard.toml"))
+        .expect("deploy/powerdns/exfilguard.toml");
+    assert!(cfg.rpz.enabled(), "the topology serves the RPZ");
+    assert_eq!(cfg.resolve.upstreams, vec!["127.0.0.1:5301"]);
+    // the recursor pulls the zone from where the front serves it
+    let lua = deploy("powerdns/recursor.lua");
+    assert!(lua.contains(&format!(
+        "rpzPrimary(\"{}\", \"{}\"",
+        cfg.rpz.listen, cfg.rpz.zone
+    )));
+    let rec = deploy("powerdns/recursor.conf");
+    assert!(rec.contains("local-port=5301") && rec.contains("security-poll-suffix=\n"));
+}

@@ -72,20 +72,8 @@ impl Detector {
         let mut pending = Vec::new();
         let mut feats = Vec::new();
         for (i, name) in names.iter().enumerate() {
-            if let Some(m) = self.block.lookup(name) {
-                verdicts.push(Some(Verdict {
-                    class: Class::Blocked,
-                    score: 1.0,
-                    source: Source::Blocklist,
-                    reasons: vec![format!("blocklisted {m}")],
-                }));
-            } else if let Some(m) = self.allow.lookup(name) {
-                verdicts.push(Some(Verdict {
-                    class: Class::Benign,
-                    score: 0.0,
-                    source: Source::Allowlist,
-                    reasons: vec![format!("allowlisted {m}")],
-                }));
+            if let Some(v) = self.list_verdict(name) {
+                verdicts.push(Some(v));
             } else {
                 verdicts.push(None);
                 pending.push(i);
@@ -103,6 +91,25 @@ impl Detector {
             .into_iter()
             .map(|v| v.expect("every name decided"))
             .collect())
+    }
+
+    /// The operator lists' verdict, when a list names `name`: the blocklist first (an
+    /// operator's block is never overridden), then the allowlist.
+    pub fn list_verdict(&self, name: &DnsName) -> Option<Verdict> {
+        if let Some(m) = self.block.lookup(name) {
+            return Some(Verdict {
+                class: Class::Blocked,
+                score: 1.0,
+                source: Source::Blocklist,
+                reasons: vec![format!("blocklisted {m}")],
+            });
+        }
+        self.allow.lookup(name).map(|m| Verdict {
+            class: Class::Benign,
+            score: 0.0,
+            source: Source::Allowlist,
+            reasons: vec![format!("allowlisted {m}")],
+        })
     }
 
     /// Turns class probabilities into a verdict at the model's operating point: the most

@@ -40,6 +40,10 @@ pub struct Judge {
     cache: Option<Mutex<LruCache<String, (Instant, Verdict)>>>,
     cache_ttl: Duration,
     block_for: Option<Duration>,
+    /// The live RPZ mirrors the convictions, so resolvers behind the front refuse them too.
+    rpz: Option<std::sync::Arc<exfilguard_rpz::Zone>>,
+    /// A remote model runtime asked before the embedded model.
+    remote: Option<exfilguard_runtime::Remote>,
 }
 
 fn wire(name: &DnsName) -> Vec<u8> {
@@ -65,6 +69,32 @@ impl Judge {
             cache: NonZeroUsize::new(cache_entries).map(|n| Mutex::new(LruCache::new(n))),
             cache_ttl,
             block_for: (!block_for.is_zero()).then_some(block_for),
+            rpz: None,
+            remote: None,
+        }
+    }
+
+    /// Asks `remote` first for every name the model judges.
+    pub fn with_remote(mut self, remote: exfilguard_runtime::Remote) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    pub fn has_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Mirrors every conviction into `zone` from now on.
+    pub fn with_rpz(mut self, zone: std::sync::Arc<exfilguard_rpz::Zone>) -> Self {
+        self.rpz = Some(zone);
+        self
+    }
+
+    fn rpz_change(&self, add: &[&str], remove: &[&str]) {
+        if let Some(z) = &self.rpz {
+            if let Err(e) = z.change(add, remove) {
+                tracing::warn!("rpz: {e}");
+            }
         }
     }
 
@@ -92,14 +122,18 @@ impl Judge {
             .write()
             .expect("lock")
             .insert(domain.to_string(), Conviction { until, reason });
+        self.rpz_change(&[domain], &[]);
     }
 
     pub fn acquit(&self, domain: &str) -> bool {
-        self.convicted
+        let was = self
+            .convicted
             .write()
             .expect("lock")
             .remove(domain)
-            .is_some()
+            .is_some();
+        self.rpz_change(&[], &[domain]);
+        was
     }
 
     pub fn convicted_domains(&self) -> usize {
@@ -135,6 +169,11 @@ impl Judge {
             .collect();
         for d in &due {
             map.remove(d);
+        }
+        drop(map);
+        if !due.is_empty() {
+            let refs: Vec<&str> = due.iter().map(|d| d.as_str()).collect();
+            self.rpz_change(&[], &refs);
         }
         due
     }
@@ -187,7 +226,12 @@ impl Judge {
         let (verdict, fresh) = match cached {
             Some(v) => (v, false),
             None => {
-                let v = self.detector.read().expect("lock").classify(name)?;
+                let det = self.detector.read().expect("lock");
+                let v = match &self.remote {
+                    Some(r) => r.classify(&det, name)?,
+                    None => det.classify(name)?,
+                };
+                drop(det);
                 if let Some(c) = &self.cache {
                     c.lock()
                         .expect("lock")

@@ -170,7 +170,12 @@ impl Front {
         };
         let qtype = u16::from(q.query_type());
         let t0 = Instant::now();
-        let judged = self.judge.judge(&name, qtype);
+        let judged = if self.judge.has_remote() {
+            // an HTTP call: let this worker's other tasks move to another thread meanwhile
+            tokio::task::block_in_place(|| self.judge.judge(&name, qtype))
+        } else {
+            self.judge.judge(&name, qtype)
+        };
         let record = |decision: Decision, verdict: Option<Verdict>| {
             self.metrics
                 .decisions
@@ -459,7 +464,7 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
     let info = detector.model().info().clone();
     tracing::info!(model = %info.version, sha256 = %&info.sha256[..12], host = %host, "brain loaded");
     let allow = exfilguard_agent::name_list(&cfg.detect.allow)?;
-    let judge = Arc::new(Judge::new(
+    let mut judge = Judge::new(
         detector,
         cfg.kernel.clone(),
         allow.clone(),
@@ -467,7 +472,21 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         cfg.resolve.cache_entries,
         Duration::from_secs(cfg.resolve.cache_secs),
         Duration::from_secs(cfg.resolve.block_secs),
-    ));
+    );
+    let runtime_metrics = exfilguard_runtime::RuntimeMetrics::default();
+    if cfg.runtime.enabled() {
+        let remote = exfilguard_runtime::Remote::new(cfg.runtime.clone(), runtime_metrics.clone());
+        tracing::info!(endpoint = %remote.endpoint(), timeout_ms = cfg.runtime.timeout_ms, "remote model runtime, embedded model as fallback");
+        judge = judge.with_remote(remote);
+    }
+    let rpz = if cfg.rpz.enabled() {
+        let zone = Arc::new(exfilguard_rpz::Zone::new(cfg.rpz.clone())?);
+        judge = judge.with_rpz(zone.clone());
+        Some(zone)
+    } else {
+        None
+    };
+    let judge = Arc::new(judge);
 
     let workers = match cfg.resolve.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -492,6 +511,13 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         },
     ))?;
     let front_metrics = FrontMetrics::register(&mut registry, &upstreams.stats);
+    let rpz_metrics = exfilguard_rpz::RpzMetrics::default();
+    if rpz.is_some() {
+        rpz_metrics.register(&mut registry);
+    }
+    if cfg.runtime.enabled() {
+        runtime_metrics.register(&mut registry);
+    }
     let fleet = (cfg.kafka.enabled() && cfg.kafka.follow_blocklist)
         .then(|| fleet_applier(judge.clone(), allow));
     let services = Services::start(&cfg, &host, &metrics, registry, Live::default(), fleet)?;
@@ -539,14 +565,27 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
             });
             bound.push(local);
         }
+        if let Some(zone) = &rpz {
+            exfilguard_rpz::serve(zone.clone(), cfg.rpz.clone(), rpz_metrics)
+                .await
+                .with_context(|| format!("rpz.listen: serving {}", cfg.rpz.listen))?;
+        }
         metrics.ready.store(true, Ordering::Relaxed);
         tracing::info!(listen = ?bound, upstreams = ?ups, action = ?cfg.resolve.action, workers, "resolving; SIGTERM stops, SIGHUP reloads");
         if let Some(f) = opts.on_ready {
             f(bound);
         }
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks = 0u64;
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
+            ticks += 1;
+            if ticks.is_multiple_of(10) {
+                // expired convictions leave the map and the RPZ within a second
+                for d in judge.sweep() {
+                    tracing::info!(domain = %d, "conviction expired");
+                }
+            }
             front_metrics.convicted_domains.set(judge.convicted_domains() as i64);
             if reload.swap(false, Ordering::Relaxed) {
                 reload_model(&judge, opts.config_path.as_deref(), &cfg, &metrics);

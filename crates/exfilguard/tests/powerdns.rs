@@ -143,6 +143,8 @@ fn wait_for(server: SocketAddr, name: &str, what: &str) {
 struct Lab {
     dir: PathBuf,
     recursor: SocketAddr,
+    /// Where the recursor pulls the RPZ from (`rpzPrimary`, polled every second).
+    rpz: SocketAddr,
     _auth: Proc,
     _rec: Proc,
 }
@@ -153,8 +155,16 @@ impl Drop for Lab {
     }
 }
 
-fn start_powerdns() -> Lab {
-    let dir = std::env::temp_dir().join(format!("eg-pdns-{}", std::process::id()));
+/// `rec`: where the recursor listens (a free loopback port when `None`); `extra`: more
+/// forward zones (`zone=ip:port`), each also given a negative trust anchor.
+fn start_powerdns(rec: Option<SocketAddr>, extra: &[(&str, SocketAddr)]) -> Lab {
+    // tests run in parallel: one directory per lab
+    static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "eg-pdns-{}-{}",
+        std::process::id(),
+        LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
@@ -199,12 +209,19 @@ fn start_powerdns() -> Lab {
     let auth_addr: SocketAddr = format!("127.0.0.1:{auth_port}").parse().unwrap();
     wait_for(auth_addr, "www.corp.test", "PowerDNS Authoritative");
 
+    let rpz: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // Recursor 4.8 takes NOTIFY only as a cache wipe: it learns changes by polling (refresh)
     w(
         "recursor.lua",
-        "addNTA(\"corp.test\")\naddNTA(\"c2.test\")\n",
+        &format!(
+            "addNTA(\"corp.test\")\naddNTA(\"c2.test\")\n{}rpzPrimary(\"{rpz}\", \"rpz.exfilguard.\", {{refresh=1, policyName=\"exfilguard\"}})\n",
+            extra.iter().map(|(z, _)| format!("addNTA(\"{z}\")\n")).collect::<String>()
+        ),
     );
     w("recursor.conf", "");
-    let rec_port = free_port();
+    let recursor: SocketAddr =
+        rec.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let forwards: String = extra.iter().map(|(z, a)| format!(",{z}={a}")).collect();
     let rec = Command::new("pdns_recursor")
         .args([
             &format!("--config-dir={}", dir.display()),
@@ -213,10 +230,10 @@ fn start_powerdns() -> Lab {
             "--disable-syslog",
             "--write-pid=no",
             "--security-poll-suffix=",
-            "--local-address=127.0.0.1",
-            &format!("--local-port={rec_port}"),
+            &format!("--local-address={}", recursor.ip()),
+            &format!("--local-port={}", recursor.port()),
             &format!(
-                "--forward-zones=corp.test=127.0.0.1:{auth_port},c2.test=127.0.0.1:{auth_port}"
+                "--forward-zones=corp.test=127.0.0.1:{auth_port},c2.test=127.0.0.1:{auth_port}{forwards}"
             ),
             "--dont-query=",
             &format!("--lua-config-file={}/recursor.lua", dir.display()),
@@ -228,25 +245,50 @@ fn start_powerdns() -> Lab {
         .spawn()
         .expect("starting pdns_recursor");
     let rec = Proc(rec, "pdns_recursor");
-    let recursor: SocketAddr = format!("127.0.0.1:{rec_port}").parse().unwrap();
     wait_for(recursor, "www.corp.test", "PowerDNS Recursor");
     Lab {
         dir,
         recursor,
+        rpz,
         _auth: auth,
         _rec: rec,
     }
 }
 
-fn start_front(lab: &Lab, name: &str, extra: &str) -> (Proc, SocketAddr, PathBuf) {
-    let port = free_port();
+/// A running `exfilguard resolve`.
+struct Front {
+    _proc: Proc,
+    addr: SocketAddr,
+    events: PathBuf,
+    metrics: SocketAddr,
+}
+
+impl Front {
+    /// One sample of the Prometheus endpoint (0 when the series does not exist).
+    fn metric(&self, series: &str) -> f64 {
+        let mut s = TcpStream::connect(self.metrics).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+}
+
+fn start_front(lab: &Lab, name: &str, extra: &str) -> Front {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    start_front_at(lab, name, addr, extra)
+}
+
+fn start_front_at(lab: &Lab, name: &str, addr: SocketAddr, extra: &str) -> Front {
     let metrics = free_port();
     let events = lab.dir.join(format!("{name}-events.jsonl"));
     let cfg = lab.dir.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
         format!(
-            "[events.file]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[resolve]\nlisten = [\"127.0.0.1:{port}\"]\nupstreams = [\"{}\"]\nworkers = 2\n{extra}",
+            "[events.file]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[resolve]\nlisten = [\"{addr}\"]\nupstreams = [\"{}\"]\nworkers = 2\n{extra}",
             events.display(),
             lab.recursor
         ),
@@ -260,9 +302,13 @@ fn start_front(lab: &Lab, name: &str, extra: &str) -> (Proc, SocketAddr, PathBuf
         .spawn()
         .expect("starting exfilguard resolve");
     let p = Proc(child, "exfilguard resolve");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_for(addr, "www.corp.test", "exfilguard resolve");
-    (p, addr, events)
+    Front {
+        _proc: p,
+        addr,
+        events,
+        metrics: format!("127.0.0.1:{metrics}").parse().unwrap(),
+    }
 }
 
 /// Payload-bearing tunnel names from the shared data (per tool), their lab zone replaced by
@@ -298,10 +344,11 @@ fn resolver_front_with_powerdns_recursor_and_authoritative() {
     if !possible() {
         return;
     }
-    let lab = start_powerdns();
+    let lab = start_powerdns(None, &[]);
 
     // Front 1: per-name verdicts only (no domain conviction), to measure the replay.
-    let (_f1, front1, _) = start_front(&lab, "pername", "block_secs = 0\n");
+    let f1 = start_front(&lab, "pername", "block_secs = 0\n");
+    let front1 = f1.addr;
     // benign answers through the front equal the recursor's own
     for (name, qtype) in [
         ("www.corp.test", 1),
@@ -448,8 +495,18 @@ fn resolver_front_with_powerdns_recursor_and_authoritative() {
         "front still serving"
     );
 
-    // Front 2: the defaults — a conviction refuses the whole registered domain.
-    let (_f2, front2, events2) = start_front(&lab, "convict", "");
+    // Front 2: a conviction refuses the whole registered domain, at the front and — through
+    // the live RPZ — at the recursor itself; it expires after block_secs.
+    let block_secs = 10;
+    let f2 = start_front(
+        &lab,
+        "convict",
+        &format!(
+            "block_secs = {block_secs}\n[rpz]\nlisten = \"{}\"\n",
+            lab.rpz
+        ),
+    );
+    let (front2, events2) = (f2.addr, f2.events.clone());
     let quiet = "www.c2.test";
     assert_eq!(
         a_records(&ask(front2, quiet, 1)),
@@ -461,6 +518,7 @@ fn resolver_front_with_powerdns_recursor_and_authoritative() {
         ask(front2, payload, 10).metadata.response_code,
         ResponseCode::Refused
     );
+    let convicted_at = Instant::now();
     let m = ask(front2, quiet, 1);
     assert_eq!(
         m.metadata.response_code,
@@ -477,6 +535,42 @@ fn resolver_front_with_powerdns_recursor_and_authoritative() {
         vec!["10.1.0.10"],
         "other domains unaffected"
     );
+
+    // the recursor itself now answers NXDOMAIN under the convicted domain (fresh names: its
+    // packet cache keeps answers it already gave until their TTL)
+    let mut probe = 0;
+    let mut fresh = |what: &str| {
+        probe += 1;
+        format!("{what}-{probe}.c2.test")
+    };
+    loop {
+        let m = ask(lab.recursor, &fresh("blocked"), 1);
+        if m.metadata.response_code == ResponseCode::NXDomain {
+            break;
+        }
+        assert_eq!(a_records(&m), vec!["10.66.6.6"]);
+        assert!(
+            convicted_at.elapsed() < Duration::from_secs(5),
+            "the recursor did not take the conviction from the RPZ within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rpz_block = convicted_at.elapsed();
+    assert!(
+        f2.metric("exfilguard_rpz_requests_total{kind=\"ixfr\"}") >= 1.0,
+        "the recursor follows the zone by IXFR"
+    );
+    assert_eq!(
+        ask(lab.recursor, "c2.test", 1).metadata.response_code,
+        ResponseCode::NXDomain,
+        "the registered domain itself"
+    );
+    assert_eq!(
+        a_records(&ask(lab.recursor, "www.corp.test", 1)),
+        vec!["10.1.0.10"],
+        "the RPZ holds nothing else"
+    );
+
     std::thread::sleep(Duration::from_millis(500)); // the sink thread writes asynchronously
     let events = std::fs::read_to_string(&events2).unwrap();
     let lines: Vec<serde_json::Value> = events
@@ -493,4 +587,293 @@ fn resolver_front_with_powerdns_recursor_and_authoritative() {
             .any(|e| e.to_string().contains("convicted domain c2.test")),
         "an event explains the conviction"
     );
+
+    // the conviction expires: the front and the recursor resolve the domain again
+    let rpz_unblock = loop {
+        let m = ask(lab.recursor, &fresh("released"), 1);
+        if m.metadata.response_code == ResponseCode::NoError {
+            assert_eq!(a_records(&m), vec!["10.66.6.6"]);
+            break convicted_at.elapsed();
+        }
+        assert!(
+            convicted_at.elapsed() < Duration::from_secs(block_secs + 5),
+            "the recursor still refuses c2.test 5 s after the conviction expired"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        a_records(&ask(front2, &fresh("front"), 1)),
+        vec!["10.66.6.6"]
+    );
+    eprintln!(
+        "RPZ: recursor blocks c2.test {:.2} s after the conviction, resolves it again {:.2} s after it expired",
+        rpz_block.as_secs_f64(),
+        rpz_unblock.as_secs_f64() - block_secs as f64
+    );
+}
+
+/// Runs a tool for at most `secs`, returning what it printed.
+fn run_for(args: &[&str], secs: u64, out: &std::path::Path) -> String {
+    let f = std::fs::File::create(out).unwrap();
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", args[0]));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::read_to_string(out).unwrap_or_default()
+}
+
+/// A live dns2tcp tunnel (dns2tcpd behind the recursor): it works through PowerDNS alone and
+/// does not establish through `exfilguard resolve`. dns2tcpc only talks to port 53, so the
+/// recursor and the front take port 53 on their own loopback addresses: root only.
+#[test]
+fn live_dns2tcp_tunnel_is_refused_at_the_front() {
+    if !possible() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let have = Command::new("sh")
+        .args(["-c", "command -v dns2tcpc && command -v dns2tcpd"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !(root && have) {
+        let why = format!("root={root}, dns2tcp installed={have}");
+        if std::env::var("EXFILGUARD_SKIP_KERNEL_TESTS").as_deref() == Ok("1") {
+            eprintln!("!!! SKIPPED live dns2tcp test: {why} (EXFILGUARD_SKIP_KERNEL_TESTS=1) !!!");
+            return;
+        }
+        panic!("the live dns2tcp test binds port 53 and needs dns2tcp: {why}; set EXFILGUARD_SKIP_KERNEL_TESTS=1 to skip explicitly");
+    }
+    let tunnel_server: SocketAddr = format!("127.77.0.4:{}", free_port()).parse().unwrap();
+    let zone = "t2.tun.test";
+    let lab = start_powerdns(
+        Some("127.77.0.3:53".parse().unwrap()),
+        &[(zone, tunnel_server)],
+    );
+    let conf = lab.dir.join("dns2tcpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen = {}\nport = {}\nuser = root\nchroot = /tmp\ndomain = {zone}\nresources = echo:127.0.0.1:7\n",
+            tunnel_server.ip(),
+            tunnel_server.port()
+        ),
+    )
+    .unwrap();
+    let _d2 = Proc(
+        Command::new("dns2tcpd")
+            .args(["-F", "-d", "1", "-f"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting dns2tcpd"),
+        "dns2tcpd",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // control: through the recursor alone the tunnel comes up and lists its resources
+    let direct = run_for(
+        &["dns2tcpc", "-z", zone, &lab.recursor.ip().to_string()],
+        10,
+        &lab.dir.join("direct.out"),
+    );
+    assert!(
+        direct.contains("echo"),
+        "dns2tcp did not work through PowerDNS alone (the test's tunnel is broken):\n{direct}"
+    );
+
+    let front: SocketAddr = "127.77.0.2:53".parse().unwrap();
+    let f = start_front_at(&lab, "live", front, "");
+    let events = f.events.clone();
+    let via = run_for(
+        &["dns2tcpc", "-z", zone, &front.ip().to_string()],
+        10,
+        &lab.dir.join("via.out"),
+    );
+    assert!(
+        !via.contains("echo"),
+        "dns2tcp established through exfilguard resolve:\n{via}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let text = std::fs::read_to_string(&events).unwrap();
+    let refused: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e.to_string().contains("tun.test"))
+        .collect();
+    assert!(!refused.is_empty(), "no event for the tunnel queries");
+    assert_eq!(
+        a_records(&ask(front, "www.corp.test", 1)),
+        vec!["10.1.0.10"],
+        "benign names still resolve through the front"
+    );
+    eprintln!(
+        "live dns2tcp: lists its resources through the recursor alone; through the front it does not ({} tunnel events: {:?}); client said: {}",
+        refused.len(),
+        refused.iter().map(|e| e["query"]["hostname"].as_str().unwrap_or("?").to_string()).collect::<Vec<_>>(),
+        via.trim()
+    );
+}
+
+/// The model server of tools/model-server (onnxruntime serving the embedded .onnx file),
+/// or why it cannot run here.
+fn start_model_server(dir: &std::path::Path) -> Result<(Proc, SocketAddr), String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let probe = Command::new("python3")
+        .args(["-c", "import onnxruntime, numpy"])
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        return Err("python3 with onnxruntime and numpy (pip install onnxruntime numpy)".into());
+    }
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new("python3")
+        .arg(root.join("tools/model-server/serve.py"))
+        .arg("--model")
+        .arg(root.join("crates/exfilguard-detect/assets/exfilguard.onnx"))
+        .args(["--listen", &addr.to_string()])
+        .stdout(std::fs::File::create(dir.join("model-server.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("model-server.err")).unwrap())
+        .spawn()
+        .map_err(|e| format!("starting serve.py: {e}"))?;
+    let p = Proc(child, "model server");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            s.write_all(b"GET /v2/health/ready HTTP/1.0\r\n\r\n")
+                .unwrap();
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            if r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200") {
+                return Ok((p, addr));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("model server did not come up".into())
+}
+
+/// dnstun parity: the front asks a real TF-Serving-REST / KServe-v2 runtime (onnxruntime
+/// serving the same model), and keeps judging with the embedded model when it is killed.
+#[test]
+fn remote_model_runtime_and_fallback_when_it_dies() {
+    if !possible() {
+        return;
+    }
+    let lab = start_powerdns(None, &[]);
+    let (mut server, model_addr) = match start_model_server(&lab.dir) {
+        Ok(x) => x,
+        Err(why) => {
+            if std::env::var("EXFILGUARD_SKIP_RUNTIME_TESTS").as_deref() == Ok("1") {
+                eprintln!(
+                    "!!! SKIPPED remote runtime test: {why} (EXFILGUARD_SKIP_RUNTIME_TESTS=1) !!!"
+                );
+                return;
+            }
+            panic!("the remote runtime test needs {why}; set EXFILGUARD_SKIP_RUNTIME_TESTS=1 to skip explicitly");
+        }
+    };
+    let runtime = |protocol: &str| {
+        format!(
+            "block_secs = 0\ncache_secs = 1\n[runtime]\nurl = \"http://{model_addr}\"\nprotocol = \"{protocol}\"\ntimeout_ms = 500\nretry_secs = 2\n"
+        )
+    };
+    let tf = start_front(&lab, "tfserving", &runtime("tf-serving"));
+    let v2 = start_front(&lab, "kserve", &runtime("kserve-v2"));
+    let tunnels = tunnel_names(40);
+    let explained = |f: &Front| -> (usize, usize) {
+        std::thread::sleep(Duration::from_millis(400));
+        let text = std::fs::read_to_string(&f.events).unwrap_or_default();
+        let blocked: Vec<&str> = text.lines().filter(|l| l.contains("tunnel")).collect();
+        let remote = blocked
+            .iter()
+            .filter(|l| l.contains("remote runtime exfilguard:1"))
+            .count();
+        (remote, blocked.len())
+    };
+    // both protocols: tunnel names refused, benign names answered, verdicts from the runtime
+    for f in [&tf, &v2] {
+        for (_, n) in tunnels.iter().take(30) {
+            assert_eq!(
+                ask(f.addr, n, 16).metadata.response_code,
+                ResponseCode::Refused,
+                "{n}"
+            );
+        }
+        assert_eq!(
+            a_records(&ask(f.addr, "www.corp.test", 1)),
+            vec!["10.1.0.10"]
+        );
+        let ok = f.metric("exfilguard_runtime_calls_total{result=\"ok\"}");
+        assert!(ok >= 30.0, "runtime calls ok: {ok}");
+        assert_eq!(
+            f.metric("exfilguard_runtime_fallbacks_total{reason=\"transport\"}"),
+            0.0
+        );
+        let (remote, blocked) = explained(f);
+        assert!(
+            blocked >= 30 && remote == blocked,
+            "{remote} of {blocked} verdicts from the runtime"
+        );
+    }
+
+    // kill -9 the runtime mid-run: every query is still answered and judged (embedded model)
+    let mut answered = 0;
+    let mut refused = 0;
+    let mut max_latency = Duration::ZERO;
+    let rest: Vec<&(String, String)> = tunnels.iter().skip(30).collect();
+    for (i, (_, n)) in rest.iter().enumerate() {
+        if i == rest.len() / 4 {
+            let _ = server.0.kill();
+            let _ = server.0.wait();
+        }
+        let t = Instant::now();
+        let m = ask(tf.addr, n, 16);
+        max_latency = max_latency.max(t.elapsed());
+        answered += 1;
+        if m.metadata.response_code == ResponseCode::Refused {
+            refused += 1;
+        }
+    }
+    let fallbacks = tf.metric("exfilguard_runtime_fallbacks_total{reason=\"transport\"}")
+        + tf.metric("exfilguard_runtime_fallbacks_total{reason=\"timeout\"}");
+    let backing_off = tf.metric("exfilguard_runtime_fallbacks_total{reason=\"backing_off\"}");
+    eprintln!(
+        "runtime killed after {} of {} queries: {answered} answered, {refused} refused, max latency {:?}, fallbacks {fallbacks} failed call(s) + {backing_off} while backing off",
+        rest.len() / 4,
+        rest.len(),
+        max_latency
+    );
+    assert_eq!(answered, rest.len());
+    assert!(
+        refused as f64 >= 0.9 * rest.len() as f64,
+        "{refused}/{} refused after the runtime died",
+        rest.len()
+    );
+    assert!(fallbacks >= 1.0, "the failed call is counted");
+    assert!(backing_off >= 1.0, "later names skip the dead runtime");
+    assert!(
+        max_latency < Duration::from_millis(1500),
+        "a dead runtime costs at most one deadline: {max_latency:?}"
+    );
+    assert_eq!(
+        a_records(&ask(tf.addr, "www.corp.test", 1)),
+        vec!["10.1.0.10"]
+    );
+    let log = std::fs::read_to_string(lab.dir.join("tfserving.log")).unwrap();
+    assert!(
+        log.contains("model runtime failed"),
+        "the fallback is logged:\n{log}"
+    );
+    drop(server);
 }
