@@ -30,6 +30,7 @@ pub struct Config {
     pub resolve: ResolveConfig,
     pub rpz: exfilguard_rpz::RpzSettings,
     pub runtime: exfilguard_runtime::RuntimeSettings,
+    pub behaviour: exfilguard_behaviour::Settings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -373,6 +374,7 @@ impl Config {
         }
         errs.extend(self.rpz.problems());
         errs.extend(self.runtime.problems());
+        errs.extend(self.behaviour.problems());
         if errs.is_empty() {
             Ok(())
         } else {

@@ -49,6 +49,8 @@ pub enum Source {
     Blocklist,
     /// The name could not be parsed; see the reasons.
     Invalid,
+    /// Behaviour analytics over many queries (information rate, beaconing, DGA walks).
+    Behaviour,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

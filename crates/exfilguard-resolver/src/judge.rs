@@ -136,6 +136,19 @@ impl Judge {
         was
     }
 
+    pub fn is_allowed(&self, name: &DnsName) -> bool {
+        self.allow.lookup(name).is_some()
+    }
+
+    /// The cached verdict's score for `name`, if the model judged it lately.
+    pub fn cached_score(&self, name: &DnsName) -> Option<f32> {
+        let c = self.cache.as_ref()?;
+        c.lock()
+            .expect("lock")
+            .peek(&name.normalized())
+            .map(|(_, v)| v.score)
+    }
+
     pub fn convicted_domains(&self) -> usize {
         self.convicted.read().expect("lock").len()
     }

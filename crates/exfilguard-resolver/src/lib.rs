@@ -6,6 +6,7 @@
 //! Needs no privileges (port 53 needs `cap_net_bind_service`).
 
 pub mod answer;
+pub mod behaviour;
 pub mod judge;
 pub mod upstream;
 
@@ -114,6 +115,7 @@ struct Front {
     front: FrontMetrics,
     sink: SyncSender<Box<Detection>>,
     convictions: Option<SyncSender<Conviction>>,
+    behaviour: Option<Arc<behaviour::Behaviour>>,
 }
 
 /// What to do with one client message.
@@ -169,6 +171,21 @@ impl Front {
             }
         };
         let qtype = u16::from(q.query_type());
+        if let Some(b) = &self.behaviour {
+            // before the judge: an alarm convicts the domain, so this query is refused too
+            for a in b.query(now_ms(), client.ip(), &name) {
+                self.on_alarm(
+                    a,
+                    req.metadata.id,
+                    &name,
+                    qtype,
+                    client,
+                    local,
+                    proto,
+                    bytes.len(),
+                );
+            }
+        }
         let t0 = Instant::now();
         let judged = if self.judge.has_remote() {
             // an HTTP call: let this worker's other tasks move to another thread meanwhile
@@ -191,7 +208,7 @@ impl Front {
                     .inc();
             }
             self.emit(
-                &req,
+                req.metadata.id,
                 &name,
                 qtype,
                 client,
@@ -262,10 +279,98 @@ impl Front {
         }
     }
 
+    /// A behaviour alarm: information rate and beacons convict the registered domain (unless
+    /// allowlisted); a DGA bot is reported.
+    #[allow(clippy::too_many_arguments)]
+    fn on_alarm(
+        &self,
+        a: exfilguard_behaviour::Alarm,
+        dns_id: u16,
+        name: &DnsName,
+        qtype: u16,
+        client: SocketAddr,
+        local: SocketAddr,
+        proto: &'static str,
+        len: usize,
+    ) {
+        let verdict = Verdict {
+            class: behaviour::class_of(a.kind),
+            score: 1.0,
+            source: exfilguard_detect::Source::Behaviour,
+            reasons: vec![a.reason.clone()],
+        };
+        let Some(domain) = a.domain.clone() else {
+            tracing::warn!(client = %a.client, kind = a.kind.as_str(), "{}", a.reason);
+            self.emit(
+                dns_id,
+                name,
+                qtype,
+                client,
+                local,
+                proto,
+                Decision::Reported,
+                Some(verdict),
+                len,
+            );
+            return;
+        };
+        if DnsName::parse(&domain).is_ok_and(|d| self.judge.is_allowed(&d)) {
+            tracing::warn!(%domain, "behaviour alarm for an allowlisted domain, not blocking: {}", a.reason);
+            return;
+        }
+        tracing::warn!(%domain, client = %a.client, kind = a.kind.as_str(), "convicted by behaviour: {}", a.reason);
+        // no single name to refuse: behaviour convictions last block_secs, or an hour
+        let secs = match self.cfg.resolve.block_secs {
+            0 => 3600,
+            s => s,
+        };
+        self.judge.convict(
+            &domain,
+            Some(Instant::now() + Duration::from_secs(secs)),
+            a.reason.clone(),
+        );
+        if let Some(tx) = &self.convictions {
+            let _ = tx.try_send(Conviction {
+                domain,
+                verdict,
+                name: name.normalized(),
+            });
+        }
+    }
+
+    /// An NXDOMAIN answer relayed to `client`: the DGA-bot analytics.
+    fn on_nxdomain(&self, client: SocketAddr, answer: &[u8]) {
+        let Some(b) = &self.behaviour else { return };
+        let Ok(m) = exfilguard_dns::parse_message(answer) else {
+            return;
+        };
+        let Some(q) = m.questions.first() else { return };
+        let score = self.judge.cached_score(&q.name).unwrap_or(0.0);
+        let local = self
+            .cfg
+            .resolve
+            .listen
+            .first()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(client);
+        for a in b.nxdomain(now_ms(), client.ip(), &q.name, score) {
+            self.on_alarm(
+                a,
+                m.id,
+                &q.name,
+                q.qtype,
+                client,
+                local,
+                "udp",
+                answer.len(),
+            );
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn emit(
         &self,
-        req: &Message,
+        dns_id: u16,
         name: &DnsName,
         qtype: u16,
         client: SocketAddr,
@@ -294,7 +399,7 @@ impl Front {
             transport: proto,
             encap: "none",
             qtype,
-            dns_id: req.metadata.id,
+            dns_id,
             rcode: 0,
             ancount: 0,
             name_hash: exfilguard_dataplane::hash::name_hash(&name_wire),
@@ -391,7 +496,12 @@ async fn tcp_conn(front: Arc<Front>, mut s: tokio::net::TcpStream, peer: SocketA
         let out = match front.decide(&msg, peer, local, "tcp") {
             Step::Answer(a) => a,
             Step::Forward => match front.upstreams.exchange_tcp(&msg).await {
-                Some(a) => a,
+                Some(a) => {
+                    if a.len() >= 12 && a[3] & 0x0f == 3 {
+                        front.on_nxdomain(peer, &a);
+                    }
+                    a
+                }
                 None => {
                     front.front.count("tcp", "servfail");
                     match answer::error_for(&msg, ResponseCode::ServFail) {
@@ -518,6 +628,11 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
     if cfg.runtime.enabled() {
         runtime_metrics.register(&mut registry);
     }
+    let behaviour = cfg.behaviour.enabled.then(|| {
+        let b = behaviour::Behaviour::new(&cfg.behaviour, workers);
+        b.metrics.register(&mut registry);
+        Arc::new(b)
+    });
     let fleet = (cfg.kafka.enabled() && cfg.kafka.follow_blocklist)
         .then(|| fleet_applier(judge.clone(), allow));
     let services = Services::start(&cfg, &host, &metrics, registry, Live::default(), fleet)?;
@@ -531,6 +646,7 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         .context("signal handler")?;
 
     let front = Arc::new(Front {
+        behaviour: behaviour.clone(),
         cfg: cfg.clone(),
         host,
         judge: judge.clone(),
@@ -540,6 +656,14 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         sink: services.sink.clone(),
         convictions: services.convictions.clone(),
     });
+    if behaviour.is_some() {
+        let weak = Arc::downgrade(&front);
+        let _ = front.upstreams.nx_hook.set(Box::new(move |peer, answer| {
+            if let Some(f) = weak.upgrade() {
+                f.on_nxdomain(peer, answer);
+            }
+        }));
+    }
     let result = rt.block_on(async {
         let mut bound = Vec::new();
         for &addr in &listen {
@@ -584,6 +708,9 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
                 // expired convictions leave the map and the RPZ within a second
                 for d in judge.sweep() {
                     tracing::info!(domain = %d, "conviction expired");
+                }
+                if let Some(b) = &behaviour {
+                    b.refresh();
                 }
             }
             front_metrics.convicted_domains.set(judge.convicted_domains() as i64);

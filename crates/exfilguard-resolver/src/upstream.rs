@@ -56,8 +56,13 @@ pub struct UpstreamStats {
     pub latency: Histogram,
 }
 
+/// Called with the client's address and the answer for every NXDOMAIN relayed over UDP.
+pub type NxHook = Box<dyn Fn(SocketAddr, &[u8]) + Send + Sync>;
+
 pub struct Upstreams {
     ups: Vec<Arc<Upstream>>,
+    /// Set once after start-up (the behaviour analytics watch failed lookups).
+    pub nx_hook: std::sync::OnceLock<NxHook>,
     next: AtomicUsize,
     timeout: Duration,
     epoch: Instant,
@@ -100,6 +105,7 @@ impl Upstreams {
         }
         let me = Arc::new(Self {
             ups,
+            nx_hook: std::sync::OnceLock::new(),
             next: AtomicUsize::new(0),
             timeout,
             epoch: Instant::now(),
@@ -198,6 +204,11 @@ impl Upstreams {
             match p.reply {
                 Reply::Udp { sock, peer } => {
                     let _ = sock.send_to(&buf[..n], peer).await;
+                    if buf[3] & 0x0f == 3 {
+                        if let Some(h) = self.nx_hook.get() {
+                            h(peer, &buf[..n]);
+                        }
+                    }
                 }
             }
         }

@@ -5,6 +5,7 @@ mod classify;
 mod dataset;
 mod eval;
 mod protect;
+mod replay;
 mod scan;
 
 use anyhow::{Context, Result};
@@ -63,6 +64,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Classify every DNS query in a pcap or pcapng capture.
     Scan(scan::ScanArgs),
+    /// Feed a capture or a query log through the behaviour analytics in accelerated time
+    /// (information rate, DGA bots, beacons) to try thresholds on your own traffic.
+    Replay(replay::ReplayArgs),
     /// Run the agent (root): kernel data plane, brain, event sinks, Kafka, metrics.
     Run(agent_cmd::RunArgs),
     /// The filtering DNS forwarder for resolvers (no eBPF, no root): refuses tunnel, C2 and DGA
@@ -219,6 +223,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => eval::run(&cli.brain.detector()?, &args),
         Command::Scan(args) => scan::run(&cli.brain.detector()?, &args),
+        Command::Replay(args) => replay::run(&args),
         Command::Run(args) => agent_cmd::run(&args),
         Command::Resolve(args) => agent_cmd::resolve(&cli.brain, &args),
         Command::Protect(args) => protect::run(&cli.brain, &args),

@@ -507,6 +507,20 @@ fn resolver_front_with_powerdns_recursor_and_authoritative() {
         ),
     );
     let (front2, events2) = (f2.addr, f2.events.clone());
+    // the recursor started before the front: it loads the (empty) zone at its next retry;
+    // wait for that, so the conviction below has to travel by IXFR
+    let t = Instant::now();
+    while f2.metric("exfilguard_rpz_requests_total{kind=\"axfr\"}") < 1.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the recursor never transferred the RPZ"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "recursor loaded the RPZ {:.1} s after the front started",
+        t.elapsed().as_secs_f64()
+    );
     let quiet = "www.c2.test";
     assert_eq!(
         a_records(&ask(front2, quiet, 1)),
@@ -876,4 +890,77 @@ fn remote_model_runtime_and_fallback_when_it_dies() {
         "the fallback is logged:\n{log}"
     );
     drop(server);
+}
+
+/// Behaviour analytics at the front: a client leaking data in innocent dictionary words (each
+/// name passes the per-name model) is caught by the information rate, and the domain is then
+/// refused whole — at the front and, through the RPZ, at the recursor.
+#[test]
+fn behaviour_information_rate_convicts_a_slow_word_tunnel() {
+    if !possible() {
+        return;
+    }
+    let lab = start_powerdns(None, &[]);
+    let f = start_front(
+        &lab,
+        "behaviour",
+        &format!(
+            "block_secs = 0\n[rpz]\nlisten = \"{}\"\n[behaviour]\ninfo_alarm_bytes = 300.0\n",
+            lab.rpz
+        ),
+    );
+    let words = [
+        "apple", "river", "stone", "cloud", "green", "house", "light", "music", "north", "paper",
+        "quiet", "sugar", "table", "water", "young", "zebra",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut refused_at = None;
+    let mut model_refused = 0;
+    for i in 0..200 {
+        let w: Vec<&str> = (0..3)
+            .map(|_| words[rng.random_range(0..words.len())])
+            .collect();
+        let name = format!("{}.{}.{}.c2.test", w[0], w[1], w[2]);
+        let m = ask(f.addr, &name, 1);
+        if m.metadata.response_code == ResponseCode::Refused {
+            // refused by a per-name verdict, or because the domain is now convicted
+            if ask(f.addr, "www.c2.test", 1).metadata.response_code == ResponseCode::Refused {
+                refused_at = Some(i);
+                break;
+            }
+            model_refused += 1;
+        } else {
+            assert_eq!(a_records(&m), vec!["10.66.6.6"], "{name}");
+        }
+    }
+    let at = refused_at.expect("the word tunnel was never convicted");
+    eprintln!("word tunnel convicted after {at} queries ({model_refused} refused per name before)");
+    assert!(f.metric("exfilguard_behaviour_alarms_total{kind=\"info_rate\"}") >= 1.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let events = std::fs::read_to_string(&f.events).unwrap();
+    assert!(
+        events.contains("of unique subdomain data to c2.test"),
+        "the refusal is explained by the information rate"
+    );
+    // the recursor follows through the RPZ
+    let t = Instant::now();
+    while ask(
+        lab.recursor,
+        &format!("probe{}.c2.test", t.elapsed().as_millis()),
+        1,
+    )
+    .metadata
+    .response_code
+        != ResponseCode::NXDomain
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "RPZ did not carry the behaviour conviction"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        a_records(&ask(f.addr, "www.corp.test", 1)),
+        vec!["10.1.0.10"]
+    );
 }

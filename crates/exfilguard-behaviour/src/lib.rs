@@ -1,0 +1,700 @@
+//! What a per-name classifier cannot see: a client that leaks data in short, innocent labels
+//! at a few bytes a minute, a bot walking a DGA list, an implant beaconing on a timer. The
+//! tracker keeps state per (client, registered domain) and per client in fixed memory and
+//! raises explainable alarms:
+//!
+//! * **information rate** — the novel information in the subdomains a client sends to one
+//!   domain (a compressor's estimate, [`sketch::novel_bytes`]), summed with exponential decay
+//!   (time constant `info_tau_secs`); an alarm at `info_alarm_bytes`. A leak slower than
+//!   `info_alarm_bytes / info_tau_secs` never alarms: that is the documented leakage bound;
+//! * **DGA bot** — distinct registered domains that answered NXDOMAIN to one client within a
+//!   window (`dga_window_secs`, `dga_min_domains`), with the per-name DGA scores as evidence;
+//! * **beaconing** — queries from one client to one domain at regular intervals (robust
+//!   coefficient of variation of the last inter-arrival times) that carry changing subdomains.
+//!
+//! Memory: see [`Settings::memory_bound`].
+
+pub mod sketch;
+
+use cardinality_estimator::CardinalityEstimator;
+use exfilguard_dns::DnsName;
+use lru::LruCache;
+use serde::{Deserialize, Serialize};
+use sketch::{hash_of, novel_bytes, Bloom512, Doorkeeper};
+use std::hash::RandomState;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Behaviour analytics in `exfilguard resolve` (replay always runs them).
+    pub enabled: bool,
+    /// (client, registered domain) pairs tracked in full.
+    pub max_pairs: usize,
+    /// Clients tracked for NXDOMAIN behaviour.
+    pub max_clients: usize,
+    /// Window of the admission filter (a pair is tracked from its second distinct subdomain
+    /// within a window) and of the novelty filters.
+    pub window_secs: u64,
+    /// Decay time constant of the information sum, seconds.
+    pub info_tau_secs: u64,
+    /// Alarm when the decayed novel information to one domain from one client reaches this.
+    pub info_alarm_bytes: f64,
+    /// DGA bots: distinct NXDOMAIN registered domains per client within `dga_window_secs`.
+    pub dga_window_secs: u64,
+    pub dga_min_domains: u32,
+    /// Beacons: at least this many queries at intervals whose robust spread (median absolute
+    /// deviation / median) is at most `beacon_max_spread`, intervals within
+    /// `beacon_min_secs..=beacon_max_secs`, and at least `beacon_min_unique` of the queries
+    /// carrying a new subdomain.
+    pub beacon_min_queries: u8,
+    pub beacon_max_spread: f64,
+    pub beacon_min_secs: f64,
+    pub beacon_max_secs: f64,
+    pub beacon_min_unique: f64,
+    /// Lookup services whose subdomains are keys, not data (reverse DNS, DNSBLs): no
+    /// information-rate or beacon tracking below them (they still get per-name verdicts).
+    pub lookup_zones: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_pairs: 32_768,
+            max_clients: 16_384,
+            window_secs: 600,
+            info_tau_secs: 14_400,
+            info_alarm_bytes: 1024.0,
+            dga_window_secs: 600,
+            dga_min_domains: 20,
+            beacon_min_queries: 16,
+            beacon_max_spread: 0.1,
+            beacon_min_secs: 5.0,
+            beacon_max_secs: 3600.0,
+            beacon_min_unique: 0.5,
+            lookup_zones: [
+                "in-addr.arpa",
+                "ip6.arpa",
+                "spamhaus.org",
+                "spamcop.net",
+                "sorbs.net",
+                "barracudacentral.org",
+                "surbl.org",
+                "uribl.com",
+                "dnswl.org",
+                "mailspike.net",
+                "abuseat.org",
+                "senderscore.com",
+                "mcafee.com",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// Upper bounds of what one table entry holds, for [`Settings::memory_bound`].
+const PAIR_BYTES: usize = std::mem::size_of::<Pair>() + 64 /* domain text */ + 64 /* LRU node + map */;
+const CLIENT_BYTES: usize = std::mem::size_of::<Client>() + 200 /* HLL at P=8 */ + 64;
+
+impl Settings {
+    /// Problems a config check reports, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut range = |key: &str, v: f64, lo: f64, hi: f64| {
+            if !(lo..=hi).contains(&v) {
+                out.push(format!("behaviour.{key} = {v}: must be in {lo}..={hi}"));
+            }
+        };
+        range("max_pairs", self.max_pairs as f64, 1.0, 16e6);
+        range("max_clients", self.max_clients as f64, 1.0, 16e6);
+        range("window_secs", self.window_secs as f64, 1.0, 86400.0);
+        range(
+            "info_tau_secs",
+            self.info_tau_secs as f64,
+            1.0,
+            7.0 * 86400.0,
+        );
+        range("info_alarm_bytes", self.info_alarm_bytes, 1.0, 1e9);
+        range("dga_window_secs", self.dga_window_secs as f64, 1.0, 86400.0);
+        range("dga_min_domains", self.dga_min_domains as f64, 2.0, 1e6);
+        range(
+            "beacon_min_queries",
+            self.beacon_min_queries as f64,
+            4.0,
+            16.0,
+        );
+        range("beacon_max_spread", self.beacon_max_spread, 0.0, 1.0);
+        range("beacon_min_unique", self.beacon_min_unique, 0.0, 1.0);
+        if self.beacon_min_secs > self.beacon_max_secs || self.beacon_min_secs < 0.0 {
+            out.push(format!(
+                "behaviour.beacon_min_secs = {} must be >= 0 and <= beacon_max_secs = {}",
+                self.beacon_min_secs, self.beacon_max_secs
+            ));
+        }
+        out
+    }
+
+    /// The most memory the tracker takes, whatever the traffic: full tables plus the fixed
+    /// admission filter. Defaults: 32 768 pairs + 16 384 clients + 4 MiB ≈ 26 MB.
+    pub fn memory_bound(&self) -> usize {
+        self.max_pairs * PAIR_BYTES + self.max_clients * CLIENT_BYTES + Doorkeeper::BYTES
+    }
+
+    /// The leak rate that never alarms (bytes per second per client and domain).
+    pub fn undetected_rate(&self) -> f64 {
+        self.info_alarm_bytes / self.info_tau_secs as f64
+    }
+
+    /// Seconds until a sustained leak at `rate` bytes/s alarms (None: never).
+    pub fn time_to_detect(&self, rate: f64) -> Option<f64> {
+        let tau = self.info_tau_secs as f64;
+        let x = self.info_alarm_bytes / (rate * tau);
+        (x < 1.0).then(|| -tau * (1.0 - x).ln())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmKind {
+    InfoRate,
+    DgaBot,
+    Beacon,
+}
+
+impl AlarmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InfoRate => "info_rate",
+            Self::DgaBot => "dga_bot",
+            Self::Beacon => "beacon",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Alarm {
+    pub kind: AlarmKind,
+    pub at_ms: u64,
+    pub client: IpAddr,
+    /// The registered domain (information rate, beacon); None for a DGA bot (a client alarm).
+    pub domain: Option<String>,
+    /// Estimated novel bytes sent to the domain since the pair was first seen.
+    pub novel_bytes: f64,
+    /// Seconds since the pair (or the client's window) was first seen.
+    pub after_secs: f64,
+    pub reason: String,
+}
+
+struct Pair {
+    domain: Box<str>,
+    client: IpAddr,
+    first_ms: u64,
+    last_ms: u64,
+    info: f64,
+    /// Highest `info` reached (for threshold tuning: `exfilguard replay` lists the top pairs).
+    info_peak: f64,
+    novel_total: f64,
+    queries: u32,
+    unique: u32,
+    blooms: [Bloom512; 2],
+    bloom_epoch: u64,
+    history: [u8; 96],
+    hist_len: u8,
+    /// Arrival times of the last queries (deciseconds after `first_ms`), and whether each
+    /// carried a new subdomain.
+    times: [u32; 16],
+    n_times: u8,
+    new_bits: u16,
+    alarmed_info: bool,
+    alarmed_beacon: bool,
+}
+
+struct Client {
+    window_ms: u64,
+    responses: u32,
+    nx: u32,
+    nx_domains: CardinalityEstimator<str, std::hash::DefaultHasher, 8, 5>,
+    nx_score: f32,
+    examples: Vec<String>,
+    alarmed: bool,
+}
+
+/// Per-client and per-(client, domain) behaviour, in bounded memory.
+pub struct Tracker {
+    s: Settings,
+    hasher: RandomState,
+    door: Doorkeeper,
+    door_epoch: u64,
+    pairs: LruCache<u64, Pair>,
+    clients: LruCache<IpAddr, Client>,
+    lookup: Vec<String>,
+}
+
+fn fmt_bytes(b: f64) -> String {
+    if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+fn fmt_secs(s: f64) -> String {
+    if s >= 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.0} min", s / 60.0)
+    } else {
+        format!("{s:.0} s")
+    }
+}
+
+impl Tracker {
+    pub fn new(s: Settings) -> Self {
+        let lookup = s
+            .lookup_zones
+            .iter()
+            .map(|z| z.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        Self {
+            pairs: LruCache::new(NonZeroUsize::new(s.max_pairs.max(1)).expect("non-zero")),
+            clients: LruCache::new(NonZeroUsize::new(s.max_clients.max(1)).expect("non-zero")),
+            hasher: RandomState::new(),
+            door: Doorkeeper::default(),
+            door_epoch: 0,
+            lookup,
+            s,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.s
+    }
+
+    pub fn pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The `n` tracked pairs with the highest information peak: (client, domain, peak bytes,
+    /// distinct subdomains, queries). How close benign traffic comes to `info_alarm_bytes`.
+    pub fn top_info(&self, n: usize) -> Vec<(IpAddr, String, f64, u32, u32)> {
+        let mut v: Vec<_> = self
+            .pairs
+            .iter()
+            .map(|(_, p)| {
+                (
+                    p.client,
+                    p.domain.to_string(),
+                    p.info_peak,
+                    p.unique,
+                    p.queries,
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v.truncate(n);
+        v
+    }
+
+    fn is_lookup(&self, rd: &str) -> bool {
+        self.lookup
+            .iter()
+            .any(|z| rd == z || rd.ends_with(&format!(".{z}")) || z.ends_with(&format!(".{rd}")))
+    }
+
+    /// One query from `client` at `ts_ms`. Alarms are raised once per pair.
+    pub fn observe_query(&mut self, ts_ms: u64, client: IpAddr, name: &DnsName) -> Vec<Alarm> {
+        let mut out = Vec::new();
+        let split = name.split();
+        let Some(first) = split.registrable_label() else {
+            return out;
+        };
+        let n_sub = split.subdomain_labels();
+        let rd = name.normalized_from(first);
+        if self.is_lookup(&rd) {
+            return out;
+        }
+        // case can carry data (iodine's base64 does), so the estimate sees it; novelty is
+        // case-blind, so a resolver's 0x20 case randomisation does not make old names new
+        let sub: Vec<u8> = name.labels().take(n_sub).flatten().copied().collect();
+        let key = hash_of(&self.hasher, &(client, rd.as_str()));
+        let sub_h = hash_of(&self.hasher, &sub.to_ascii_lowercase());
+
+        let window_ms = self.s.window_secs * 1000;
+        let epoch = ts_ms / window_ms.max(1);
+        if epoch != self.door_epoch {
+            self.door.reset();
+            self.door_epoch = epoch;
+        }
+        if !self.pairs.contains(&key) {
+            if !self.door.admit(key, sub_h) {
+                return out;
+            }
+            self.pairs.push(
+                key,
+                Pair {
+                    domain: rd.clone().into_boxed_str(),
+                    client,
+                    first_ms: ts_ms,
+                    last_ms: ts_ms,
+                    info: 0.0,
+                    info_peak: 0.0,
+                    novel_total: 0.0,
+                    queries: 0,
+                    unique: 0,
+                    blooms: Default::default(),
+                    bloom_epoch: epoch,
+                    history: [0; 96],
+                    hist_len: 0,
+                    times: [0; 16],
+                    n_times: 0,
+                    new_bits: 0,
+                    alarmed_info: false,
+                    alarmed_beacon: false,
+                },
+            );
+        }
+        let s = &self.s;
+        let p = self.pairs.get_mut(&key).expect("just inserted");
+        // novelty filters rotate per window: [current, previous]
+        if epoch != p.bloom_epoch {
+            if epoch == p.bloom_epoch + 1 {
+                p.blooms.swap(0, 1);
+                p.blooms[0].clear();
+            } else {
+                p.blooms.iter_mut().for_each(Bloom512::clear);
+            }
+            p.bloom_epoch = epoch;
+        }
+        let new = !p.blooms[0].contains(sub_h) && !p.blooms[1].contains(sub_h);
+        p.blooms[0].insert(sub_h);
+        let dt = ts_ms.saturating_sub(p.last_ms) as f64 / 1000.0;
+        p.info *= (-dt / s.info_tau_secs as f64).exp();
+        p.last_ms = ts_ms;
+        p.queries += 1;
+        if new {
+            p.unique += 1;
+            let nb = novel_bytes(&sub, &p.history[..p.hist_len as usize]);
+            p.info += nb;
+            p.info_peak = p.info_peak.max(p.info);
+            p.novel_total += nb;
+            // keep the most recent subdomain text as the compressor's dictionary
+            let keep = sub.len().min(p.history.len());
+            let old = (p.hist_len as usize).min(p.history.len() - keep);
+            let start = p.hist_len as usize - old;
+            p.history.copy_within(start..start + old, 0);
+            p.history[old..old + keep].copy_from_slice(&sub[sub.len() - keep..]);
+            p.hist_len = (old + keep) as u8;
+        }
+        // arrival times for beaconing
+        let n = p.n_times as usize;
+        let t = (ts_ms.saturating_sub(p.first_ms) / 100).min(u32::MAX as u64) as u32;
+        if n == p.times.len() {
+            p.times.copy_within(1.., 0);
+            p.times[n - 1] = t;
+        } else {
+            p.times[n] = t;
+            p.n_times += 1;
+        }
+        p.new_bits = (p.new_bits << 1) | u16::from(new);
+
+        let after = ts_ms.saturating_sub(p.first_ms) as f64 / 1000.0;
+        if !p.alarmed_info && p.info >= s.info_alarm_bytes {
+            p.alarmed_info = true;
+            out.push(Alarm {
+                kind: AlarmKind::InfoRate,
+                at_ms: ts_ms,
+                client,
+                domain: Some(p.domain.to_string()),
+                novel_bytes: p.novel_total,
+                after_secs: after,
+                reason: format!(
+                    "{} of unique subdomain data to {} in {} from {client} ({} distinct subdomains in {} queries; alarm at {} decaying over {})",
+                    fmt_bytes(p.novel_total),
+                    p.domain,
+                    fmt_secs(after),
+                    p.unique,
+                    p.queries,
+                    fmt_bytes(s.info_alarm_bytes),
+                    fmt_secs(s.info_tau_secs as f64)
+                ),
+            });
+        }
+        if !p.alarmed_beacon && p.n_times >= s.beacon_min_queries.min(16) {
+            if let Some((period, spread)) = regular(&p.times[..p.n_times as usize]) {
+                let recent = (p.n_times as u32).min(16);
+                let new_share = (p.new_bits & ((1u32 << recent) - 1) as u16).count_ones() as f64
+                    / recent as f64;
+                if spread <= s.beacon_max_spread
+                    && (s.beacon_min_secs..=s.beacon_max_secs).contains(&period)
+                    && new_share >= s.beacon_min_unique
+                {
+                    p.alarmed_beacon = true;
+                    out.push(Alarm {
+                        kind: AlarmKind::Beacon,
+                        at_ms: ts_ms,
+                        client,
+                        domain: Some(p.domain.to_string()),
+                        novel_bytes: p.novel_total,
+                        after_secs: after,
+                        reason: format!(
+                            "beacon: {client} queries {} every {:.1} s (spread {:.0} %) with changing subdomains ({:.0} % new) over {}",
+                            p.domain,
+                            period,
+                            spread * 100.0,
+                            new_share * 100.0,
+                            fmt_secs(after)
+                        ),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// One response to `client`: NXDOMAIN walks over many registered domains make a DGA bot.
+    /// `dga_score` is the per-name DGA probability when the model judged the name (else 0).
+    pub fn observe_response(
+        &mut self,
+        ts_ms: u64,
+        client: IpAddr,
+        name: &DnsName,
+        rcode: u8,
+        dga_score: f32,
+    ) -> Vec<Alarm> {
+        let mut out = Vec::new();
+        let window = self.s.dga_window_secs * 1000;
+        if !self.clients.contains(&client) {
+            if rcode != 3 {
+                return out; // only clients with failures need state
+            }
+            self.clients.push(
+                client,
+                Client {
+                    window_ms: ts_ms,
+                    responses: 0,
+                    nx: 0,
+                    nx_domains: CardinalityEstimator::new(),
+                    nx_score: 0.0,
+                    examples: Vec::new(),
+                    alarmed: false,
+                },
+            );
+        }
+        let c = self.clients.get_mut(&client).expect("present");
+        if ts_ms.saturating_sub(c.window_ms) > window {
+            c.window_ms = ts_ms;
+            c.responses = 0;
+            c.nx = 0;
+            c.nx_domains = CardinalityEstimator::new();
+            c.nx_score = 0.0;
+            c.examples.clear();
+            c.alarmed = false;
+        }
+        c.responses += 1;
+        if rcode != 3 {
+            return out;
+        }
+        let Some(rd) = name.registered_domain() else {
+            return out;
+        };
+        c.nx += 1;
+        c.nx_score += dga_score;
+        c.nx_domains.insert(rd.as_str());
+        if c.examples.len() < 3 && !c.examples.contains(&rd) {
+            c.examples.push(rd);
+        }
+        let distinct = c.nx_domains.estimate() as u32;
+        if !c.alarmed && distinct >= self.s.dga_min_domains {
+            c.alarmed = true;
+            let after = ts_ms.saturating_sub(c.window_ms) as f64 / 1000.0;
+            out.push(Alarm {
+                kind: AlarmKind::DgaBot,
+                at_ms: ts_ms,
+                client,
+                domain: None,
+                novel_bytes: 0.0,
+                after_secs: after,
+                reason: format!(
+                    "DGA bot: {client} got NXDOMAIN for {distinct} distinct registered domains in {} ({} of {} answers failed; mean per-name DGA score {:.2}; e.g. {})",
+                    fmt_secs(after),
+                    c.nx,
+                    c.responses,
+                    c.nx_score / c.nx as f32,
+                    c.examples.join(", ")
+                ),
+            });
+        }
+        out
+    }
+}
+
+/// (median interval s, median absolute deviation / median) of arrival times (deciseconds),
+/// when there are at least three intervals.
+fn regular(times: &[u32]) -> Option<(f64, f64)> {
+    if times.len() < 4 {
+        return None;
+    }
+    let mut iv: Vec<f64> = times
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]) as f64 / 10.0)
+        .collect();
+    iv.sort_by(f64::total_cmp);
+    let med = iv[iv.len() / 2];
+    if med <= 0.0 {
+        return None;
+    }
+    let mut dev: Vec<f64> = iv.iter().map(|x| (x - med).abs()).collect();
+    dev.sort_by(f64::total_cmp);
+    Some((med, dev[dev.len() / 2] / med))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn q(t: &mut Tracker, ts: u64, c: &str, n: &str) -> Vec<Alarm> {
+        t.observe_query(ts, ip(c), &DnsName::parse(n).unwrap())
+    }
+
+    #[test]
+    fn leakage_bound_arithmetic() {
+        let s = Settings::default();
+        assert!((s.undetected_rate() - 1024.0 / 14_400.0).abs() < 1e-9);
+        let t = s.time_to_detect(0.5).unwrap();
+        assert!(t < 3600.0, "0.5 B/s within an hour: {t}");
+        assert!(
+            s.time_to_detect(0.05).is_none(),
+            "below the undetected rate"
+        );
+        assert!(s.memory_bound() < 32 << 20, "{}", s.memory_bound());
+    }
+
+    #[test]
+    fn slow_payload_alarms_and_repeated_names_do_not() {
+        let mut t = Tracker::new(Settings::default());
+        // 1 query per minute, 32 fresh base32 characters each (~20 B): ~0.33 B/s
+        let mut alarm = None;
+        for i in 0..240u64 {
+            let payload: String = (0..32)
+                .map(|j| {
+                    b"abcdefghijklmnopqrstuvwxyz234567"
+                        [((i * 7919 + j * 104729) ^ (i * j)) as usize % 32]
+                        as char
+                })
+                .collect();
+            let a = q(
+                &mut t,
+                i * 60_000,
+                "10.0.0.5",
+                &format!("{payload}.exfil.example"),
+            );
+            if let Some(a) = a.into_iter().find(|a| a.kind == AlarmKind::InfoRate) {
+                alarm = Some(a);
+                break;
+            }
+        }
+        let a = alarm.expect("slow exfiltration alarms");
+        assert!(
+            a.reason.contains("exfil.example") && a.reason.contains("10.0.0.5"),
+            "{}",
+            a.reason
+        );
+        assert!(a.after_secs < 4.0 * 3600.0);
+        // the same few names every 30 s for a day: nothing
+        let mut t = Tracker::new(Settings::default());
+        for i in 0..2880u64 {
+            for n in ["www.example.org", "api.example.org", "cdn.example.org"] {
+                assert!(q(&mut t, i * 30_000, "10.0.0.6", n).is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn one_off_domains_take_no_slot() {
+        let mut t = Tracker::new(Settings {
+            max_pairs: 16,
+            ..Settings::default()
+        });
+        for i in 0..10_000 {
+            q(&mut t, i, "10.0.0.7", &format!("www.site{i}.com"));
+        }
+        // the count-min sketch can over-count a pair that collides in all four rows: rare
+        assert!(
+            t.pairs() <= 8,
+            "{} of 10 000 one-off domains admitted",
+            t.pairs()
+        );
+    }
+
+    #[test]
+    fn lookup_zones_are_skipped() {
+        let mut t = Tracker::new(Settings::default());
+        for i in 0..5000u64 {
+            let n = format!(
+                "{}.{}.{}.{}.zen.spamhaus.org",
+                i % 251,
+                i % 13,
+                i % 7,
+                i % 199
+            );
+            assert!(q(&mut t, i * 100, "10.0.0.8", &n).is_empty());
+        }
+    }
+
+    #[test]
+    fn dga_bot_and_beacon() {
+        let mut t = Tracker::new(Settings::default());
+        let c = ip("10.0.0.9");
+        let mut hit = None;
+        for i in 0..40u64 {
+            let n = DnsName::parse(&format!("xq{i}zkvbnrt{}.com", i * 7)).unwrap();
+            if let Some(a) = t.observe_response(i * 1000, c, &n, 3, 0.9).pop() {
+                hit = Some((i, a));
+                break;
+            }
+        }
+        let (i, a) = hit.expect("DGA walk alarms");
+        assert!((18..=24).contains(&i), "after ~20 domains: {i}");
+        assert!(a.reason.contains("DGA bot"), "{}", a.reason);
+        // NXDOMAIN for a handful of typos: nothing
+        let mut t = Tracker::new(Settings::default());
+        for i in 0..200u64 {
+            let n = DnsName::parse(&format!("typo{}.com", i % 5)).unwrap();
+            assert!(t.observe_response(i * 1000, c, &n, 3, 0.0).is_empty());
+        }
+        // a beacon every 60 s with a fresh id
+        let mut t = Tracker::new(Settings::default());
+        let mut beacon = None;
+        for i in 0..30u64 {
+            let jitter = (i * 37) % 900;
+            let a = q(
+                &mut t,
+                i * 60_000 + jitter,
+                "10.0.0.10",
+                &format!("id{}.c2.example", i * 7919 % 10007),
+            );
+            if let Some(a) = a.into_iter().find(|a| a.kind == AlarmKind::Beacon) {
+                beacon = Some(a);
+                break;
+            }
+        }
+        let b = beacon.expect("beacon alarms");
+        assert!(b.reason.contains("every 60"), "{}", b.reason);
+        // the same name polled every 60 s (a cached update check): no beacon
+        let mut t = Tracker::new(Settings::default());
+        for i in 0..100u64 {
+            assert!(q(&mut t, i * 60_000, "10.0.0.11", "update.vendor.example").is_empty());
+        }
+    }
+}
