@@ -208,8 +208,6 @@ struct Pair {
     times: [u32; 16],
     n_times: u8,
     new_bits: u16,
-    alarmed_info: bool,
-    alarmed_beacon: bool,
 }
 
 struct Client {
@@ -303,12 +301,16 @@ impl Tracker {
     }
 
     fn is_lookup(&self, rd: &str) -> bool {
+        // the registered domain is, or is below, a listed zone — or a listed zone is below it
+        // (zen.spamhaus.org listed, spamhaus.org seen)
+        let below = |a: &str, b: &str| a.strip_suffix(b).is_some_and(|r| r.ends_with('.'));
         self.lookup
             .iter()
-            .any(|z| rd == z || rd.ends_with(&format!(".{z}")) || z.ends_with(&format!(".{rd}")))
+            .any(|z| rd == z || below(rd, z) || below(z, rd))
     }
 
-    /// One query from `client` at `ts_ms`. Alarms are raised once per pair.
+    /// One query from `client` at `ts_ms`. A pair alarms again only after a fresh
+    /// `info_alarm_bytes` (information) or a fresh run of regular arrivals (beacon).
     pub fn observe_query(&mut self, ts_ms: u64, client: IpAddr, name: &DnsName) -> Vec<Alarm> {
         let mut out = Vec::new();
         let split = name.split();
@@ -355,8 +357,6 @@ impl Tracker {
                     times: [0; 16],
                     n_times: 0,
                     new_bits: 0,
-                    alarmed_info: false,
-                    alarmed_beacon: false,
                 },
             );
         }
@@ -405,8 +405,10 @@ impl Tracker {
         p.new_bits = (p.new_bits << 1) | u16::from(new);
 
         let after = ts_ms.saturating_sub(p.first_ms) as f64 / 1000.0;
-        if !p.alarmed_info && p.info >= s.info_alarm_bytes {
-            p.alarmed_info = true;
+        if p.info >= s.info_alarm_bytes {
+            // the sum starts again: a leak that goes on alarms again after another
+            // info_alarm_bytes (the front keeps the domain convicted while it does)
+            p.info = 0.0;
             out.push(Alarm {
                 kind: AlarmKind::InfoRate,
                 at_ms: ts_ms,
@@ -426,7 +428,7 @@ impl Tracker {
                 ),
             });
         }
-        if !p.alarmed_beacon && p.n_times >= s.beacon_min_queries.min(16) {
+        if p.n_times >= s.beacon_min_queries.min(16) {
             if let Some((period, spread)) = regular(&p.times[..p.n_times as usize]) {
                 let recent = (p.n_times as u32).min(16);
                 let new_share = (p.new_bits & ((1u32 << recent) - 1) as u16).count_ones() as f64
@@ -435,7 +437,8 @@ impl Tracker {
                     && (s.beacon_min_secs..=s.beacon_max_secs).contains(&period)
                     && new_share >= s.beacon_min_unique
                 {
-                    p.alarmed_beacon = true;
+                    // a new run of arrivals must show the pattern again
+                    p.n_times = 0;
                     out.push(Alarm {
                         kind: AlarmKind::Beacon,
                         at_ms: ts_ms,
@@ -522,7 +525,7 @@ impl Tracker {
                 novel_bytes: 0.0,
                 after_secs: after,
                 reason: format!(
-                    "DGA bot: {client} got NXDOMAIN for {distinct} distinct registered domains in {} ({} of {} answers failed; mean per-name DGA score {:.2}; e.g. {})",
+                    "DGA bot: {client} got NXDOMAIN for {distinct} distinct registered domains in {} ({} of {} answers failed; mean per-name score {:.2}; e.g. {})",
                     fmt_secs(after),
                     c.nx,
                     c.responses,

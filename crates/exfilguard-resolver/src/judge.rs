@@ -32,7 +32,7 @@ struct Conviction {
 }
 
 pub struct Judge {
-    detector: RwLock<Detector>,
+    detector: RwLock<std::sync::Arc<Detector>>,
     policy: KernelPolicy,
     allow: NameList,
     block: NameList,
@@ -61,7 +61,7 @@ impl Judge {
         block_for: Duration,
     ) -> Self {
         Self {
-            detector: RwLock::new(detector),
+            detector: RwLock::new(std::sync::Arc::new(detector)),
             policy,
             allow,
             block,
@@ -100,7 +100,7 @@ impl Judge {
 
     /// Swaps the brain (SIGHUP); running queries finish with the old one.
     pub fn set_detector(&self, d: Detector) {
-        *self.detector.write().expect("lock") = d;
+        *self.detector.write().expect("lock") = std::sync::Arc::new(d);
         if let Some(c) = &self.cache {
             c.lock().expect("lock").clear();
         }
@@ -117,21 +117,24 @@ impl Judge {
     }
 
     /// Refuses `domain` and every name below it (fleet entries, operator blocks).
+    /// Refuses `domain` and every name below it until `until` (None: until unblocked). An
+    /// existing conviction keeps the later expiry: a fleet or operator block without one is
+    /// not shortened by a timed conviction. The RPZ changes under the same lock as the map,
+    /// so the two never disagree.
     pub fn convict(&self, domain: &str, until: Option<Instant>, reason: String) {
-        self.convicted
-            .write()
-            .expect("lock")
-            .insert(domain.to_string(), Conviction { until, reason });
+        let mut map = self.convicted.write().expect("lock");
+        let until = match map.get(domain) {
+            Some(old) if old.until.is_none() || until.is_none() => None,
+            Some(old) => until.max(old.until),
+            None => until,
+        };
+        map.insert(domain.to_string(), Conviction { until, reason });
         self.rpz_change(&[domain], &[]);
     }
 
     pub fn acquit(&self, domain: &str) -> bool {
-        let was = self
-            .convicted
-            .write()
-            .expect("lock")
-            .remove(domain)
-            .is_some();
+        let mut map = self.convicted.write().expect("lock");
+        let was = map.remove(domain).is_some();
         self.rpz_change(&[], &[domain]);
         was
     }
@@ -183,7 +186,6 @@ impl Judge {
         for d in &due {
             map.remove(d);
         }
-        drop(map);
         if !due.is_empty() {
             let refs: Vec<&str> = due.iter().map(|d| d.as_str()).collect();
             self.rpz_change(&[], &refs);
@@ -239,7 +241,8 @@ impl Judge {
         let (verdict, fresh) = match cached {
             Some(v) => (v, false),
             None => {
-                let det = self.detector.read().expect("lock");
+                // cloned out: a remote call must not hold the lock a reload waits for
+                let det = self.detector.read().expect("lock").clone();
                 let v = match &self.remote {
                     Some(r) => r.classify(&det, name)?,
                     None => det.classify(name)?,

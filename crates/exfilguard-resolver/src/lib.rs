@@ -339,7 +339,7 @@ impl Front {
     }
 
     /// An NXDOMAIN answer relayed to `client`: the DGA-bot analytics.
-    fn on_nxdomain(&self, client: SocketAddr, answer: &[u8]) {
+    fn on_nxdomain(&self, client: SocketAddr, answer: &[u8], proto: &'static str) {
         let Some(b) = &self.behaviour else { return };
         let Ok(m) = exfilguard_dns::parse_message(answer) else {
             return;
@@ -361,7 +361,7 @@ impl Front {
                 q.qtype,
                 client,
                 local,
-                "udp",
+                proto,
                 answer.len(),
             );
         }
@@ -498,7 +498,7 @@ async fn tcp_conn(front: Arc<Front>, mut s: tokio::net::TcpStream, peer: SocketA
             Step::Forward => match front.upstreams.exchange_tcp(&msg).await {
                 Some(a) => {
                     if a.len() >= 12 && a[3] & 0x0f == 3 {
-                        front.on_nxdomain(peer, &a);
+                        front.on_nxdomain(peer, &a, "tcp");
                     }
                     a
                 }
@@ -660,7 +660,7 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         let weak = Arc::downgrade(&front);
         let _ = front.upstreams.nx_hook.set(Box::new(move |peer, answer| {
             if let Some(f) = weak.upgrade() {
-                f.on_nxdomain(peer, answer);
+                f.on_nxdomain(peer, answer, "udp");
             }
         }));
     }

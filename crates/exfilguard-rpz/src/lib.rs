@@ -104,11 +104,16 @@ impl RpzSettings {
                 self.journal
             ));
         }
-        if self.refresh == 0 || self.refresh > i32::MAX as u32 {
-            out.push(format!(
-                "rpz.refresh = {}: must be at least 1",
-                self.refresh
-            ));
+        // SOA timers are 31-bit on the wire
+        for (key, v) in [
+            ("refresh", self.refresh),
+            ("retry", self.retry),
+            ("expire", self.expire),
+            ("ttl", self.ttl),
+        ] {
+            if v == 0 || v > i32::MAX as u32 {
+                out.push(format!("rpz.{key} = {v}: must be in 1..={}", i32::MAX));
+            }
         }
         out
     }

@@ -103,12 +103,18 @@ pub async fn serve(
                 let Ok((s, peer)) = tcp.accept().await else {
                     continue;
                 };
+                // outsiders never take a transfer slot: one REFUSED, then the connection closes
+                if !allowed(&settings, peer.ip()) {
+                    let (z, m) = (zone.clone(), metrics.clone());
+                    tokio::spawn(async move { refuse_conn(&z, &m, s, peer).await });
+                    continue;
+                }
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let (z, st, m) = (zone.clone(), settings.clone(), metrics.clone());
+                let (z, m) = (zone.clone(), metrics.clone());
                 tokio::spawn(async move {
-                    transfer_conn(z, &st, &m, s, peer).await;
+                    transfer_conn(z, &m, s).await;
                     drop(permit);
                 });
             }
@@ -133,54 +139,68 @@ pub async fn serve(
         });
     }
     tracing::info!(listen = %local, zone = %zone.origin(), notify = ?settings.notify, "RPZ served over AXFR/IXFR");
-    tokio::spawn(notify_loop(zone, settings, metrics));
+    tokio::spawn(notify_loop(zone, settings, metrics, local.ip()));
     Ok(local)
 }
 
-async fn transfer_conn(
-    zone: Arc<Zone>,
-    settings: &RpzSettings,
-    metrics: &RpzMetrics,
-    mut s: TcpStream,
-    peer: SocketAddr,
-) {
-    let ok = allowed(settings, peer.ip());
+/// Reads one length-prefixed message (bounded wait).
+async fn read_msg(s: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    tokio::time::timeout(wait, s.read_exact(&mut len))
+        .await
+        .ok()?
+        .ok()?;
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    tokio::time::timeout(wait, s.read_exact(&mut msg))
+        .await
+        .ok()?
+        .ok()?;
+    Some(msg)
+}
+
+async fn write_msgs(s: &mut TcpStream, out: Vec<Vec<u8>>) -> bool {
+    for m in out {
+        let mut framed = Vec::with_capacity(m.len() + 2);
+        framed.extend((m.len() as u16).to_be_bytes());
+        framed.extend(m);
+        if s.write_all(&framed).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A peer outside `rpz.allow_transfer`: one REFUSED answer, then the connection closes.
+async fn refuse_conn(zone: &Zone, metrics: &RpzMetrics, mut s: TcpStream, peer: SocketAddr) {
+    tracing::debug!(%peer, "RPZ transfer refused: peer not in rpz.allow_transfer");
+    if let Some(msg) = read_msg(&mut s, Duration::from_secs(2)).await {
+        metrics.count(&msg, false);
+        if let Some(out) = zone.answer(&msg, false, true) {
+            write_msgs(&mut s, out).await;
+        }
+    }
+}
+
+async fn transfer_conn(zone: Arc<Zone>, metrics: &RpzMetrics, mut s: TcpStream) {
     let idle = Duration::from_secs(30);
-    loop {
-        let mut len = [0u8; 2];
-        if !matches!(
-            tokio::time::timeout(idle, s.read_exact(&mut len)).await,
-            Ok(Ok(_))
-        ) {
-            return;
-        }
-        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
-        if !matches!(
-            tokio::time::timeout(idle, s.read_exact(&mut msg)).await,
-            Ok(Ok(_))
-        ) {
-            return;
-        }
-        metrics.count(&msg, ok);
-        let Some(out) = zone.answer(&msg, ok, true) else {
+    while let Some(msg) = read_msg(&mut s, idle).await {
+        metrics.count(&msg, true);
+        let Some(out) = zone.answer(&msg, true, true) else {
             return;
         };
-        if !ok {
-            tracing::warn!(%peer, "RPZ transfer refused: peer not in rpz.allow_transfer");
-        }
-        for m in out {
-            let mut framed = Vec::with_capacity(m.len() + 2);
-            framed.extend((m.len() as u16).to_be_bytes());
-            framed.extend(m);
-            if s.write_all(&framed).await.is_err() {
-                return;
-            }
+        if !write_msgs(&mut s, out).await {
+            return;
         }
     }
 }
 
 /// After each change (coalesced over 100 ms), NOTIFY every secondary; up to three tries each.
-async fn notify_loop(zone: Arc<Zone>, settings: Arc<RpzSettings>, metrics: RpzMetrics) {
+async fn notify_loop(
+    zone: Arc<Zone>,
+    settings: Arc<RpzSettings>,
+    metrics: RpzMetrics,
+    source: IpAddr,
+) {
     let targets: Vec<SocketAddr> = settings
         .notify
         .iter()
@@ -197,7 +217,7 @@ async fn notify_loop(zone: Arc<Zone>, settings: Arc<RpzSettings>, metrics: RpzMe
         for &t in &targets {
             let (z, m) = (zone.clone(), metrics.clone());
             tokio::spawn(async move {
-                let result = if notify(&z, t).await {
+                let result = if notify(&z, t, source).await {
                     "acked"
                 } else {
                     "unanswered"
@@ -216,8 +236,12 @@ async fn notify_loop(zone: Arc<Zone>, settings: Arc<RpzSettings>, metrics: RpzMe
 }
 
 /// One NOTIFY (RFC 1996): SOA question, current SOA as a hint; true once answered.
-async fn notify(zone: &Zone, target: SocketAddr) -> bool {
-    let bind: SocketAddr = if target.is_ipv4() {
+/// Sent from the listening address when it is a specific one: secondaries check that a
+/// NOTIFY comes from their primary.
+async fn notify(zone: &Zone, target: SocketAddr, source: IpAddr) -> bool {
+    let bind = if !source.is_unspecified() && source.is_ipv4() == target.is_ipv4() {
+        SocketAddr::new(source, 0)
+    } else if target.is_ipv4() {
         "0.0.0.0:0".parse().expect("static")
     } else {
         "[::]:0".parse().expect("static")

@@ -4,7 +4,7 @@
 
 use crate::{Policy, RpzError, RpzSettings};
 use hickory_proto::op::{Message, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{CNAME, SOA};
+use hickory_proto::rr::rdata::{CNAME, NS, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
@@ -128,21 +128,29 @@ impl Zone {
     }
 
     /// Applies additions and removals as one serial step (or none, when nothing changes).
+    /// Every name is checked before anything changes; a name in both lists is left as it is.
     pub fn change(&self, add: &[&str], remove: &[&str]) -> Result<bool, RpzError> {
-        let mut added = Vec::new();
-        let mut removed = Vec::new();
-        let mut st = self.state.lock().expect("lock");
+        let mut adds = Vec::with_capacity(add.len());
         for d in add {
             let n = normalize(d).ok_or_else(|| RpzError::Name(d.to_string()))?;
             // the owner names must fit: `*.<domain>.<zone>` within 255 bytes
             self.owner(&n, true)?;
-            if st.domains.insert(n.clone()) {
+            adds.push(n);
+        }
+        let removes: Vec<String> = remove.iter().filter_map(|d| normalize(d)).collect();
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        let mut st = self.state.lock().expect("lock");
+        for n in adds {
+            if !removes.contains(&n) && st.domains.insert(n.clone()) {
                 added.push(n);
             }
         }
-        for d in remove {
-            let Some(n) = normalize(d) else { continue };
-            if st.domains.remove(&n) {
+        for n in removes {
+            if !added.contains(&n)
+                && !add.iter().any(|a| normalize(a).as_ref() == Some(&n))
+                && st.domains.remove(&n)
+            {
                 removed.push(n);
             }
         }
@@ -214,12 +222,23 @@ impl Zone {
         }
     }
 
-    /// Full transfer: SOA, every record, SOA (RFC 5936).
+    /// The apex NS record: RPZ data is never served to clients, but BIND refuses a zone
+    /// without one.
+    fn ns(&self) -> Record {
+        Record::from_rdata(
+            self.origin.clone(),
+            self.settings.ttl,
+            RData::NS(NS(Name::from_ascii("localhost.").expect("static"))),
+        )
+    }
+
+    /// Full transfer: SOA, NS, every record, SOA (RFC 5936).
     pub fn axfr(&self, id: u16, q: &Query) -> Vec<Vec<u8>> {
         let st = self.state.lock().expect("lock");
         let mut p = Packer::new(id, q);
         let soa = self.soa(st.serial);
         p.push(soa.clone());
+        p.push(self.ns());
         for d in &st.domains {
             self.records(d, &mut p);
         }
@@ -415,6 +434,18 @@ mod tests {
         assert!(!z.add("evil.example").unwrap(), "same domain");
         assert!(z.contains("EVIL.example"));
         assert!(z.add("bad name.example").is_err());
+        let s = z.serial();
+        assert!(z
+            .change(&["fine.example", "bad name.example"], &[])
+            .is_err());
+        assert!(
+            !z.contains("fine.example") && z.serial() == s,
+            "nothing applied"
+        );
+        assert!(
+            !z.change(&["both.example"], &["both.example"]).unwrap(),
+            "no net change"
+        );
         assert!(z.add("").is_err());
         assert!(z.add(&format!("{}.example", "a".repeat(64))).is_err());
         let long = vec!["abcdefghij"; 22].join(".");
@@ -430,10 +461,11 @@ mod tests {
         z.add("c2.test").unwrap();
         assert!(serial_lt(s0, z.serial()));
         let rs = records(&z.axfr(7, &q(&z, RecordType::AXFR)));
-        assert_eq!(rs.len(), 6);
+        assert_eq!(rs.len(), 7);
         assert_eq!(soa_serial(&rs[0]), Some(z.serial()));
-        assert_eq!(soa_serial(&rs[5]), Some(z.serial()));
-        let owners: Vec<String> = rs[1..5].iter().map(|r| r.name.to_string()).collect();
+        assert!(matches!(rs[1].data, RData::NS(_)), "apex NS");
+        assert_eq!(soa_serial(&rs[6]), Some(z.serial()));
+        let owners: Vec<String> = rs[2..6].iter().map(|r| r.name.to_string()).collect();
         assert_eq!(
             owners,
             [
@@ -444,7 +476,7 @@ mod tests {
             ]
         );
         assert!(
-            matches!(&rs[1].data, RData::CNAME(c) if c.0.is_root()),
+            matches!(&rs[2].data, RData::CNAME(c) if c.0.is_root()),
             "NXDOMAIN policy"
         );
     }
@@ -485,7 +517,7 @@ mod tests {
         z2.add("a.example").unwrap();
         z2.add("b.example").unwrap();
         let rs = records(&z2.ixfr(1, &q(&z2, RecordType::IXFR), s));
-        assert_eq!(rs.len(), 6, "SOA + 4 records + SOA");
+        assert_eq!(rs.len(), 7, "SOA + NS + 4 records + SOA");
     }
 
     #[test]
@@ -497,7 +529,7 @@ mod tests {
         let msgs = z.axfr(1, &q(&z, RecordType::AXFR));
         assert!(msgs.len() > 1);
         assert!(msgs.iter().all(|m| m.len() < 65535));
-        assert_eq!(records(&msgs).len(), 10_002);
+        assert_eq!(records(&msgs).len(), 10_003);
     }
 
     #[test]

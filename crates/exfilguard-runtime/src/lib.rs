@@ -280,14 +280,18 @@ impl Remote {
     }
 
     fn try_remote(&self, det: &Detector, name: &DnsName) -> Result<Verdict, RuntimeError> {
-        {
+        let probing = {
             let mut down = self.down_until.lock().expect("lock");
             match *down {
                 Some(t) if Instant::now() < t => return Err(RuntimeError::BackingOff),
-                Some(_) => *down = None, // time to try again
-                None => {}
+                Some(_) => {
+                    // time to try again: this caller probes, concurrent ones keep backing off
+                    *down = Some(Instant::now() + Duration::from_secs(self.settings.retry_secs));
+                    true
+                }
+                None => false,
             }
-        }
+        };
         let f = extract(name, det.lexicon());
         let model = det.model();
         let result = self.predict(
@@ -305,6 +309,10 @@ impl Remote {
             .inc();
         match result {
             Ok(p) => {
+                if probing {
+                    *self.down_until.lock().expect("lock") = None;
+                    tracing::info!(endpoint = %self.endpoint, "model runtime answering again");
+                }
                 let mut v = det.decide(&f, &p);
                 v.reasons.push(format!(
                     "remote runtime {}:{} ({:?})",

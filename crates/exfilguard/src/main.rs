@@ -223,7 +223,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => eval::run(&cli.brain.detector()?, &args),
         Command::Scan(args) => scan::run(&cli.brain.detector()?, &args),
-        Command::Replay(args) => replay::run(&args),
+        Command::Replay(args) => replay::run(&cli.brain.detector()?, &args),
         Command::Run(args) => agent_cmd::run(&args),
         Command::Resolve(args) => agent_cmd::resolve(&cli.brain, &args),
         Command::Protect(args) => protect::run(&cli.brain, &args),

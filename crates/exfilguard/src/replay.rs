@@ -163,6 +163,7 @@ pub fn read_records(path: &std::path::Path) -> Result<(Vec<Record>, u64)> {
                 }
             }
         }
+        out.sort_by_key(|r| r.ts_ms);
         return Ok((out, bad));
     }
     for line in std::io::BufReader::new(f).lines() {
@@ -207,9 +208,9 @@ fn parse_line(l: &str) -> Option<Record> {
     })
 }
 
-pub fn run(args: &ReplayArgs) -> Result<()> {
+/// `detector`: the brain of the global flags (`--model` …), for the per-name scores.
+pub fn run(detector: &Detector, args: &ReplayArgs) -> Result<()> {
     let cfg = exfilguard_agent::config::Config::load(args.config.as_deref())?;
-    let detector = exfilguard_agent::detector(&cfg)?;
     let (records, bad) = read_records(&args.file)?;
     if records.is_empty() {
         bail!(
@@ -217,7 +218,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
             args.file.display()
         );
     }
-    let (alarms, mut sum) = replay(cfg.behaviour.clone(), &detector, records);
+    let (alarms, mut sum) = replay(cfg.behaviour.clone(), detector, records);
     sum.skipped = bad;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match args.format {
