@@ -28,7 +28,8 @@ use std::num::NonZeroUsize;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Behaviour analytics in `exfilguard resolve` (replay always runs them).
+    /// Behaviour analytics in `exfilguard resolve` (replay always runs them). Off by default:
+    /// a front whose only client is another resolver sees every name from one address.
     pub enabled: bool,
     /// (client, registered domain) pairs tracked in full.
     pub max_pairs: usize,
@@ -61,7 +62,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             max_pairs: 32_768,
             max_clients: 16_384,
             window_secs: 600,

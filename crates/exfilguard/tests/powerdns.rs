@@ -905,7 +905,7 @@ fn behaviour_information_rate_convicts_a_slow_word_tunnel() {
         &lab,
         "behaviour",
         &format!(
-            "block_secs = 0\n[rpz]\nlisten = \"{}\"\n[behaviour]\ninfo_alarm_bytes = 300.0\n",
+            "block_secs = 0\n[rpz]\nlisten = \"{}\"\n[behaviour]\nenabled = true\ninfo_alarm_bytes = 300.0\n",
             lab.rpz
         ),
     );
