@@ -3,6 +3,7 @@
 //! Prometheus endpoint. SIGTERM/SIGINT stop it cleanly (programs detached unless `persist`);
 //! SIGHUP reloads the config and the model without dropping enforcement.
 
+pub mod analytics;
 pub mod config;
 pub mod host;
 pub mod metrics;
@@ -174,9 +175,10 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
         pin_dir: Some(cfg.dataplane.pin_dir.clone()),
         persist: cfg.dataplane.persist,
         ringbuf_bytes: cfg.dataplane.ringbuf_mib << 20,
+        observe_bytes: 0,
     })
     .context("loading the data plane (needs root)")?;
-    dp.set_policy(&cfg.kernel)?;
+    dp.set_policy(&kernel_policy(&cfg))?;
     for d in &cfg.detect.block {
         dp.block_domain(d.trim_start_matches('='))
             .with_context(|| format!("detect.block: {d}"))?;
@@ -269,11 +271,11 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
     );
 
     let mut current = cfg;
-    dp.run(&stop, |dp, batch| {
+    dp.run(&stop, |dp, batch, observed| {
         if reload.swap(false, Ordering::Relaxed) {
             reload_config(dp, &mut pipe, &mut current, opts.config_path.as_deref());
         }
-        pipe.handle(dp, batch);
+        pipe.handle(dp, batch, observed);
     })?;
 
     // shutdown: decisions stopped; let the sinks and the spool drain, then detach
@@ -309,6 +311,14 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
     Ok(summary)
 }
 
+/// The kernel policy of `[kernel]`, observing passed names when the analytics want them.
+fn kernel_policy(cfg: &Config) -> exfilguard_dataplane::KernelPolicy {
+    exfilguard_dataplane::KernelPolicy {
+        observe: cfg.behaviour.enabled,
+        ..cfg.kernel.clone()
+    }
+}
+
 /// SIGHUP: re-read the config and the model; on any error keep the running ones. Enforcement
 /// never stops: the kernel policy is swapped in one map write.
 fn reload_config(
@@ -341,7 +351,7 @@ fn reload_config(
             return;
         }
     };
-    if let Err(e) = dp.set_policy(&new.kernel) {
+    if let Err(e) = dp.set_policy(&kernel_policy(&new)) {
         tracing::error!("reload: writing the kernel policy: {e}");
         pipe.metrics.error("reload");
         return;
@@ -363,6 +373,15 @@ fn reload_config(
     pipe.fail_open = new.kernel.fail_open;
     pipe.batch_max = new.pipeline.batch_max;
     pipe.quarantine_after = new.detect.quarantine_after;
+    if new.behaviour != current.behaviour || new.detect.block != current.detect.block {
+        // new thresholds start from empty tables; behaviour blocks in force still lapse
+        match &mut pipe.analytics {
+            Some(an) => an.reconfigure(&new.behaviour, &new.detect.block),
+            None => {
+                pipe.analytics = Some(analytics::Analytics::new(&new.behaviour, &new.detect.block))
+            }
+        }
+    }
     let info = pipe.detector.model().info();
     tracing::info!(model = %info.version, mode = ?new.kernel.mode, "configuration reloaded");
     *current = new;

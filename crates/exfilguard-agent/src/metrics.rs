@@ -41,6 +41,9 @@ pub struct Metrics {
     pub sink_queue_depth: Gauge,
     pub fleet_updates: Family<Labels, Counter>,
     pub errors: Family<Labels, Counter>,
+    /// Behaviour alarms; `kind`: info_rate, beacon, dga_bot.
+    pub behaviour_alarms: Family<Labels, Counter>,
+    pub behaviour_pairs: Gauge,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -175,6 +178,8 @@ impl Metrics {
             sink_queue_depth: Gauge::default(),
             fleet_updates: Family::default(),
             errors: Family::default(),
+            behaviour_alarms: Family::default(),
+            behaviour_pairs: Gauge::default(),
             ready: Arc::new(AtomicBool::new(false)),
         };
         registry.register(
@@ -219,6 +224,16 @@ impl Metrics {
         );
         registry.register("exfilguard_errors", "Errors by component", m.errors.clone());
         registry.register(
+            "exfilguard_behaviour_alarms",
+            "Behaviour alarms by kind (info_rate, beacon, dga_bot)",
+            m.behaviour_alarms.clone(),
+        );
+        registry.register(
+            "exfilguard_behaviour_pairs",
+            "(client, registered domain) pairs tracked by the behaviour analytics",
+            m.behaviour_pairs.clone(),
+        );
+        registry.register(
             "exfilguard_model",
             "The loaded model",
             Info::new(vec![
@@ -232,6 +247,12 @@ impl Metrics {
             Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
         );
         m
+    }
+
+    pub fn behaviour_alarm(&self, kind: &'static str) {
+        self.behaviour_alarms
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
     }
 
     pub fn error(&self, component: &'static str) {

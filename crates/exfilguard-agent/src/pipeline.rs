@@ -2,9 +2,11 @@
 //! quarantine) → detection records for the sinks. Kernel actions come first; records go to a
 //! bounded queue that never blocks the loop.
 
+use crate::analytics::{verdict_of, Analytics};
 use crate::metrics::Metrics;
+use exfilguard_behaviour::Alarm;
 use exfilguard_dataplane::{Action, Dataplane, Event};
-use exfilguard_detect::{Detector, Verdict};
+use exfilguard_detect::{Detector, Source, Verdict};
 use exfilguard_dns::DnsName;
 use exfilguard_events::{Decision, Detection};
 use std::collections::{HashMap, HashSet};
@@ -105,6 +107,8 @@ pub struct Pipeline {
     pub convicted: u64,
     pub expired: u64,
     pub hold_latency: Reservoir,
+    /// Behaviour analytics (`[behaviour] enabled`).
+    pub analytics: Option<Analytics>,
     per_process: HashMap<u32, u32>,
     published: HashSet<String>,
     ifnames: HashMap<u32, Option<String>>,
@@ -137,6 +141,10 @@ impl Pipeline {
             convicted: 0,
             expired: 0,
             hold_latency: Reservoir::new(),
+            analytics: cfg
+                .behaviour
+                .enabled
+                .then(|| Analytics::new(&cfg.behaviour, &cfg.detect.block)),
             per_process: HashMap::new(),
             published: HashSet::new(),
             ifnames: HashMap::new(),
@@ -144,24 +152,155 @@ impl Pipeline {
         }
     }
 
-    /// Decides one ring-buffer batch (chunked to `batch_max` names per model call).
-    pub fn handle(&mut self, dp: &mut Dataplane, batch: Vec<Event>) {
+    /// Decides one ring-buffer batch (chunked to `batch_max` names per model call), then feeds
+    /// the observation ring's records to the behaviour analytics.
+    pub fn handle(&mut self, dp: &mut Dataplane, batch: Vec<Event>, observed: Vec<Event>) {
         let mut batch = batch;
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(self.batch_max));
             self.handle_chunk(dp, batch);
             batch = rest;
         }
+        self.observe(dp, observed);
+    }
+
+    /// What the kernel passed on its own: queries and NXDOMAIN answers, through the analytics;
+    /// then behaviour blocks whose time is up are lifted.
+    fn observe(&mut self, dp: &mut Dataplane, observed: Vec<Event>) {
+        let Some(an) = &mut self.analytics else {
+            return;
+        };
+        let mut alarms = Vec::new();
+        let mut nx = Vec::new();
+        let observed = if an.enabled() { observed } else { Vec::new() };
+        for ev in observed {
+            let Some(name) = parse(&ev) else { continue };
+            if !ev.response {
+                alarms.extend(an.query(&ev, &name).into_iter().map(|a| (a, ev.clone())));
+            } else if ev.rcode == 3 {
+                nx.push((ev, name));
+            }
+        }
+        if !nx.is_empty() {
+            // the DGA-bot reason reports the names' mean model score
+            let names: Vec<DnsName> = nx.iter().map(|(_, n)| n.clone()).collect();
+            let scores: Vec<f32> = match self.detector.classify_batch(&names) {
+                Ok(v) => v.into_iter().map(|v| v.score).collect(),
+                Err(_) => vec![0.0; names.len()],
+            };
+            for ((ev, name), score) in nx.into_iter().zip(scores) {
+                alarms.extend(
+                    an.nxdomain(&ev, &name, score)
+                        .into_iter()
+                        .map(|a| (a, ev.clone())),
+                );
+            }
+        }
+        for d in an.lapsed() {
+            match dp.unblock_domain(&d) {
+                Ok(()) => tracing::info!(domain = %d, "behaviour block lapsed"),
+                Err(e) => tracing::warn!("unblocking {d}: {e}"),
+            }
+        }
+        self.metrics.behaviour_pairs.set(an.pairs() as i64);
+        for (a, ev) in alarms {
+            self.on_alarm(dp, a, ev);
+        }
+    }
+
+    /// A behaviour alarm: the reason gains the sender; information-rate and beacon alarms block
+    /// the registered domain (unless `block = false` or allowlisted); every alarm is a record.
+    fn on_alarm(&mut self, dp: &mut Dataplane, mut a: Alarm, ev: Event) {
+        self.metrics.behaviour_alarm(a.kind.as_str());
+        let container = ev
+            .process
+            .as_ref()
+            .and_then(|p| self.cgroups.name(p.cgroup_id));
+        if let Some(p) = &ev.process {
+            a.reason.push_str(&format!(", pid {} {}", p.tgid, p.comm));
+        }
+        if let Some(c) = &container {
+            a.reason.push_str(&format!(" in {c}"));
+        }
+        let verdict = verdict_of(&a);
+        let name = parse(&ev);
+        let block = self.analytics.as_ref().is_some_and(|x| x.settings().block);
+        let mut decision = Decision::Reported;
+        match (&a.domain, block) {
+            (Some(domain), true) => {
+                let allowed = DnsName::parse(domain)
+                    .ok()
+                    .and_then(|d| self.detector.list_verdict(&d))
+                    .is_some_and(|v| v.source == Source::Allowlist);
+                if allowed {
+                    tracing::warn!(%domain, "behaviour alarm for an allowlisted domain, not blocking: {}", a.reason);
+                } else {
+                    tracing::warn!(%domain, kind = a.kind.as_str(), "blocked by behaviour: {}", a.reason);
+                    // a block the model (or the operator) made already is not made to lapse
+                    let fresh = !dp.is_blocked(domain).unwrap_or(false);
+                    match dp.block_domain(domain) {
+                        Ok(_) => {
+                            decision = Decision::Blocked;
+                            if let (true, Some(an)) = (fresh, &mut self.analytics) {
+                                an.blocked(domain);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("blocking {domain}: {e}");
+                            self.metrics.error("blocklist");
+                        }
+                    }
+                    self.publish(domain, &verdict, &ev.name_text());
+                }
+            }
+            _ => {
+                tracing::warn!(client = %a.client, kind = a.kind.as_str(), "behaviour alarm: {}", a.reason)
+            }
+        }
+        let iface = self.iface(ev.ifindex);
+        self.send(vec![Detection {
+            event: if ev.response { "response" } else { "query" },
+            decision,
+            name: ev.name_text(),
+            registered_domain: a
+                .domain
+                .clone()
+                .or_else(|| name.and_then(|n| n.registered_domain())),
+            verdict: Some(verdict),
+            kernel: ev,
+            hold_us: None,
+            time_ms: now_ms(),
+            host: self.host.clone(),
+            iface,
+            container,
+            uid: uuid::Uuid::now_v7(),
+        }]);
+    }
+
+    fn iface(&mut self, ifindex: u32) -> Option<String> {
+        self.ifnames
+            .entry(ifindex)
+            .or_insert_with(|| crate::host::ifname(ifindex))
+            .clone()
+    }
+
+    /// Hands records to the sinks without ever blocking the decision loop.
+    fn send(&mut self, records: Vec<Detection>) {
+        for r in records {
+            match self.sink.try_send(Box::new(r)) {
+                Ok(()) => {
+                    self.metrics.sink_queue_depth.inc();
+                }
+                Err(TrySendError::Full(_)) => {
+                    self.metrics.events_dropped.inc();
+                }
+                Err(TrySendError::Disconnected(_)) => break,
+            };
+        }
     }
 
     fn handle_chunk(&mut self, dp: &mut Dataplane, batch: Vec<Event>) {
-        let names: Vec<Option<DnsName>> = batch
-            .iter()
-            .map(|ev| {
-                ev.labels()
-                    .and_then(|l| DnsName::from_labels(l.iter().copied()).ok())
-            })
-            .collect();
+        let names: Vec<Option<DnsName>> = batch.iter().map(parse).collect();
         let valid: Vec<DnsName> = names.iter().flatten().cloned().collect();
         let t0 = Instant::now();
         let verdicts = match self.detector.classify_batch(&valid) {
@@ -186,6 +325,7 @@ impl Pipeline {
 
         let now = monotonic_ns();
         let mut records = Vec::with_capacity(batch.len());
+        let mut alarms = Vec::new();
         for ((ev, name), verdict) in batch.into_iter().zip(&names).zip(verdicts) {
             let text = ev.name_text();
             let registered = name.as_ref().and_then(|n| n.registered_domain());
@@ -231,11 +371,12 @@ impl Pipeline {
                 self.metrics.hold_release_seconds.observe(ns as f64 / 1e9);
                 ns as f64 / 1000.0
             });
-            let iface = self
-                .ifnames
-                .entry(ev.ifindex)
-                .or_insert_with(|| crate::host::ifname(ev.ifindex))
-                .clone();
+            let analyse = self.analytics.as_ref().is_some_and(|a| a.enabled());
+            if let (Some(an), Some(n), true) = (&mut self.analytics, name, analyse && !ev.response)
+            {
+                alarms.extend(an.query(&ev, n).into_iter().map(|a| (a, ev.clone())));
+            }
+            let iface = self.iface(ev.ifindex);
             self.metrics
                 .decisions
                 .get_or_create(&vec![
@@ -265,16 +406,9 @@ impl Pipeline {
                 uid: uuid::Uuid::now_v7(),
             });
         }
-        for r in records {
-            match self.sink.try_send(Box::new(r)) {
-                Ok(()) => {
-                    self.metrics.sink_queue_depth.inc();
-                }
-                Err(TrySendError::Full(_)) => {
-                    self.metrics.events_dropped.inc();
-                }
-                Err(TrySendError::Disconnected(_)) => break,
-            };
+        self.send(records);
+        for (a, ev) in alarms {
+            self.on_alarm(dp, a, ev);
         }
     }
 
@@ -318,17 +452,34 @@ impl Pipeline {
                 }
             }
         }
-        if let (Some(tx), Some(v), Some(domain)) = (&self.convictions, verdict, registered) {
-            if self.published.len() > 100_000 {
-                self.published.clear();
-            }
-            if self.published.insert(domain.to_string()) {
-                let _ = tx.try_send(Conviction {
-                    domain: domain.to_string(),
-                    verdict: v.clone(),
-                    name: text.to_string(),
-                });
-            }
+        if let Some(an) = &mut self.analytics {
+            an.convicted(target);
+        }
+        if let (Some(v), Some(domain)) = (verdict, registered) {
+            self.publish(domain, v, text);
+        }
+    }
+
+    /// Offers a conviction to the fleet topic, once per domain.
+    fn publish(&mut self, domain: &str, verdict: &Verdict, name: &str) {
+        let Some(tx) = &self.convictions else { return };
+        if self.published.len() > 100_000 {
+            self.published.clear();
+        }
+        if self.published.insert(domain.to_string()) {
+            let _ = tx.try_send(Conviction {
+                domain: domain.to_string(),
+                verdict: verdict.clone(),
+                name: name.to_string(),
+            });
         }
     }
 }
+
+/// The question name of a kernel record, if it is a well-formed name.
+fn parse(ev: &Event) -> Option<DnsName> {
+    ev.labels()
+        .and_then(|l| DnsName::from_labels(l.iter().copied()).ok())
+}
+
+impl Pipeline {}

@@ -25,6 +25,7 @@ fn exported() -> BTreeSet<String> {
     m.events_written.get_or_create(&l("sink")).inc();
     m.fleet_updates.get_or_create(&l("op")).inc();
     m.error("x");
+    m.behaviour_alarm("x");
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
     let mut names: BTreeSet<String> = text

@@ -28,9 +28,15 @@ use std::num::NonZeroUsize;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Behaviour analytics in `exfilguard resolve` (replay always runs them). Off by default:
-    /// a front whose only client is another resolver sees every name from one address.
+    /// Behaviour analytics in the agent (fed by the kernel's observation ring) and in
+    /// `exfilguard resolve` (`replay` always runs them).
     pub enabled: bool,
+    /// Information-rate and beacon alarms block the registered domain (like a model verdict);
+    /// `false` reports them only. Set `false` where the clients are other resolvers: one
+    /// address then speaks for many users, and their names add up.
+    pub block: bool,
+    /// How long such a block lasts (no single name was judged: the pattern was).
+    pub block_secs: u64,
     /// (client, registered domain) pairs tracked in full.
     pub max_pairs: usize,
     /// Clients tracked for NXDOMAIN behaviour.
@@ -45,9 +51,10 @@ pub struct Settings {
     /// DGA bots: distinct NXDOMAIN registered domains per client within `dga_window_secs`.
     pub dga_window_secs: u64,
     pub dga_min_domains: u32,
-    /// Beacons: at least this many queries at intervals whose robust spread (median absolute
+    /// Beacons: at least this many check-ins (queries closer than `beacon_min_secs` are one
+    /// check-in: implants send bursts) at intervals whose robust spread (median absolute
     /// deviation / median) is at most `beacon_max_spread`, intervals within
-    /// `beacon_min_secs..=beacon_max_secs`, and at least `beacon_min_unique` of the queries
+    /// `beacon_min_secs..=beacon_max_secs`, and at least `beacon_min_unique` of the check-ins
     /// carrying a new subdomain.
     pub beacon_min_queries: u8,
     pub beacon_max_spread: f64,
@@ -57,12 +64,18 @@ pub struct Settings {
     /// Lookup services whose subdomains are keys, not data (reverse DNS, DNSBLs): no
     /// information-rate or beacon tracking below them (they still get per-name verdicts).
     pub lookup_zones: Vec<String>,
+    /// The operator's own zones (an attacker cannot read their queries at an authoritative
+    /// server they do not run): not tracked either. Special-use and de-facto private TLDs by
+    /// default; add your internal domains (hundreds of host names are not a leak).
+    pub internal_zones: Vec<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: true,
+            block: true,
+            block_secs: 3600,
             max_pairs: 32_768,
             max_clients: 16_384,
             window_secs: 600,
@@ -92,6 +105,18 @@ impl Default for Settings {
             ]
             .map(String::from)
             .to_vec(),
+            internal_zones: [
+                "local",
+                "home.arpa",
+                "internal",
+                "lan",
+                "localdomain",
+                "intranet",
+                "corp",
+                "private",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -112,6 +137,7 @@ impl Settings {
         range("max_pairs", self.max_pairs as f64, 1.0, 16e6);
         range("max_clients", self.max_clients as f64, 1.0, 16e6);
         range("window_secs", self.window_secs as f64, 1.0, 86400.0);
+        range("block_secs", self.block_secs as f64, 1.0, 30.0 * 86400.0);
         range(
             "info_tau_secs",
             self.info_tau_secs as f64,
@@ -204,8 +230,8 @@ struct Pair {
     bloom_epoch: u64,
     history: [u8; 96],
     hist_len: u8,
-    /// Arrival times of the last queries (deciseconds after `first_ms`), and whether each
-    /// carried a new subdomain.
+    /// Start times of the last check-ins (deciseconds after `first_ms`; queries closer than
+    /// `beacon_min_secs` form one check-in), and whether each carried a new subdomain.
     times: [u32; 16],
     n_times: u8,
     new_bits: u16,
@@ -255,6 +281,7 @@ impl Tracker {
         let lookup = s
             .lookup_zones
             .iter()
+            .chain(&s.internal_zones)
             .map(|z| z.trim_end_matches('.').to_ascii_lowercase())
             .collect();
         Self {
@@ -393,17 +420,23 @@ impl Tracker {
             p.history[old..old + keep].copy_from_slice(&sub[sub.len() - keep..]);
             p.hist_len = (old + keep) as u8;
         }
-        // arrival times for beaconing
+        // check-in times for beaconing: an implant sends a burst of queries per check-in, so
+        // queries within beacon_min_secs of a check-in's first query join that check-in
         let n = p.n_times as usize;
         let t = (ts_ms.saturating_sub(p.first_ms) / 100).min(u32::MAX as u64) as u32;
-        if n == p.times.len() {
-            p.times.copy_within(1.., 0);
-            p.times[n - 1] = t;
+        let burst = (s.beacon_min_secs * 10.0) as u32;
+        if n > 0 && t.saturating_sub(p.times[n - 1]) < burst.max(1) {
+            p.new_bits |= u16::from(new);
         } else {
-            p.times[n] = t;
-            p.n_times += 1;
+            if n == p.times.len() {
+                p.times.copy_within(1.., 0);
+                p.times[n - 1] = t;
+            } else {
+                p.times[n] = t;
+                p.n_times += 1;
+            }
+            p.new_bits = (p.new_bits << 1) | u16::from(new);
         }
-        p.new_bits = (p.new_bits << 1) | u16::from(new);
 
         let after = ts_ms.saturating_sub(p.first_ms) as f64 / 1000.0;
         if p.info >= s.info_alarm_bytes {
@@ -656,6 +689,41 @@ mod tests {
         }
     }
 
+    /// A sweep of hundreds of host names in an internal zone is not a leak; the same sweep
+    /// under a zone the operator did not declare is (what `internal_zones` is for).
+    #[test]
+    fn internal_zones_are_skipped() {
+        let mut s = Settings::default();
+        s.internal_zones.push("corp.example".into());
+        let mut t = Tracker::new(s);
+        let mut other = Tracker::new(Settings::default());
+        let mut alarms = 0;
+        for i in 0..600u64 {
+            let host = format!(
+                "ws{}-{}.{}",
+                i * 7919 % 10007,
+                i % 17,
+                ["eng", "ops", "fin"][i as usize % 3]
+            );
+            assert!(q(&mut t, i * 100, "10.0.0.7", &format!("{host}.corp.example")).is_empty());
+            assert!(q(
+                &mut t,
+                i * 100,
+                "10.0.0.7",
+                &format!("{host}.printer.local")
+            )
+            .is_empty());
+            alarms += q(
+                &mut other,
+                i * 100,
+                "10.0.0.7",
+                &format!("{host}.corp.example"),
+            )
+            .len();
+        }
+        assert!(alarms > 0, "the same sweep to an undeclared zone alarms");
+    }
+
     #[test]
     fn dga_bot_and_beacon() {
         let mut t = Tracker::new(Settings::default());
@@ -695,6 +763,24 @@ mod tests {
         }
         let b = beacon.expect("beacon alarms");
         assert!(b.reason.contains("every 60"), "{}", b.reason);
+        // an implant checking in every 60 s ± 10 % with a burst of three fresh names
+        let mut t2 = Tracker::new(Settings::default());
+        let c2 = ip("10.0.0.12");
+        let mut at = 0u64;
+        let mut burst = None;
+        for i in 0..40u64 {
+            at += 54_000 + (i * 7919 % 12_000);
+            for j in 0..3u64 {
+                let n = format!("{:x}{j}.c2.example", i * 2654435761 % 65_521);
+                if let Some(a) = q(&mut t2, at + j * 150, "10.0.0.12", &n).pop() {
+                    burst.get_or_insert((i, a));
+                }
+            }
+        }
+        let (i, a) = burst.expect("a bursty beacon alarms");
+        assert_eq!(a.kind, AlarmKind::Beacon);
+        assert_eq!(a.client, c2);
+        assert!(i < 20, "after {i} check-ins");
         // the same name polled every 60 s (a cached update check): no beacon
         let mut t = Tracker::new(Settings::default());
         for i in 0..100u64 {

@@ -5,7 +5,7 @@
 //!
 //! cargo bench -p exfilguard-dataplane --bench prog_test_run
 
-use exfilguard_dataplane::{Dataplane, LoadOptions};
+use exfilguard_dataplane::{Dataplane, KernelPolicy, LoadOptions};
 use exfilguard_dns::message::build_query;
 use exfilguard_dns::packet::build::{tcp_dns_frame, udp_frame};
 use exfilguard_dns::DnsName;
@@ -43,6 +43,7 @@ fn measure(dp: &Dataplane, frame: &[u8], batch: u32, which: u8) -> (f64, i32) {
             done += n;
             if batch < TOTAL {
                 dp.drain_events().expect("drain");
+                dp.drain_observations().expect("drain");
             }
         }
         rounds.push(ns / TOTAL as f64);
@@ -57,7 +58,7 @@ fn main() {
         eprintln!("!!! prog_test_run bench needs root (BPF_PROG_TEST_RUN); not run !!!");
         return;
     }
-    let dp = Dataplane::load(LoadOptions {
+    let mut dp = Dataplane::load(LoadOptions {
         pin_dir: None,
         persist: false,
         ..Default::default()
@@ -119,4 +120,13 @@ fn main() {
         let (ns, v) = measure(&dp, &frame, batch, which);
         println!("| {what} | {v} | {ns:.1} |");
     }
+    // behaviour analytics on: passed queries also go to the observation ring (~0.4 KiB each)
+    dp.set_policy(&KernelPolicy {
+        observe: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let benign = udp_frame(c, sa("10.0.0.2:53"), &query("www.example.com", 1));
+    let (ns, v) = measure(&dp, &benign, 5000, 0);
+    println!("| benign DNS, observed (behaviour analytics on) | {v} | {ns:.1} |");
 }

@@ -126,6 +126,14 @@ struct {
 	__uint(max_entries, 8 << 20);
 } eg_events SEC(".maps");
 
+/* What the kernel passes on its own, for the behaviour analytics (low-and-slow leaks hide in
+ * names no per-name test holds). A ring of its own, so observations never crowd out held
+ * frames; when it is full an observation is lost and counted, the packet is unaffected. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} eg_observe SEC(".maps");
+
 /* Name bytes; one slot per hook so a softirq XDP run cannot clobber a
  * netfilter run it interrupted on the same CPU. */
 struct scratch {
@@ -621,13 +629,44 @@ static __always_inline void fill_event(struct eg_event *ev, struct pkt *p, struc
 	__builtin_memcpy(ev->saddr, p->saddr, 16);
 	__builtin_memcpy(ev->daddr, p->daddr, 16);
 	__builtin_memcpy(ev->name, s->name, EG_NAME_MAX);
+	ev->csum_partial = 0;
+	ev->resp_len = 0;
+	ev->pkt_len = 0;
+	/* ring memory is recycled, not zeroed: clear what an unattributed record lacks */
 	if (proc) {
 		ev->pid = proc->pid;
 		ev->tgid = proc->tgid;
 		ev->uid = proc->uid;
 		ev->cgroup_id = proc->cgroup_id;
 		__builtin_memcpy(ev->comm, proc->comm, EG_COMM_LEN);
+	} else {
+		ev->pid = 0;
+		ev->tgid = 0;
+		ev->uid = 0;
+		ev->cgroup_id = 0;
+		__builtin_memset(ev->comm, 0, EG_COMM_LEN);
 	}
+}
+
+/* Copies a passed query (or an NXDOMAIN answer) to the observation ring: best effort. */
+static __always_inline void observe(struct pkt *p, struct scratch *s, struct name_info *ni,
+				    struct eg_proc *proc, __u64 cookie, __u32 ifindex, __u8 kind,
+				    __u8 hook)
+{
+	struct eg_event *ev = bpf_ringbuf_reserve(&eg_observe, EG_OBS_SIZE, 0);
+	if (!ev) {
+		stat(EG_S_OBSERVE_FULL);
+		return;
+	}
+	fill_event(ev, p, s, ni, proc, cookie);
+	ev->ifindex = ifindex;
+	ev->reasons = 0;
+	ev->action = EG_ACT_PASS;
+	ev->kind = kind;
+	ev->hook = hook;
+	ev->resp_len = kind == EG_KIND_RESPONSE ? p->dns_len : 0;
+	bpf_ringbuf_submit(ev, 0);
+	stat(EG_S_OBSERVED);
 }
 
 /* Global (non-inlined) entry points: the verifier checks each once, on its own, so the
@@ -727,15 +766,15 @@ static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32
 		action = EG_ACT_BLOCK;
 	} else {
 		reasons = suspicion(cfg, &ni);
-		if (!reasons) {
-			stat(EG_S_PASS_PLAIN);
-			if (!cfg->report_all)
+		int plain = !reasons;
+		if (plain || bpf_map_lookup_elem(&eg_allow, &ni.full_hash)) {
+			stat(plain ? EG_S_PASS_PLAIN : EG_S_PASS_ALLOW);
+			if (!cfg->report_all) {
+				if (cfg->observe)
+					observe(&p, s, &ni, proc, cookie, ifindex, EG_KIND_QUERY,
+						kind == K_NF ? EG_HOOK_NETFILTER : EG_HOOK_TC);
 				return V_PASS;
-			reasons = EG_R_REPORT_ALL;
-		} else if (bpf_map_lookup_elem(&eg_allow, &ni.full_hash)) {
-			stat(EG_S_PASS_ALLOW);
-			if (!cfg->report_all)
-				return V_PASS;
+			}
 			reasons = EG_R_REPORT_ALL;
 		} else {
 			action = EG_ACT_HOLD;
@@ -889,6 +928,9 @@ int eg_xdp_ingress(struct xdp_md *ctx)
 		if (t == 16 || t == 10 || t == 5 || t == 15 || p.dns_len >= cfg->downlink_bytes)
 			reasons |= EG_R_BIG_DOWNLINK | EG_R_BLOCKLIST;
 	}
+	/* an NXDOMAIN the limiter let through: the DGA-bot analytics count failed domains */
+	if (cfg->observe && !(reasons & EG_R_NXDOMAIN_FLOOD) && (bpf_ntohs(p.h.flags) & 0xf) == 3)
+		observe(&p, s, &ni, 0, 0, ctx->ingress_ifindex, EG_KIND_RESPONSE, EG_HOOK_XDP);
 	if (!reasons)
 		return XDP_PASS;
 

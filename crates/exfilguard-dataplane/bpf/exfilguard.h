@@ -68,6 +68,8 @@ enum eg_stat {
 	EG_S_XDP_DOWNLINK,
 	EG_S_SOCK_EVENTS,
 	EG_S_SOCK_DENIED,
+	EG_S_OBSERVED,     /* passed queries / NXDOMAIN answers copied to the observation ring */
+	EG_S_OBSERVE_FULL, /* ... lost because that ring was full (the packet is unaffected) */
 	EG_S_MAX,
 };
 
@@ -85,6 +87,7 @@ struct eg_config {
 	__u32 downlink_bytes;  /* report responses from blocklisted domains at least this large */
 	__u32 fail_open;       /* 1: pass what cannot be held (ring full, oversize) */
 	__u32 drop_malformed53;/* 1: drop non-DNS payloads sent to port 53 in enforce mode */
+	__u32 observe;         /* 1: copy passed queries and NXDOMAIN answers to eg_observe */
 };
 
 /* Who sent it: recorded by the cgroup sock_addr hooks, keyed by socket cookie. */
@@ -155,5 +158,8 @@ struct eg_event {
 	__u8 name[EG_NAME_MAX]; /* lower-cased wire-format qname, no root byte */
 	__u8 pkt[EG_PKT_MAX];
 };
+
+/* Observation records (eg_observe) are an eg_event without the frame. */
+#define EG_OBS_SIZE __builtin_offsetof(struct eg_event, pkt)
 
 #endif

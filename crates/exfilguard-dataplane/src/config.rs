@@ -41,6 +41,10 @@ pub struct KernelPolicy {
     pub fail_open: bool,
     /// Drop non-DNS payloads sent to UDP/TCP port 53 in enforce mode.
     pub drop_malformed53: bool,
+    /// Copy what the kernel passes (plain and allowlisted queries, NXDOMAIN answers) to the
+    /// observation ring for the behaviour analytics. Set by the agent from `[behaviour]`.
+    #[serde(skip)]
+    pub observe: bool,
 }
 
 impl KernelPolicy {
@@ -103,12 +107,13 @@ impl Default for KernelPolicy {
             downlink_bytes: 512,
             fail_open: false,
             drop_malformed53: true,
+            observe: false,
         }
     }
 }
 
 impl KernelPolicy {
-    /// The map value, in the field order of `struct eg_config` (twelve u32, native endian).
+    /// The map value, in the field order of `struct eg_config` (thirteen u32, native endian).
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let f = [
             match self.mode {
@@ -126,6 +131,7 @@ impl KernelPolicy {
             self.downlink_bytes,
             self.fail_open as u32,
             self.drop_malformed53 as u32,
+            self.observe as u32,
         ];
         f.iter().flat_map(|v| v.to_ne_bytes()).collect()
     }

@@ -131,19 +131,27 @@ fn cstr(raw: &[u8]) -> String {
 
 impl Event {
     pub const RAW_SIZE: usize = std::mem::size_of::<types::eg_event>();
+    /// An observation record (`EG_OBS_SIZE`): the event without its frame.
+    pub const HEADER_SIZE: usize = std::mem::offset_of!(types::eg_event, pkt);
 
+    /// Decodes a held-frame event or a frameless observation record.
     pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
-        if data.len() < Self::RAW_SIZE {
+        if data.len() < Self::HEADER_SIZE {
             return Err(DecodeError {
                 got: data.len(),
-                want: Self::RAW_SIZE,
+                want: Self::HEADER_SIZE,
             });
         }
-        // SAFETY: size checked above; eg_event is plain old data (integers and byte arrays).
+        let mut buf = vec![0u8; Self::RAW_SIZE];
+        let n = data.len().min(Self::RAW_SIZE);
+        buf[..n].copy_from_slice(&data[..n]);
+        // SAFETY: buf holds RAW_SIZE bytes; eg_event is plain old data (integers and byte arrays).
         let raw: Box<types::eg_event> =
-            Box::new(unsafe { std::ptr::read_unaligned(data.as_ptr() as *const types::eg_event) });
+            Box::new(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const types::eg_event) });
+        // a frame is only as long as the record that carried it
+        let raw_pkt = (raw.pkt_len as usize).min(n - Self::HEADER_SIZE);
         let name_len = (raw.name_len as usize).min(raw.name.len());
-        let pkt_len = (raw.pkt_len as usize).min(raw.pkt.len());
+        let pkt_len = raw_pkt.min(raw.pkt.len());
         let reasons = REASONS
             .iter()
             .enumerate()

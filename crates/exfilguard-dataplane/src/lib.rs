@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfilguard";
 
 /// Names of the per-CPU counters (`enum eg_stat`), in index order.
-pub const STAT_NAMES: [&str; 25] = [
+pub const STAT_NAMES: [&str; 27] = [
     "packets",
     "non_dns",
     "dns_queries",
@@ -59,6 +59,8 @@ pub const STAT_NAMES: [&str; 25] = [
     "xdp_downlink",
     "sock_events",
     "sock_denied",
+    "observed",
+    "observe_full",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,8 @@ pub struct LoadOptions {
     pub persist: bool,
     /// Size of the held-frame ring buffer in bytes (a power of two ≥ the page size); 0: 8 MiB.
     pub ringbuf_bytes: u32,
+    /// Size of the observation ring (behaviour analytics), same rules; 0: 4 MiB.
+    pub observe_bytes: u32,
 }
 
 impl Default for LoadOptions {
@@ -118,6 +122,7 @@ impl Default for LoadOptions {
             pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             persist: false,
             ringbuf_bytes: 0,
+            observe_bytes: 0,
         }
     }
 }
@@ -181,6 +186,22 @@ fn mount_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A pinned `eg_config` from a release with another layout cannot be reused (libbpf refuses
+/// the load): unpin it so this release pins its own; the agent rewrites the policy anyway.
+fn drop_outdated_config_pin(dir: &Path) {
+    let path = dir.join("eg_config");
+    let want = std::mem::size_of::<skel::types::eg_config>() as u32;
+    if let Ok(old) = libbpf_rs::MapHandle::from_pinned_path(&path) {
+        if old.value_size() != want {
+            log::warn!(
+                "pinned eg_config has {} bytes per value, this release needs {want}: re-pinning",
+                old.value_size()
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -208,9 +229,16 @@ impl Dataplane {
                 .set_max_entries(opts.ringbuf_bytes)
                 .ctx(|| format!("ring buffer size {}", opts.ringbuf_bytes))?;
         }
+        if opts.observe_bytes != 0 {
+            open.maps
+                .eg_observe
+                .set_max_entries(opts.observe_bytes)
+                .ctx(|| format!("observation ring size {}", opts.observe_bytes))?;
+        }
         if let Some(dir) = &opts.pin_dir {
             mount_bpffs(dir)?;
             std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+            drop_outdated_config_pin(dir);
             let m = &mut open.maps;
             let pinned: [(&str, &mut libbpf_rs::OpenMapMut<'_>); 5] = [
                 ("eg_blocklist", &mut m.eg_blocklist),
@@ -539,24 +567,39 @@ impl Dataplane {
         self.maps.stats()
     }
 
-    /// Reads events until `stop` is set, handing each wake-up's events to `handler` as one
+    /// Reads events until `stop` is set, handing each wake-up's records to `handler` as one
     /// batch (which may release, block or quarantine through the `&mut Dataplane` it gets);
-    /// batches let the agent classify many held names in one model call under load. The handler
-    /// also runs with an empty batch when the ring stays quiet for 100 ms.
+    /// batches let the agent classify many held names in one model call under load. The second
+    /// vector holds the observation ring's records (what the kernel passed on its own, when
+    /// `KernelPolicy::observe` is set). The handler also runs with empty batches when the rings
+    /// stay quiet for 100 ms.
     pub fn run(
         &mut self,
         stop: &AtomicBool,
-        mut handler: impl FnMut(&mut Dataplane, Vec<Event>),
+        mut handler: impl FnMut(&mut Dataplane, Vec<Event>, Vec<Event>),
     ) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (otx, orx) = std::sync::mpsc::channel::<Vec<u8>>();
         let mut builder = RingBufferBuilder::new();
         builder
             .add(&self.skel.maps.eg_events, move |data: &[u8]| {
                 let _ = tx.send(data.to_vec());
                 0
             })
-            .ctx(|| "ring buffer".into())?;
+            .ctx(|| "ring buffer".into())?
+            .add(&self.skel.maps.eg_observe, move |data: &[u8]| {
+                let _ = otx.send(data.to_vec());
+                0
+            })
+            .ctx(|| "observation ring".into())?;
         let ring = builder.build().ctx(|| "ring buffer".into())?;
+        let decode = |raw: Vec<u8>| match Event::decode(&raw) {
+            Ok(ev) => Some(ev),
+            Err(e) => {
+                log::warn!("dropping undecodable event: {e}");
+                None
+            }
+        };
         while !stop.load(Ordering::Relaxed) {
             match ring.poll(Duration::from_millis(100)) {
                 Ok(()) => {}
@@ -564,15 +607,10 @@ impl Dataplane {
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e).ctx(|| "polling ring buffer".into()),
             }
-            let mut batch = Vec::new();
-            while let Ok(raw) = rx.try_recv() {
-                match Event::decode(&raw) {
-                    Ok(ev) => batch.push(ev),
-                    Err(e) => log::warn!("dropping undecodable event: {e}"),
-                }
-            }
-            // an empty batch is the handler's idle tick (at most every 100 ms)
-            handler(self, batch);
+            let batch = rx.try_iter().filter_map(decode).collect();
+            let observed = orx.try_iter().filter_map(decode).collect();
+            // empty batches are the handler's idle tick (at most every 100 ms)
+            handler(self, batch, observed);
         }
         Ok(())
     }
@@ -626,10 +664,19 @@ impl Dataplane {
 
     /// Drains queued events without a handler (tests use it after test runs).
     pub fn drain_events(&self) -> Result<Vec<Event>> {
+        self.drain(&self.skel.maps.eg_events)
+    }
+
+    /// Drains queued observation records (see `KernelPolicy::observe`).
+    pub fn drain_observations(&self) -> Result<Vec<Event>> {
+        self.drain(&self.skel.maps.eg_observe)
+    }
+
+    fn drain(&self, map: &libbpf_rs::Map<'_>) -> Result<Vec<Event>> {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let mut builder = RingBufferBuilder::new();
         builder
-            .add(&self.skel.maps.eg_events, move |data: &[u8]| {
+            .add(map, move |data: &[u8]| {
                 let _ = tx.send(data.to_vec());
                 0
             })

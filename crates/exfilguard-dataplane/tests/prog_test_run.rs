@@ -257,6 +257,75 @@ fn xdp_limits_nxdomain_floods() {
     assert_eq!(stats["xdp_ratelimited"], 70);
 }
 
+/// With `observe` set, what the kernel passes on its own (plain and allowlisted queries, the
+/// NXDOMAIN answers the limiter lets through) is copied, frameless, to the observation ring;
+/// held or blocked queries are not (the agent sees those as events), nor anything when unset.
+#[test]
+fn observation_ring_sees_what_the_kernel_passes() {
+    let Some(mut dp) = load() else { return };
+    let plain = udp_frame(
+        sa("10.0.0.1:40000"),
+        sa("10.0.0.2:53"),
+        &query("apple-cat.files.example.org", 1, 7),
+    );
+    assert_eq!(run(&dp, &plain), PASS);
+    assert!(
+        dp.drain_observations().unwrap().is_empty(),
+        "observe is off by default"
+    );
+
+    dp.set_policy(&KernelPolicy {
+        observe: true,
+        nx_limit: 3,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(run(&dp, &plain), PASS);
+    let held = udp_frame(
+        sa("10.0.0.1:40001"),
+        sa("10.0.0.2:53"),
+        &query(TUNNEL, 16, 8),
+    );
+    assert_eq!(run(&dp, &held), DROP);
+    let obs = dp.drain_observations().unwrap();
+    assert_eq!(obs.len(), 1, "only the passed query is observed");
+    let o = &obs[0];
+    assert_eq!(o.name_text(), "apple-cat.files.example.org");
+    assert_eq!(
+        (o.action, o.response, o.qtype, o.dns_id),
+        (Action::Pass, false, 1, 7)
+    );
+    assert_eq!(o.src.to_string(), "10.0.0.1");
+    assert!(o.packet.is_empty() && o.process.is_none());
+    assert_eq!(
+        dp.drain_events().unwrap().len(),
+        1,
+        "the held query is an event"
+    );
+
+    // NXDOMAIN answers: observed until the per-client limiter drops them
+    for i in 0..5u16 {
+        let resp = nxdomain_response(&format!("q{i}x7k2.example"), i);
+        let frame = udp_frame(sa("10.0.0.2:53"), sa("10.0.0.1:40000"), &resp);
+        dp.test_run_xdp(&frame, 1).unwrap();
+    }
+    let obs = dp.drain_observations().unwrap();
+    assert_eq!(
+        obs.len(),
+        3,
+        "answers over nx_limit are dropped, not observed"
+    );
+    assert!(obs.iter().all(|o| o.response && o.rcode == 3));
+    assert_eq!(
+        obs[0].dst.to_string(),
+        "10.0.0.1",
+        "the client is the answer's destination"
+    );
+    let stats: std::collections::HashMap<_, _> = dp.stats().unwrap().into_iter().collect();
+    assert_eq!(stats["observed"], 4);
+    assert_eq!(stats["observe_full"], 0);
+}
+
 /// `KernelPolicy::suspicion` (used by the resolver front) is the kernel's hold test: both hold
 /// exactly the same names, with the same reasons.
 #[test]

@@ -3,48 +3,22 @@
 //! information-rate or beacon alarm convicts the registered domain like a model verdict does
 //! (refused here, in the RPZ, on the fleet topic); a DGA-bot alarm is reported per client.
 
-use exfilguard_behaviour::{Alarm, AlarmKind, Settings, Tracker};
+use exfilguard_agent::metrics::Metrics;
+use exfilguard_behaviour::{Alarm, Settings, Tracker};
 use exfilguard_dns::DnsName;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-type Labels = Vec<(&'static str, String)>;
-
-#[derive(Clone, Default)]
-pub struct BehaviourMetrics {
-    /// `kind`: info_rate, beacon, dga_bot.
-    pub alarms: Family<Labels, Counter>,
-    pub pairs: Gauge,
-}
-
-impl BehaviourMetrics {
-    pub fn register(&self, reg: &mut prometheus_client::registry::Registry) {
-        reg.register(
-            "exfilguard_behaviour_alarms",
-            "Behaviour alarms by kind (info_rate, beacon, dga_bot)",
-            self.alarms.clone(),
-        );
-        reg.register(
-            "exfilguard_behaviour_pairs",
-            "(client, registered domain) pairs tracked by the behaviour analytics",
-            self.pairs.clone(),
-        );
-    }
-}
-
 pub struct Behaviour {
     shards: Vec<Mutex<Tracker>>,
     hasher: RandomState,
-    pub metrics: BehaviourMetrics,
+    metrics: Metrics,
 }
 
 impl Behaviour {
     /// `shards` trackers, each with its share of the tables (the memory bound is unchanged).
-    pub fn new(settings: &Settings, shards: usize) -> Self {
+    pub fn new(settings: &Settings, shards: usize, metrics: Metrics) -> Self {
         let n = shards.max(1);
         let per = Settings {
             max_pairs: settings.max_pairs.div_ceil(n),
@@ -56,7 +30,7 @@ impl Behaviour {
                 .map(|_| Mutex::new(Tracker::new(per.clone())))
                 .collect(),
             hasher: RandomState::new(),
-            metrics: BehaviourMetrics::default(),
+            metrics,
         }
     }
 
@@ -66,10 +40,7 @@ impl Behaviour {
 
     fn count(&self, alarms: &[Alarm]) {
         for a in alarms {
-            self.metrics
-                .alarms
-                .get_or_create(&vec![("kind", a.kind.as_str().to_string())])
-                .inc();
+            self.metrics.behaviour_alarm(a.kind.as_str());
         }
     }
 
@@ -100,14 +71,6 @@ impl Behaviour {
             .iter()
             .map(|s| s.lock().expect("lock").pairs())
             .sum();
-        self.metrics.pairs.set(pairs as i64);
-    }
-}
-
-/// The verdict class an alarm convicts with.
-pub fn class_of(kind: AlarmKind) -> exfilguard_detect::Class {
-    match kind {
-        AlarmKind::InfoRate | AlarmKind::Beacon => exfilguard_detect::Class::Tunnel,
-        AlarmKind::DgaBot => exfilguard_detect::Class::Dga,
+        self.metrics.behaviour_pairs.set(pairs as i64);
     }
 }

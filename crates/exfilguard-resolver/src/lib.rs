@@ -293,12 +293,7 @@ impl Front {
         proto: &'static str,
         len: usize,
     ) {
-        let verdict = Verdict {
-            class: behaviour::class_of(a.kind),
-            score: 1.0,
-            source: exfilguard_detect::Source::Behaviour,
-            reasons: vec![a.reason.clone()],
-        };
+        let verdict = exfilguard_agent::analytics::verdict_of(&a);
         let Some(domain) = a.domain.clone() else {
             tracing::warn!(client = %a.client, kind = a.kind.as_str(), "{}", a.reason);
             self.emit(
@@ -318,15 +313,26 @@ impl Front {
             tracing::warn!(%domain, "behaviour alarm for an allowlisted domain, not blocking: {}", a.reason);
             return;
         }
+        if !self.cfg.behaviour.block {
+            tracing::warn!(%domain, client = %a.client, kind = a.kind.as_str(), "behaviour alarm (report only): {}", a.reason);
+            self.emit(
+                dns_id,
+                name,
+                qtype,
+                client,
+                local,
+                proto,
+                Decision::Reported,
+                Some(verdict),
+                len,
+            );
+            return;
+        }
         tracing::warn!(%domain, client = %a.client, kind = a.kind.as_str(), "convicted by behaviour: {}", a.reason);
-        // no single name to refuse: behaviour convictions last block_secs, or an hour
-        let secs = match self.cfg.resolve.block_secs {
-            0 => 3600,
-            s => s,
-        };
+        // no single name to refuse: a behaviour conviction lasts behaviour.block_secs
         self.judge.convict(
             &domain,
-            Some(Instant::now() + Duration::from_secs(secs)),
+            Some(Instant::now() + Duration::from_secs(self.cfg.behaviour.block_secs.max(1))),
             a.reason.clone(),
         );
         if let Some(tx) = &self.convictions {
@@ -629,9 +635,11 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         runtime_metrics.register(&mut registry);
     }
     let behaviour = cfg.behaviour.enabled.then(|| {
-        let b = behaviour::Behaviour::new(&cfg.behaviour, workers);
-        b.metrics.register(&mut registry);
-        Arc::new(b)
+        Arc::new(behaviour::Behaviour::new(
+            &cfg.behaviour,
+            workers,
+            metrics.clone(),
+        ))
     });
     let fleet = (cfg.kafka.enabled() && cfg.kafka.follow_blocklist)
         .then(|| fleet_applier(judge.clone(), allow));

@@ -43,6 +43,12 @@ pub struct ProtectArgs {
     /// Hold names with a label at least this long (kernel pre-filter).
     #[arg(long)]
     hold_label_len: Option<u32>,
+    /// No behaviour analytics (information rate, beacons, DGA bots).
+    #[arg(long)]
+    no_behaviour: bool,
+    /// Information-rate alarm threshold in bytes (`behaviour.info_alarm_bytes`).
+    #[arg(long, value_name = "BYTES")]
+    info_alarm_bytes: Option<f64>,
 }
 
 pub fn run(brain: &crate::BrainArgs, args: &ProtectArgs) -> Result<()> {
@@ -70,6 +76,10 @@ pub fn run(brain: &crate::BrainArgs, args: &ProtectArgs) -> Result<()> {
         cfg.kernel.hold_label_len = v;
     }
     cfg.detect.quarantine_after = args.quarantine_after;
+    cfg.behaviour.enabled = !args.no_behaviour;
+    if let Some(v) = args.info_alarm_bytes {
+        cfg.behaviour.info_alarm_bytes = v;
+    }
     brain.apply_to(&mut cfg.detect)?;
     cfg.events.file.enabled = false;
     cfg.events.stdout.enabled = true;

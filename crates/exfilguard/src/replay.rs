@@ -4,7 +4,7 @@
 //!
 //! Input, detected from the first bytes: pcap/pcapng (queries and responses), JSON lines
 //! (exfilguard's OCSF events: `time`, `src_endpoint.ip`, `query.hostname`, `rcode_id`), or
-//! text lines `SECONDS CLIENT NAME [RCODE]` (`#` starts a comment).
+//! text lines `SECONDS CLIENT NAME [RCODE]` (`#` starts a comment); any of them gzip-compressed.
 
 use crate::Format;
 use anyhow::{bail, Context, Result};
@@ -12,7 +12,7 @@ use exfilguard_behaviour::{Alarm, AlarmKind, Settings, Tracker};
 use exfilguard_detect::{Detector, ModelClass};
 use exfilguard_dns::{dns_payloads, parse_message, read_capture, DnsName};
 use serde::Serialize;
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -113,17 +113,27 @@ pub fn replay(
     (alarms, sum)
 }
 
-/// Reads a file of any supported kind into records; unparsable lines are counted, not fatal.
+/// Reads a file of any supported kind (gzip-compressed or not) into records; unparsable lines
+/// are counted, not fatal.
 pub fn read_records(path: &std::path::Path) -> Result<(Vec<Record>, u64)> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut head = [0u8; 4];
-    let n = f.read(&mut head)?;
-    let f = std::fs::File::open(path)?;
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut plain = std::io::BufReader::new(f);
+    let gz = plain.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    let mut r: Box<dyn BufRead> = if gz {
+        Box::new(std::io::BufReader::new(
+            flate2::bufread::MultiGzDecoder::new(plain),
+        ))
+    } else {
+        Box::new(plain)
+    };
+    let head = r
+        .fill_buf()
+        .with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     let mut bad = 0u64;
-    let pcap = n == 4
+    let pcap = head.len() >= 4
         && matches!(
-            head,
+            head[..4],
             [0xd4, 0xc3, 0xb2, 0xa1]
                 | [0xa1, 0xb2, 0xc3, 0xd4]
                 | [0x4d, 0x3c, 0xb2, 0xa1]
@@ -131,7 +141,7 @@ pub fn read_records(path: &std::path::Path) -> Result<(Vec<Record>, u64)> {
                 | [0x0a, 0x0d, 0x0d, 0x0a]
         );
     if pcap {
-        for frame in read_capture(f)? {
+        for frame in read_capture(r)? {
             let frame = match frame {
                 Ok(fr) => fr,
                 Err(e) => {
@@ -166,8 +176,8 @@ pub fn read_records(path: &std::path::Path) -> Result<(Vec<Record>, u64)> {
         out.sort_by_key(|r| r.ts_ms);
         return Ok((out, bad));
     }
-    for line in std::io::BufReader::new(f).lines() {
-        let line = line?;
+    for line in r.lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
         let l = line.trim();
         if l.is_empty() || l.starts_with('#') {
             continue;

@@ -5,20 +5,9 @@
 //! Floors are the targets where the model meets them, and otherwise the measured
 //! figure of the shipped model less a small margin (see model/README.md for the gaps).
 
-use std::path::PathBuf;
+mod support;
 use std::process::Command;
-
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("EXFILGUARD_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    assert!(
-        dir.join("tunnel_queries_train.tsv").is_file(),
-        "ACCURACY GUARD CANNOT RUN: labelled data not found at {} (set EXFILGUARD_DATA)",
-        dir.display()
-    );
-    dir
-}
+use support::data_dir;
 
 fn exe() -> Command {
     Command::new(env!("CARGO_BIN_EXE_exfilguard"))

@@ -127,6 +127,8 @@ impl Lab {
                 "--listen-address=10.88.0.2",
                 "--address=/example.test/10.77.0.99",
                 "--address=/tunnel.test/10.77.0.99",
+                // every .com name fails: what a DGA bot's walk gets
+                "--address=/com/",
                 "--pid-file=",
                 "--user=root",
             ];
@@ -570,7 +572,9 @@ fn hold_release_round_trip_under_load() {
     let mut lab = Lab::new("l");
     lab.start_dns();
     std::thread::sleep(Duration::from_millis(500));
-    let agent = Agent::start(&lab, &[]);
+    // a load test of 1 000 fresh names under one domain is what the information-rate alarm is
+    // for: measure the hold path without it
+    let agent = Agent::start(&lab, &["--no-behaviour"]);
     let per_batch = 250;
     let batches: Vec<std::path::PathBuf> = (0..4)
         .map(|b| {
@@ -973,4 +977,108 @@ impl Drop for RmDir {
 }
 fn scopeguard_rm(p: String) -> RmDir {
     RmDir(p)
+}
+
+/// Behaviour analytics in the agent: a leak in short dictionary words (every name passes the
+/// kernel pre-filter, so the model never sees one) reaches the analytics through the
+/// observation ring and is blocked in the kernel, explained with the sending process; a DGA
+/// bot's NXDOMAIN walk (answers seen by XDP) is reported.
+#[test]
+fn behaviour_analytics_block_a_word_tunnel_the_kernel_passes() {
+    if !possible() {
+        return;
+    }
+    let mut lab = Lab::new("b");
+    lab.start_dns();
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = Agent::start(&lab, &["--info-alarm-bytes", "300"]);
+    assert!(lab.dig(&["@10.77.0.2", "www.example.test"]).0, "DNS works");
+
+    let words = [
+        "apple", "river", "stone", "cloud", "green", "house", "light", "music", "north", "paper",
+        "quiet", "sugar", "table", "water", "young", "zebra",
+    ];
+    let mut seed = 7u32;
+    let mut word = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        words[seed as usize % words.len()]
+    };
+    let mut sent = 0;
+    let mut blocked_after = None;
+    for chunk in 0..20 {
+        let f = lab.work.join(format!("words{chunk}.txt"));
+        let lines: String = (0..20)
+            .map(|_| {
+                format!(
+                    "@10.77.0.2 +tries=1 +time=1 +short {}.{}.example.test\n",
+                    word(),
+                    word()
+                )
+            })
+            .collect();
+        std::fs::write(&f, lines).unwrap();
+        Lab::in_ns(&lab.cns(), &["dig", "-f", f.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        sent += 20;
+        if !lab.dig(&["@10.77.0.2", "www.example.test"]).0 {
+            blocked_after = Some(sent);
+            break;
+        }
+    }
+    let sent = blocked_after.expect("the word tunnel was never blocked");
+    eprintln!("word tunnel blocked in the kernel after at most {sent} queries");
+
+    // a DGA bot: short random .com names (the kernel passes them), every one NXDOMAIN
+    let f = lab.work.join("dga.txt");
+    let letters = b"qwrtzpsdfghjklxcvbnm";
+    let lines: String = (0..30)
+        .map(|i| {
+            let n: String = (0..8)
+                .map(|j| letters[(i * 7 + j * 13 + i * j) % letters.len()] as char)
+                .collect();
+            format!("@10.77.0.2 +tries=1 +time=1 {n}.com\n")
+        })
+        .collect();
+    std::fs::write(&f, lines).unwrap();
+    let out = Lab::in_ns(&lab.cns(), &["dig", "-f", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let nx = String::from_utf8_lossy(&out.stdout)
+        .matches("NXDOMAIN")
+        .count();
+    assert!(nx >= 25, "the DGA walk got NXDOMAIN answers ({nx})");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let lines = agent.stop();
+    let behaviour: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["verdict"]["source"] == "behaviour")
+        .collect();
+    let info = behaviour
+        .iter()
+        .find(|v| v["registered_domain"] == "example.test")
+        .expect("an information-rate record for example.test");
+    assert_eq!(info["decision"], "blocked");
+    assert_eq!(info["verdict"]["class"], "tunnel");
+    let reason = info["verdict"]["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("of unique subdomain data to example.test") && reason.contains("dig"),
+        "explained with the process: {reason}"
+    );
+    let dga = behaviour
+        .iter()
+        .find(|v| v["verdict"]["class"] == "dga")
+        .expect("a DGA-bot record from the NXDOMAIN walk");
+    assert_eq!(dga["decision"], "reported");
+    eprintln!(
+        "info-rate: {reason}\nDGA bot: {}",
+        dga["verdict"]["reasons"][0]
+    );
+    let s = lines.iter().find(|v| v["event"] == "summary").unwrap();
+    assert!(s["kernel"]["observed"].as_u64().unwrap() >= 20, "{s}");
+    assert_eq!(s["kernel"]["observe_full"], 0);
 }
