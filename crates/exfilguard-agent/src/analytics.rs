@@ -86,7 +86,12 @@ impl Analytics {
             .observe_response(crate::pipeline::now_ms(), ev.dst, name, ev.rcode, score)
     }
 
-    /// Remembers a behaviour block of `domain`.
+    /// Whether `domain` is blocked by a behaviour alarm (and will lapse).
+    pub fn owns(&self, domain: &str) -> bool {
+        self.expiries.contains_key(domain)
+    }
+
+    /// Remembers (or extends) a behaviour block of `domain`.
     pub fn blocked(&mut self, domain: &str) {
         let until = Instant::now() + Duration::from_secs(self.settings().block_secs.max(1));
         self.expiries.insert(domain.to_string(), until);

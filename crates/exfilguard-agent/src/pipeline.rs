@@ -172,8 +172,9 @@ impl Pipeline {
         };
         let mut alarms = Vec::new();
         let mut nx = Vec::new();
-        let observed = if an.enabled() { observed } else { Vec::new() };
-        for ev in observed {
+        // a disabled instance (after a reload) only lifts the blocks it made
+        let on = an.enabled();
+        for ev in observed.into_iter().filter(|_| on) {
             let Some(name) = parse(&ev) else { continue };
             if !ev.response {
                 alarms.extend(an.query(&ev, &name).into_iter().map(|a| (a, ev.clone())));
@@ -217,7 +218,9 @@ impl Pipeline {
             .as_ref()
             .and_then(|p| self.cgroups.name(p.cgroup_id));
         if let Some(p) = &ev.process {
-            a.reason.push_str(&format!(", pid {} {}", p.tgid, p.comm));
+            // observations carry the thread's name; the process's is worth one read here
+            let comm = exfilguard_dataplane::event::process_name(p.tgid, &p.comm);
+            a.reason.push_str(&format!(", pid {} {comm}", p.tgid));
         }
         if let Some(c) = &container {
             a.reason.push_str(&format!(" in {c}"));
@@ -236,12 +239,14 @@ impl Pipeline {
                     tracing::warn!(%domain, "behaviour alarm for an allowlisted domain, not blocking: {}", a.reason);
                 } else {
                     tracing::warn!(%domain, kind = a.kind.as_str(), "blocked by behaviour: {}", a.reason);
-                    // a block the model (or the operator) made already is not made to lapse
-                    let fresh = !dp.is_blocked(domain).unwrap_or(false);
+                    // a block the model (or the operator) made is not made to lapse; one of
+                    // ours is extended: the leak goes on
+                    let ours = self.analytics.as_ref().is_some_and(|x| x.owns(domain));
+                    let timed = ours || !dp.is_blocked(domain).unwrap_or(false);
                     match dp.block_domain(domain) {
                         Ok(_) => {
                             decision = Decision::Blocked;
-                            if let (true, Some(an)) = (fresh, &mut self.analytics) {
+                            if let (true, Some(an)) = (timed, &mut self.analytics) {
                                 an.blocked(domain);
                             }
                         }
@@ -326,6 +331,7 @@ impl Pipeline {
         let now = monotonic_ns();
         let mut records = Vec::with_capacity(batch.len());
         let mut alarms = Vec::new();
+        let analyse = self.analytics.as_ref().is_some_and(|a| a.enabled());
         for ((ev, name), verdict) in batch.into_iter().zip(&names).zip(verdicts) {
             let text = ev.name_text();
             let registered = name.as_ref().and_then(|n| n.registered_domain());
@@ -371,7 +377,6 @@ impl Pipeline {
                 self.metrics.hold_release_seconds.observe(ns as f64 / 1e9);
                 ns as f64 / 1000.0
             });
-            let analyse = self.analytics.as_ref().is_some_and(|a| a.enabled());
             if let (Some(an), Some(n), true) = (&mut self.analytics, name, analyse && !ev.response)
             {
                 alarms.extend(an.query(&ev, n).into_iter().map(|a| (a, ev.clone())));

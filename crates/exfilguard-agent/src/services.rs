@@ -112,7 +112,8 @@ impl Services {
             if cfg.kafka.publish_convictions {
                 let (tx, rx) = sync_channel::<Conviction>(4096);
                 convictions_tx = Some(tx);
-                let (h, ttl) = (host.clone(), cfg.kafka.conviction_ttl_secs);
+                let h = host.clone();
+                let ttl = (cfg.kafka.conviction_ttl_secs, cfg.behaviour.block_secs);
                 threads.push((
                     "convictions",
                     std::thread::spawn(move || conviction_loop(rx, bl_spool, h, ttl)),
@@ -290,10 +291,16 @@ fn sink_loop(
     }
 }
 
-/// Turns this host's convictions into fleet entries on the blocklist spool.
-fn conviction_loop(rx: Receiver<Conviction>, spool: Arc<Spool>, host: String, ttl_secs: u64) {
+/// Turns this host's convictions into fleet entries on the blocklist spool. `ttl` is (model
+/// convictions, behaviour blocks): a behaviour block lasts as long on the fleet as it does here.
+fn conviction_loop(rx: Receiver<Conviction>, spool: Arc<Spool>, host: String, ttl: (u64, u64)) {
     while let Ok(c) = rx.recv() {
         let now = exfilguard_kafka::fleet::now_ms();
+        let ttl_secs = if c.verdict.source == exfilguard_detect::Source::Behaviour {
+            ttl.1
+        } else {
+            ttl.0
+        };
         let entry = BlockEntry {
             domain: c.domain.clone(),
             class: c.verdict.class.as_str().to_string(),

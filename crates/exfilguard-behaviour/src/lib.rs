@@ -51,7 +51,7 @@ pub struct Settings {
     /// DGA bots: distinct NXDOMAIN registered domains per client within `dga_window_secs`.
     pub dga_window_secs: u64,
     pub dga_min_domains: u32,
-    /// Beacons: at least this many check-ins (queries closer than `beacon_min_secs` are one
+    /// Beacons: at least this many check-ins (queries less than `beacon_min_secs` apart are one
     /// check-in: implants send bursts) at intervals whose robust spread (median absolute
     /// deviation / median) is at most `beacon_max_spread`, intervals within
     /// `beacon_min_secs..=beacon_max_secs`, and at least `beacon_min_unique` of the check-ins
@@ -230,8 +230,9 @@ struct Pair {
     bloom_epoch: u64,
     history: [u8; 96],
     hist_len: u8,
-    /// Start times of the last check-ins (deciseconds after `first_ms`; queries closer than
-    /// `beacon_min_secs` form one check-in), and whether each carried a new subdomain.
+    /// Start times of the last check-ins (deciseconds after `first_ms`; a query less than
+    /// `beacon_min_secs` after the previous one joins its check-in), and whether each carried a
+    /// new subdomain.
     times: [u32; 16],
     n_times: u8,
     new_bits: u16,
@@ -420,12 +421,12 @@ impl Tracker {
             p.history[old..old + keep].copy_from_slice(&sub[sub.len() - keep..]);
             p.hist_len = (old + keep) as u8;
         }
-        // check-in times for beaconing: an implant sends a burst of queries per check-in, so
-        // queries within beacon_min_secs of a check-in's first query join that check-in
+        // check-in times for beaconing: an implant sends a burst of queries per check-in, so a
+        // query less than beacon_min_secs after the previous one joins its check-in (a steady
+        // stream is one long check-in, never a run of regular ones)
         let n = p.n_times as usize;
         let t = (ts_ms.saturating_sub(p.first_ms) / 100).min(u32::MAX as u64) as u32;
-        let burst = (s.beacon_min_secs * 10.0) as u32;
-        if n > 0 && t.saturating_sub(p.times[n - 1]) < burst.max(1) {
+        if n > 0 && dt < s.beacon_min_secs {
             p.new_bits |= u16::from(new);
         } else {
             if n == p.times.len() {
@@ -781,6 +782,20 @@ mod tests {
         assert_eq!(a.kind, AlarmKind::Beacon);
         assert_eq!(a.client, c2);
         assert!(i < 20, "after {i} check-ins");
+        // a steady stream (1 query/s, Poisson-like gaps, a fifth of the names new) is one long
+        // check-in, not a beacon
+        let mut t3 = Tracker::new(Settings::default());
+        let mut at = 0u64;
+        for i in 0..3600u64 {
+            at += 200 + (i * 2654435761 % 1600);
+            let n = if i % 5 == 0 {
+                format!("img{}.cdn.example", i)
+            } else {
+                format!("img{}.cdn.example", i % 40)
+            };
+            let a = q(&mut t3, at, "10.0.0.13", &n);
+            assert!(a.iter().all(|a| a.kind != AlarmKind::Beacon), "{a:?}");
+        }
         // the same name polled every 60 s (a cached update check): no beacon
         let mut t = Tracker::new(Settings::default());
         for i in 0..100u64 {

@@ -928,8 +928,8 @@ int eg_xdp_ingress(struct xdp_md *ctx)
 		if (t == 16 || t == 10 || t == 5 || t == 15 || p.dns_len >= cfg->downlink_bytes)
 			reasons |= EG_R_BIG_DOWNLINK | EG_R_BLOCKLIST;
 	}
-	/* an NXDOMAIN the limiter let through: the DGA-bot analytics count failed domains */
-	if (cfg->observe && !(reasons & EG_R_NXDOMAIN_FLOOD) && (bpf_ntohs(p.h.flags) & 0xf) == 3)
+	/* an NXDOMAIN that reaches the client: the DGA-bot analytics count failed domains */
+	if (cfg->observe && !(enforce && reasons) && (bpf_ntohs(p.h.flags) & 0xf) == 3)
 		observe(&p, s, &ni, 0, 0, ctx->ingress_ifindex, EG_KIND_RESPONSE, EG_HOOK_XDP);
 	if (!reasons)
 		return XDP_PASS;

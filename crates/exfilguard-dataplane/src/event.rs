@@ -129,25 +129,49 @@ fn cstr(raw: &[u8]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
+/// The name of process `tgid` (`/proc/TGID/comm`), or `fallback` once it has gone.
+pub fn process_name(tgid: u32, fallback: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{tgid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_else(|_| fallback.to_string())
+}
+
 impl Event {
     pub const RAW_SIZE: usize = std::mem::size_of::<types::eg_event>();
     /// An observation record (`EG_OBS_SIZE`): the event without its frame.
     pub const HEADER_SIZE: usize = std::mem::offset_of!(types::eg_event, pkt);
 
-    /// Decodes a held-frame event or a frameless observation record.
+    /// Decodes a held-frame event or a frameless observation record; the process name is read
+    /// from `/proc` (threads have their own names: dig's is `isc-net-0000`).
     pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_with(data, true)
+    }
+
+    /// Decodes an observation record without touching `/proc`: one per passed query is too
+    /// many reads for the loop that also releases held queries (`process_name` when needed).
+    pub fn decode_observation(data: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_with(data, false)
+    }
+
+    fn decode_with(data: &[u8], read_proc: bool) -> Result<Self, DecodeError> {
         if data.len() < Self::HEADER_SIZE {
             return Err(DecodeError {
                 got: data.len(),
                 want: Self::HEADER_SIZE,
             });
         }
-        let mut buf = vec![0u8; Self::RAW_SIZE];
+        // an observation record stops before the frame: the rest stays zero
+        let mut raw = Box::<types::eg_event>::default();
         let n = data.len().min(Self::RAW_SIZE);
-        buf[..n].copy_from_slice(&data[..n]);
-        // SAFETY: buf holds RAW_SIZE bytes; eg_event is plain old data (integers and byte arrays).
-        let raw: Box<types::eg_event> =
-            Box::new(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const types::eg_event) });
+        // SAFETY: n <= size_of::<eg_event>(); eg_event is plain old data (integers and byte
+        // arrays), so any bytes are a valid value.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (&mut *raw as *mut types::eg_event).cast::<u8>(),
+                n,
+            )
+        };
         // a frame is only as long as the record that carried it
         let raw_pkt = (raw.pkt_len as usize).min(n - Self::HEADER_SIZE);
         let name_len = (raw.name_len as usize).min(raw.name.len());
@@ -162,9 +186,11 @@ impl Event {
             pid: raw.pid,
             tgid: raw.tgid,
             uid: raw.uid,
-            comm: std::fs::read_to_string(format!("/proc/{}/comm", raw.tgid))
-                .map(|c| c.trim_end().to_string())
-                .unwrap_or_else(|_| cstr(&raw.comm)),
+            comm: if read_proc {
+                process_name(raw.tgid, &cstr(&raw.comm))
+            } else {
+                cstr(&raw.comm)
+            },
             thread: cstr(&raw.comm),
             cgroup_id: raw.cgroup_id,
         });

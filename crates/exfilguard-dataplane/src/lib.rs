@@ -593,13 +593,16 @@ impl Dataplane {
             })
             .ctx(|| "observation ring".into())?;
         let ring = builder.build().ctx(|| "ring buffer".into())?;
-        let decode = |raw: Vec<u8>| match Event::decode(&raw) {
-            Ok(ev) => Some(ev),
-            Err(e) => {
-                log::warn!("dropping undecodable event: {e}");
-                None
-            }
-        };
+        let decode =
+            |raw: Vec<u8>, how: fn(&[u8]) -> std::result::Result<Event, event::DecodeError>| {
+                match how(&raw) {
+                    Ok(ev) => Some(ev),
+                    Err(e) => {
+                        log::warn!("dropping undecodable event: {e}");
+                        None
+                    }
+                }
+            };
         while !stop.load(Ordering::Relaxed) {
             match ring.poll(Duration::from_millis(100)) {
                 Ok(()) => {}
@@ -607,8 +610,14 @@ impl Dataplane {
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e).ctx(|| "polling ring buffer".into()),
             }
-            let batch = rx.try_iter().filter_map(decode).collect();
-            let observed = orx.try_iter().filter_map(decode).collect();
+            let batch = rx
+                .try_iter()
+                .filter_map(|r| decode(r, Event::decode))
+                .collect();
+            let observed = orx
+                .try_iter()
+                .filter_map(|r| decode(r, Event::decode_observation))
+                .collect();
             // empty batches are the handler's idle tick (at most every 100 ms)
             handler(self, batch, observed);
         }
@@ -664,15 +673,19 @@ impl Dataplane {
 
     /// Drains queued events without a handler (tests use it after test runs).
     pub fn drain_events(&self) -> Result<Vec<Event>> {
-        self.drain(&self.skel.maps.eg_events)
+        self.drain(&self.skel.maps.eg_events, Event::decode)
     }
 
     /// Drains queued observation records (see `KernelPolicy::observe`).
     pub fn drain_observations(&self) -> Result<Vec<Event>> {
-        self.drain(&self.skel.maps.eg_observe)
+        self.drain(&self.skel.maps.eg_observe, Event::decode_observation)
     }
 
-    fn drain(&self, map: &libbpf_rs::Map<'_>) -> Result<Vec<Event>> {
+    fn drain(
+        &self,
+        map: &libbpf_rs::Map<'_>,
+        decode: fn(&[u8]) -> std::result::Result<Event, event::DecodeError>,
+    ) -> Result<Vec<Event>> {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let mut builder = RingBufferBuilder::new();
         builder
@@ -684,10 +697,7 @@ impl Dataplane {
         let ring = builder.build().ctx(|| "ring buffer".into())?;
         ring.consume().ctx(|| "consuming ring buffer".into())?;
         drop(ring);
-        Ok(rx
-            .try_iter()
-            .filter_map(|raw| Event::decode(&raw).ok())
-            .collect())
+        Ok(rx.try_iter().filter_map(|raw| decode(&raw).ok()).collect())
     }
 }
 
