@@ -31,6 +31,27 @@ pub struct Config {
     pub rpz: exfilguard_rpz::RpzSettings,
     pub runtime: exfilguard_runtime::RuntimeSettings,
     pub behaviour: exfilguard_behaviour::Settings,
+    pub hardening: HardeningConfig,
+}
+
+/// Lock-down after attach (docs/threat-model.md). Root is needed to load and attach; the
+/// steady state keeps CAP_NET_ADMIN and CAP_NET_RAW only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HardeningConfig {
+    /// Drop every capability but CAP_NET_ADMIN and CAP_NET_RAW once the programs are attached.
+    pub drop_caps: bool,
+    /// seccomp allowlist for the steady state: enforce (EPERM), kill, log, off.
+    pub seccomp: exfilguard_lockdown::SeccompMode,
+}
+
+impl Default for HardeningConfig {
+    fn default() -> Self {
+        Self {
+            drop_caps: true,
+            seccomp: exfilguard_lockdown::SeccompMode::Enforce,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]

@@ -226,6 +226,17 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
         }
     }
 
+    let pins = dp.restrict_pins().context("restricting pinned objects")?;
+    tracing::debug!(
+        count = pins.len(),
+        "pinned objects restricted to root (0600/0700)"
+    );
+    // before any service thread exists: threads inherit the reduced capability sets
+    if cfg.hardening.drop_caps {
+        exfilguard_lockdown::drop_capabilities().context("dropping capabilities")?;
+        tracing::info!("capabilities dropped to CAP_NET_ADMIN, CAP_NET_RAW (no_new_privs)");
+    }
+
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -263,6 +274,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
         convictions_tx,
         cg_root,
     );
+    lock_down(&cfg.hardening)?;
     metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         mode = ?cfg.kernel.mode,
@@ -309,6 +321,25 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
         }
     );
     Ok(summary)
+}
+
+/// The seccomp half of the lock-down, once every service thread runs (TSYNC covers them all),
+/// and a check that no thread kept more capabilities than the steady state needs.
+fn lock_down(h: &config::HardeningConfig) -> Result<()> {
+    if h.drop_caps {
+        let over = exfilguard_lockdown::threads_over().context("checking thread capabilities")?;
+        if !over.is_empty() {
+            anyhow::bail!("threads kept capabilities after the drop: {over:?}");
+        }
+    }
+    exfilguard_lockdown::apply_seccomp(h.seccomp).context("seccomp")?;
+    match h.seccomp {
+        exfilguard_lockdown::SeccompMode::Off => {
+            tracing::warn!("seccomp off (hardening.seccomp = \"off\")")
+        }
+        mode => tracing::info!(?mode, "seccomp allowlist installed on every thread"),
+    }
+    Ok(())
 }
 
 /// The kernel policy of `[kernel]`, observing passed names when the analytics want them.

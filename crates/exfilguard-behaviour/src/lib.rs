@@ -155,7 +155,8 @@ impl Settings {
         );
         range("beacon_max_spread", self.beacon_max_spread, 0.0, 1.0);
         range("beacon_min_unique", self.beacon_min_unique, 0.0, 1.0);
-        if self.beacon_min_secs > self.beacon_max_secs || self.beacon_min_secs < 0.0 {
+        // `contains` is false when either bound is NaN (`nan` is a TOML float)
+        if !(0.0..=self.beacon_max_secs).contains(&self.beacon_min_secs) {
             out.push(format!(
                 "behaviour.beacon_min_secs = {} must be >= 0 and <= beacon_max_secs = {}",
                 self.beacon_min_secs, self.beacon_max_secs
@@ -596,6 +597,25 @@ fn regular(times: &[u32]) -> Option<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nan_beacon_bounds_are_problems() {
+        // found by the config_toml fuzz target: `beacon_min_secs = nan` passed the check
+        for (min, max) in [
+            (f64::NAN, 3600.0),
+            (5.0, f64::NAN),
+            (-1.0, 10.0),
+            (20.0, 10.0),
+        ] {
+            let s = Settings {
+                beacon_min_secs: min,
+                beacon_max_secs: max,
+                ..Settings::default()
+            };
+            assert_eq!(s.problems().len(), 1, "{min} {max}");
+        }
+        assert!(Settings::default().problems().is_empty());
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

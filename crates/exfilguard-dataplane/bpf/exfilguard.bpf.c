@@ -134,6 +134,15 @@ struct {
 	__uint(max_entries, 4 << 20);
 } eg_observe SEC(".maps");
 
+/* CLOCK_MONOTONIC ns of the agent's last ring poll (bpf_ktime_get_ns is the same clock). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
+} eg_heartbeat SEC(".maps");
+
 /* Name bytes; one slot per hook so a softirq XDP run cannot clobber a
  * netfilter run it interrupted on the same CPU. */
 struct scratch {
@@ -161,6 +170,13 @@ static __always_inline void stat(__u32 idx)
 	__u64 *v = bpf_map_lookup_elem(&eg_stats, &idx);
 	if (v)
 		*v += 1;
+}
+
+static __always_inline int agent_alive(void)
+{
+	__u32 zero = 0;
+	__u64 *hb = bpf_map_lookup_elem(&eg_heartbeat, &zero);
+	return hb && *hb && bpf_ktime_get_ns() - *hb < EG_AGENT_TIMEOUT_NS;
 }
 
 static __always_inline struct eg_config *get_config(void)
@@ -791,6 +807,12 @@ static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32
 		stat(EG_S_REPORT);
 
 	int hold = action == EG_ACT_HOLD;
+	if (hold && !agent_alive()) {
+		/* nobody will release it: fail_open passes, otherwise it is held and expires */
+		stat(EG_S_AGENT_DOWN);
+		if (cfg->fail_open)
+			return V_PASS;
+	}
 	if (hold && (len == 0 || len > EG_PKT_MAX)) {
 		stat(EG_S_FAILCLOSED);
 		if (cfg->fail_open)

@@ -7,6 +7,9 @@
 #define EG_PKT_MAX 2048   /* largest frame that can be held and released */
 #define EG_MAX_SUFFIXES 8 /* parent suffixes checked against the blocklist */
 #define EG_COMM_LEN 16
+/* The agent writes eg_heartbeat at least every 100 ms while it reads the rings; older than
+ * this, it is taken for dead (killed, stopped, hung) and fail_open passes what it would hold. */
+#define EG_AGENT_TIMEOUT_NS 2000000000ULL
 
 enum eg_mode { EG_MODE_MONITOR = 0, EG_MODE_ENFORCE = 1 };
 
@@ -70,6 +73,7 @@ enum eg_stat {
 	EG_S_SOCK_DENIED,
 	EG_S_OBSERVED,     /* passed queries / NXDOMAIN answers copied to the observation ring */
 	EG_S_OBSERVE_FULL, /* ... lost because that ring was full (the packet is unaffected) */
+	EG_S_AGENT_DOWN,   /* a query to hold while the agent's heartbeat is stale */
 	EG_S_MAX,
 };
 

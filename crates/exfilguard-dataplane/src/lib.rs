@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfilguard";
 
 /// Names of the per-CPU counters (`enum eg_stat`), in index order.
-pub const STAT_NAMES: [&str; 27] = [
+pub const STAT_NAMES: [&str; 28] = [
     "packets",
     "non_dns",
     "dns_queries",
@@ -61,6 +61,7 @@ pub const STAT_NAMES: [&str; 27] = [
     "sock_denied",
     "observed",
     "observe_full",
+    "agent_down",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,66 @@ pub enum EgressAttach {
     /// Took over a pinned tcx link left by a previous agent (no gap).
     TcxTakenOver,
     Clsact,
+}
+
+/// What is attached to one interface, whoever attached it (`exfilguard attached`): a restart
+/// that took the pinned links over shows one tcx program, not two.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct AttachedPrograms {
+    pub ifindex: u32,
+    /// Program ids attached at tcx egress, in order.
+    pub tcx_egress: Vec<u32>,
+    /// The XDP program id (0: none), any mode.
+    pub xdp: u32,
+}
+
+/// Queries the kernel for the programs at `ifindex`'s tcx egress and XDP hooks.
+pub fn attached_programs(ifindex: u32) -> Result<AttachedPrograms> {
+    use libbpf_rs::libbpf_sys as sys;
+    let mut ids = vec![0u32; 64];
+    let mut opts = sys::bpf_prog_query_opts {
+        sz: std::mem::size_of::<sys::bpf_prog_query_opts>() as _,
+        prog_ids: ids.as_mut_ptr(),
+        ..Default::default()
+    };
+    opts.__bindgen_anon_1.count = ids.len() as u32;
+    // SAFETY: opts points at a buffer of `count` ids that outlives the call.
+    let rc = unsafe { sys::bpf_prog_query_opts(ifindex as i32, sys::BPF_TCX_EGRESS, &mut opts) };
+    if rc != 0 {
+        return Err(DataplaneError::Io {
+            context: format!("querying tcx egress of ifindex {ifindex}"),
+            source: std::io::Error::from_raw_os_error(-rc),
+        });
+    }
+    // SAFETY: the kernel wrote the count member.
+    let n = unsafe { opts.__bindgen_anon_1.count } as usize;
+    ids.truncate(n.min(64));
+    let mut xdp = 0u32;
+    // SAFETY: writes one u32 we own.
+    let rc = unsafe { sys::bpf_xdp_query_id(ifindex as i32, 0, &mut xdp) };
+    if rc != 0 {
+        return Err(DataplaneError::Io {
+            context: format!("querying XDP of ifindex {ifindex}"),
+            source: std::io::Error::from_raw_os_error(-rc),
+        });
+    }
+    Ok(AttachedPrograms {
+        ifindex,
+        tcx_egress: ids,
+        xdp,
+    })
+}
+
+/// One program's size and verifier cost (see [`Dataplane::program_stats`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProgramStats {
+    pub name: String,
+    /// BPF instructions loaded (after libbpf's relocations).
+    pub insns: usize,
+    /// Instructions the verifier processed (all paths): the figure its 1 M limit applies to.
+    pub verified_insns: u32,
+    pub xlated_bytes: u32,
+    pub jited_bytes: u32,
 }
 
 /// A loaded data plane. Dropping it detaches every program (unless `persist`); pinned maps stay.
@@ -504,6 +565,34 @@ impl Dataplane {
         }
     }
 
+    /// Makes the pin directory (and `links/`) 0700 and every pinned object 0600: bpffs checks
+    /// these modes when another process opens a pin, so only root (or a holder of
+    /// CAP_DAC_OVERRIDE) can reach exfilguard's maps and links. Returns the paths changed.
+    pub fn restrict_pins(&self) -> Result<Vec<PathBuf>> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(dir) = &self.opts.pin_dir else {
+            return Ok(Vec::new());
+        };
+        let mut done = Vec::new();
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+                .ctx(|| format!("chmod 0700 {}", d.display()))?;
+            done.push(d.clone());
+            for entry in std::fs::read_dir(&d).ctx(|| format!("reading {}", d.display()))? {
+                let path = entry.ctx(|| format!("reading {}", d.display()))?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .ctx(|| format!("chmod 0600 {}", path.display()))?;
+                    done.push(path);
+                }
+            }
+        }
+        Ok(done)
+    }
+
     /// Thread-safe handles on the shared maps (blocklist, allow cache, quarantine, stats).
     pub fn maps(&self) -> &Maps {
         &self.maps
@@ -562,6 +651,24 @@ impl Dataplane {
             .ctx(|| "writing release ticket".into())
     }
 
+    /// Tells the kernel the agent is alive (CLOCK_MONOTONIC now in `eg_heartbeat`); `run`
+    /// does it every poll. A heartbeat older than 2 s makes `fail_open` pass what would be
+    /// held, and counts `agent_down`.
+    pub fn heartbeat(&self) -> Result<()> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        self.skel
+            .maps
+            .eg_heartbeat
+            .update(&0u32.to_ne_bytes(), &ns.to_ne_bytes(), MapFlags::ANY)
+            .ctx(|| "writing eg_heartbeat".into())
+    }
+
     /// Sums the per-CPU counters.
     pub fn stats(&self) -> Result<Vec<(&'static str, u64)>> {
         self.maps.stats()
@@ -604,6 +711,10 @@ impl Dataplane {
                 }
             };
         while !stop.load(Ordering::Relaxed) {
+            // the kernel's liveness check (fail_open passes holds when this goes stale)
+            if let Err(e) = self.heartbeat() {
+                log::warn!("writing the heartbeat: {e}");
+            }
             match ring.poll(Duration::from_millis(100)) {
                 Ok(()) => {}
                 // a signal (SIGTERM to stop us) interrupts epoll: re-check the flag
@@ -622,6 +733,40 @@ impl Dataplane {
             handler(self, batch, observed);
         }
         Ok(())
+    }
+
+    /// Size and verifier cost of every loaded program (`bpf_prog_info`), so growth is visible:
+    /// the verifier refuses a program past 1 M processed instructions.
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>> {
+        use libbpf_rs::skel::Skel;
+        use std::os::fd::AsRawFd;
+        let mut out = Vec::new();
+        for prog in self.skel.object().progs() {
+            let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+            let mut len = std::mem::size_of_val(&info) as u32;
+            // SAFETY: a valid program fd and an info struct of the length we pass.
+            let rc = unsafe {
+                libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(
+                    prog.as_fd().as_raw_fd(),
+                    &mut info,
+                    &mut len,
+                )
+            };
+            if rc != 0 {
+                return Err(DataplaneError::Io {
+                    context: format!("bpf_prog_get_info_by_fd {}", prog.name().to_string_lossy()),
+                    source: std::io::Error::from_raw_os_error(-rc),
+                });
+            }
+            out.push(ProgramStats {
+                name: prog.name().to_string_lossy().into_owned(),
+                insns: prog.insn_cnt(),
+                verified_insns: info.verified_insns,
+                xlated_bytes: info.xlated_prog_len,
+                jited_bytes: info.jited_prog_len,
+            });
+        }
+        Ok(out)
     }
 
     /// The raw programs, for BPF_PROG_TEST_RUN benchmarks and tests.
@@ -650,6 +795,12 @@ impl Dataplane {
     /// The empty calibration program (harness overhead).
     pub fn test_run_noop(&self, frame: &[u8], repeat: u32) -> Result<(i32, Duration)> {
         self.test_run(&self.skel.progs.eg_tc_noop, frame, repeat)
+    }
+
+    /// One netfilter test run at LOCAL_OUT, IPv4 (the kernel's default hook state): `packet`
+    /// starts at the IP header. Verdicts: 0 drop, 1 accept.
+    pub fn test_run_nf(&self, packet: &[u8]) -> Result<i32> {
+        Ok(self.test_run(&self.skel.progs.eg_netfilter, packet, 1)?.0)
     }
 
     pub fn test_run_xdp(&self, frame: &[u8], repeat: u32) -> Result<(i32, Duration)> {

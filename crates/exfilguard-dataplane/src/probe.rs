@@ -118,7 +118,7 @@ impl Features {
         );
         miss(
             self.bpf_lsm,
-            "BPF LSM not active: process quarantine uses cgroup sock_addr hooks instead",
+            "BPF LSM not active: no guard against other root processes detaching exfilguard's programs or writing its maps (pins are 0600 root-only); process quarantine uses cgroup sock_addr hooks",
         );
         miss(
             self.bpffs,

@@ -237,7 +237,11 @@ fn push_normalized_label(out: &mut String, label: &[u8]) {
     if let Ok(text) = std::str::from_utf8(label) {
         if let Ok(ascii) = idna::domain_to_ascii(text) {
             if !ascii.contains('.') && !ascii.is_empty() {
-                out.push_str(&ascii);
+                // UTS #46 without STD3 rules passes ASCII controls and spaces through into
+                // the punycode: escape them like every other label byte
+                for b in ascii.bytes() {
+                    push_escaped(out, b);
+                }
                 return;
             }
         }
@@ -409,5 +413,18 @@ mod tests {
         assert_eq!(n.normalized(), "xn--bcher-kva.example.de");
         let idn_tld = DnsName::parse("www.例え.テスト").unwrap();
         assert!(idn_tld.normalized().starts_with("www.xn--"));
+    }
+
+    #[test]
+    fn idna_labels_with_controls_stay_escaped() {
+        // found by the name_parse fuzz target: a NUL, a CR and a space beside a non-ASCII
+        // letter made IDNA succeed and the raw bytes reached the normalised text (logs, lists)
+        let n = DnsName::from_labels([&b"a\0\r b\xc3\xa9"[..], &b"example"[..]]).unwrap();
+        let norm = n.normalized();
+        assert!(norm.bytes().all(|b| b.is_ascii_graphic()), "{norm:?}");
+        assert!(norm.starts_with("xn--a\\000\\013\\032b"), "{norm:?}");
+        // and normalising is idempotent
+        let again = DnsName::parse(&norm).unwrap().normalized();
+        assert_eq!(again, norm);
     }
 }

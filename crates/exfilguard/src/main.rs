@@ -78,6 +78,12 @@ enum Command {
     Config(agent_cmd::ConfigArgs),
     /// Block domains on this host's pinned maps and on the fleet blocklist topic.
     Block(agent_cmd::BlockArgs),
+    /// Programs attached at an interface's tcx egress and XDP hooks, as JSON (root).
+    Attached {
+        /// Interface name.
+        #[arg(long)]
+        iface: String,
+    },
     /// Remove domains from this host's pinned maps and from the fleet blocklist topic.
     Unblock(agent_cmd::BlockArgs),
     /// Fleet-wide aggregates over the Kafka event topic; convicts domains seen from many hosts.
@@ -229,6 +235,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Protect(args) => protect::run(&cli.brain, &args),
         Command::Config(args) => agent_cmd::config(&args),
         Command::Block(args) => agent_cmd::block(&args, false),
+        Command::Attached { iface } => {
+            let idx = exfilguard_agent::host::ifindex(&iface)?;
+            let a = exfilguard_dataplane::attached_programs(idx)?;
+            println!("{}", serde_json::to_string(&a)?);
+            Ok(())
+        }
         Command::Unblock(args) => agent_cmd::block(&args, true),
         Command::Analytics(args) => agent_cmd::analytics(&args),
         Command::Features { names } => classify::features(&names),

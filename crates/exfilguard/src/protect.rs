@@ -31,6 +31,10 @@ pub struct ProtectArgs {
     /// Leave the programs attached when the agent exits (next start takes them over).
     #[arg(long)]
     persist: bool,
+    /// Pass what cannot be held (full ring, oversize frame, agent dead for 2 s) instead of
+    /// dropping it (`kernel.fail_open`).
+    #[arg(long)]
+    fail_open: bool,
     /// Report every DNS query, not only suspicious ones.
     #[arg(long)]
     report_all: bool,
@@ -69,6 +73,7 @@ pub fn run(brain: &crate::BrainArgs, args: &ProtectArgs) -> Result<()> {
         Mode::Enforce
     };
     cfg.kernel.report_all = args.report_all;
+    cfg.kernel.fail_open = args.fail_open;
     if let Some(v) = args.hold_name_len {
         cfg.kernel.hold_name_len = v;
     }

@@ -10,11 +10,15 @@ use crate::Format;
 use anyhow::{bail, Context, Result};
 use exfilguard_behaviour::{Alarm, AlarmKind, Settings, Tracker};
 use exfilguard_detect::{Detector, ModelClass};
-use exfilguard_dns::{dns_payloads, parse_message, read_capture, DnsName};
+use exfilguard_dns::{dns_payloads, parse_message, read_capture};
 use serde::Serialize;
 use std::io::{BufRead, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
+
+mod line;
+use line::parse_line;
+pub use line::Record;
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
@@ -26,15 +30,6 @@ pub struct ReplayArgs {
     /// A table for people, or one JSON object per alarm and a summary object.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
-}
-
-/// One observation from the file.
-pub struct Record {
-    pub ts_ms: u64,
-    pub client: IpAddr,
-    pub name: DnsName,
-    /// Some: a response with this RCODE; None: a query.
-    pub rcode: Option<u8>,
 }
 
 #[derive(Serialize, Default)]
@@ -190,32 +185,6 @@ pub fn read_records(path: &std::path::Path) -> Result<(Vec<Record>, u64)> {
     // logs are not always in order; the analytics need time order
     out.sort_by_key(|r| r.ts_ms);
     Ok((out, bad))
-}
-
-fn parse_line(l: &str) -> Option<Record> {
-    if l.starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(l).ok()?;
-        return Some(Record {
-            ts_ms: v.get("time")?.as_u64()?,
-            client: v.pointer("/src_endpoint/ip")?.as_str()?.parse().ok()?,
-            name: DnsName::parse(v.pointer("/query/hostname")?.as_str()?).ok()?,
-            rcode: v.get("rcode_id").and_then(|r| r.as_u64()).map(|r| r as u8),
-        });
-    }
-    let mut f = l.split_whitespace();
-    let secs: f64 = f.next()?.parse().ok()?;
-    let client = f.next()?.parse().ok()?;
-    let name = DnsName::parse(f.next()?).ok()?;
-    let rcode = match f.next() {
-        Some(r) => Some(r.parse().ok()?),
-        None => None,
-    };
-    (secs.is_finite() && secs >= 0.0).then_some(Record {
-        ts_ms: (secs * 1000.0) as u64,
-        client,
-        name,
-        rcode,
-    })
 }
 
 /// `detector`: the brain of the global flags (`--model` …), for the per-name scores.

@@ -630,6 +630,7 @@ fn hold_release_round_trip_under_load() {
 struct Daemon {
     child: Child,
     started: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -645,9 +646,12 @@ impl Daemon {
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let s2 = started.clone();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[{tag}] {line}");
+                log2.lock().unwrap().push(line.clone());
                 if line.contains("protecting") && !s2.swap(true, Ordering::Relaxed) {
                     let _ = tx.send(());
                 }
@@ -655,7 +659,28 @@ impl Daemon {
         });
         rx.recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("agent {tag} did not start"));
-        Daemon { child, started }
+        Daemon {
+            child,
+            started,
+            log,
+        }
+    }
+
+    /// Waits up to `secs` for a log line containing `needle`.
+    fn wait_log(&self, needle: &str, secs: u64) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return Some(l.clone());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
     fn stop(mut self) {
@@ -1081,4 +1106,232 @@ fn behaviour_analytics_block_a_word_tunnel_the_kernel_passes() {
     let s = lines.iter().find(|v| v["event"] == "summary").unwrap();
     assert!(s["kernel"]["observed"].as_u64().unwrap() >= 20, "{s}");
     assert_eq!(s["kernel"]["observe_full"], 0);
+}
+
+/// Programs attached to the lab's client interface (`exfilguard attached`): (tcx egress
+/// programs, XDP programs).
+fn attached(lab: &Lab) -> (usize, usize) {
+    let bin = env!("CARGO_BIN_EXE_exfilguard");
+    let out = Lab::in_ns(&lab.cns(), &[bin, "attached", "--iface", &lab.client_if()])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "exfilguard attached: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let tc = v["tcx_egress"].as_array().map(Vec::len).unwrap_or(0);
+    (tc, (v["xdp"].as_u64().unwrap_or(0) != 0) as usize)
+}
+
+/// Every thread of `pid` is locked down: only CAP_NET_ADMIN + CAP_NET_RAW, seccomp filter,
+/// no_new_privs.
+fn assert_locked_down(pid: u32) {
+    let threads = exfilguard_lockdown::threads(&pid.to_string()).unwrap();
+    assert!(threads.len() > 1, "agent threads: {threads:?}");
+    for t in &threads {
+        assert_eq!(
+            t.cap_eff,
+            exfilguard_lockdown::keep_mask(),
+            "thread {} effective capabilities {:x}",
+            t.tid,
+            t.cap_eff
+        );
+        assert_eq!(t.cap_prm, exfilguard_lockdown::keep_mask(), "{t:?}");
+        assert_eq!(t.seccomp, 2, "thread {} without the seccomp filter", t.tid);
+        assert!(t.no_new_privs, "{t:?}");
+    }
+    eprintln!("agent {pid}: {} threads locked down", threads.len());
+}
+
+/// Issue 7: a locked-down agent still enforces (holds released by re-injection under the
+/// seccomp filter, convictions in the kernel); `kill -9` mid-traffic leaves the kernel
+/// enforcing from the pinned maps with the persisted programs (held queries fail closed, or
+/// pass with --fail-open once the heartbeat is 2 s stale); a restart takes the programs over
+/// without attaching a second copy.
+#[test]
+fn locked_down_agent_survives_kill_9_and_restarts_without_duplicates() {
+    if !possible() {
+        return;
+    }
+    let mut lab = Lab::new("k");
+    lab.start_dns();
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = Agent::start(&lab, &["--persist", "--no-behaviour"]);
+    let pid = agent.child.id();
+    assert_locked_down(pid);
+    // pins: root only
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(std::path::Path::new(&lab.pin_dir)), 0o700);
+    let mut pinned = 0;
+    for e in std::fs::read_dir(&lab.pin_dir).unwrap() {
+        let p = e.unwrap().path();
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&p), want, "{}", p.display());
+        pinned += 1;
+    }
+    assert!(pinned >= 5, "pinned objects: {pinned}");
+    assert_eq!(attached(&lab), (1, 1));
+
+    // enforcing under lock-down: a held benign name is released, a tunnel convicts its domain
+    let held_ok = |i: u32| {
+        lab.dig(&["@10.77.0.2", &format!("killtestlonglabel{i}.example.test")])
+            .0
+    };
+    assert!(
+        held_ok(1),
+        "held benign query released by the locked-down agent"
+    );
+    assert!(
+        lab.dig(&["@10.77.0.2", "www.tunnel.test"]).0,
+        "not blocked yet"
+    );
+    let tunnel = "paaaafbhb3vhdf5cqhwytuoz3ng2fzx4ugwlj3o0gaqoqkbgj4pu.t9.tunnel.test";
+    assert!(
+        !lab.dig(&["@10.77.0.2", "-t", "TXT", tunnel]).0,
+        "tunnel query dropped"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.dig(&["@10.77.0.2", "www.tunnel.test"]).0 {
+        assert!(Instant::now() < deadline, "tunnel.test never blocked");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_locked_down(pid); // threads started since (re-injection, sinks) inherit it
+
+    // kill -9 while queries are in flight
+    let f = lab.work.join("inflight.txt");
+    let lines: String = (0..200)
+        .map(|i| format!("@10.77.0.2 +tries=1 +time=1 +short inflightlonglabel{i}.example.test\n"))
+        .collect();
+    std::fs::write(&f, lines).unwrap();
+    let mut traffic = Lab::in_ns(&lab.cns(), &["dig", "-f", f.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let mut agent = agent;
+    let _ = agent.child.wait();
+    let _ = traffic.wait();
+    assert_eq!(
+        attached(&lab),
+        (1, 1),
+        "programs stay attached after kill -9"
+    );
+    assert!(
+        lab.dig(&["@10.77.0.2", "www.example.test"]).0,
+        "plain DNS still works"
+    );
+    assert!(
+        !lab.dig(&["@10.77.0.2", "www.tunnel.test"]).0,
+        "the pinned blocklist still enforces without an agent"
+    );
+    assert!(
+        !held_ok(2),
+        "fail closed: a query to hold is dropped with nobody to release it"
+    );
+
+    // restart: takes the persisted programs over, no second copy
+    let agent = Agent::start(&lab, &["--persist", "--no-behaviour", "--fail-open"]);
+    assert_eq!(
+        attached(&lab),
+        (1, 1),
+        "restart must not attach a second copy"
+    );
+    assert_locked_down(agent.child.id());
+    assert!(held_ok(3), "holds released again after the restart");
+    assert!(
+        !lab.dig(&["@10.77.0.2", "www.tunnel.test"]).0,
+        "still blocked"
+    );
+
+    // fail open: once the dead agent's heartbeat is stale, what would be held passes
+    let pid = agent.child.id();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let mut agent = agent;
+    let _ = agent.child.wait();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(held_ok(4), "fail_open passes holds while the agent is down");
+    assert!(
+        !lab.dig(&["@10.77.0.2", "www.tunnel.test"]).0,
+        "the blocklist still enforces while failing open"
+    );
+    // a clean stop of a third agent detaches (persist off): nothing left on the interface
+    let agent = Agent::start(&lab, &[]);
+    assert_eq!(attached(&lab), (1, 1));
+    let lines = agent.stop();
+    let s = lines
+        .iter()
+        .find(|v| v["event"] == "summary")
+        .expect("summary");
+    assert!(s["kernel"]["agent_down"].as_u64().unwrap() >= 2, "{s}");
+    assert_eq!(attached(&lab), (0, 0), "a stop without persist detaches");
+}
+
+/// Issue 7: SIGHUP with a broken config, then with a corrupt model file: a clear error, the
+/// running config and model kept, enforcement unchanged.
+#[test]
+fn reload_keeps_the_running_config_when_the_new_one_is_broken() {
+    if !possible() {
+        return;
+    }
+    let mut lab = Lab::new("r");
+    lab.start_dns();
+    std::thread::sleep(Duration::from_millis(500));
+    let w = lab.work.display().to_string();
+    let good = format!(
+        "[dataplane]\ninterfaces = [\"{}\"]\npin_dir = \"{}\"\n\
+         [events.file]\npath = \"{w}/events.jsonl\"\n[metrics]\nenabled = false\n\
+         [behaviour]\nenabled = false\n",
+        lab.client_if(),
+        lab.pin_dir
+    );
+    let cfg = lab.work.join("agent.toml");
+    std::fs::write(&cfg, &good).unwrap();
+    let daemon = Daemon::start(&lab.cns(), &cfg, "reload");
+    assert_locked_down(daemon.child.id());
+    let held_ok = |i: u32| {
+        lab.dig(&[
+            "@10.77.0.2",
+            &format!("reloadtestlonglabel{i}.example.test"),
+        ])
+        .0
+    };
+    assert!(held_ok(1));
+
+    std::fs::write(&cfg, "[kernel]\nmode = \"sometimes\"\nhold_name_len = [\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    let l = daemon
+        .wait_log("reload failed, keeping the running config", 10)
+        .expect("a broken config is refused");
+    eprintln!("broken config: {l}");
+    assert!(held_ok(2), "still enforcing with the old config");
+
+    let bad_model = lab.work.join("corrupt.onnx");
+    let mut bytes = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../exfilguard-detect/assets/exfilguard.onnx"),
+    )
+    .expect("the committed model");
+    bytes.truncate(bytes.len() / 2); // a half-written file: the header is right, the rest gone
+    std::fs::write(&bad_model, &bytes).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{good}[detect]\nmodel = \"{}\"\n", bad_model.display()),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    let l = daemon
+        .wait_log("reload failed, keeping the running config and model", 10)
+        .expect("a corrupt model is refused");
+    eprintln!("corrupt model: {l}");
+    assert!(l.contains("corrupt.onnx"), "the error names the file: {l}");
+    assert!(held_ok(3), "still enforcing with the old model");
+    assert!(daemon.child.id() > 0);
+    daemon.stop();
 }

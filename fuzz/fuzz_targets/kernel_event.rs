@@ -1,0 +1,3 @@
+#![no_main]
+//! Body: `exfilguard_fuzz::kernel_event` (fuzz/src/lib.rs), also run over the corpus by `cargo test`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| exfilguard_fuzz::kernel_event(data));
