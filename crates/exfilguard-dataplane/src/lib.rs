@@ -374,11 +374,14 @@ impl Dataplane {
         &self.policy
     }
 
+    /// Where a link is pinned. Looked up with or without `persist`: an agent started without
+    /// it after one that persisted must take the pinned link over (and unpin it at stop), not
+    /// attach a second copy beside it.
     fn link_pin(&self, name: &str) -> Option<PathBuf> {
-        match (&self.opts.pin_dir, self.opts.persist) {
-            (Some(dir), true) => Some(dir.join("links").join(name)),
-            _ => None,
-        }
+        self.opts
+            .pin_dir
+            .as_ref()
+            .map(|dir| dir.join("links").join(name))
     }
 
     /// Replaces the program of a pinned link left by a previous agent, if there is one.
@@ -404,8 +407,8 @@ impl Dataplane {
     }
 
     fn keep_link(&mut self, mut link: Link, pin: Option<PathBuf>) -> Result<()> {
-        if let Some(p) = &pin {
-            if link.pin_path().is_none() {
+        if let (Some(p), true) = (&pin, self.opts.persist) {
+            if link.pin_path().is_none() && !p.exists() {
                 std::fs::create_dir_all(p.parent().expect("pin has a parent"))
                     .ctx(|| format!("creating {}", p.display()))?;
                 link.pin(p)
@@ -548,6 +551,10 @@ impl Dataplane {
                     }
                     if link.pin_path().is_some() {
                         let _ = link.unpin();
+                    }
+                    // a link taken over from a persisting agent's pin
+                    if let Some(p) = pin.filter(|p| p.exists()) {
+                        let _ = std::fs::remove_file(p);
                     }
                     let _ = link.detach();
                 }

