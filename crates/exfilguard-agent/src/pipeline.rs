@@ -113,6 +113,8 @@ pub struct Pipeline {
     published: HashSet<String>,
     ifnames: HashMap<u32, Option<String>>,
     cgroups: crate::host::CgroupNames,
+    floods: crate::floods::Floods,
+    last_sweep: Instant,
 }
 
 impl Pipeline {
@@ -149,6 +151,8 @@ impl Pipeline {
             published: HashSet::new(),
             ifnames: HashMap::new(),
             cgroups: crate::host::CgroupNames::new(cgroup_root),
+            floods: Default::default(),
+            last_sweep: Instant::now(),
         }
     }
 
@@ -162,6 +166,26 @@ impl Pipeline {
             batch = rest;
         }
         self.observe(dp, observed);
+        if self.last_sweep.elapsed() >= std::time::Duration::from_millis(500) {
+            self.sweep_floods(dp);
+        }
+    }
+
+    /// Drops of blocked floods after their last kernel record, as summary records.
+    fn sweep_floods(&mut self, dp: &Dataplane) {
+        let now = Instant::now();
+        self.last_sweep = now;
+        let summaries = self.floods.sweep(now, |k| dp.quiet_total(k).ok().flatten());
+        for d in &summaries {
+            self.metrics
+                .decisions
+                .get_or_create(&vec![
+                    ("iface", d.iface.clone().unwrap_or_else(|| "unknown".into())),
+                    ("decision", d.decision.as_str().to_string()),
+                ])
+                .inc_by(d.count.unwrap_or(1));
+        }
+        self.send(summaries);
     }
 
     /// What the kernel passed on its own: queries and NXDOMAIN answers, through the analytics;
@@ -273,6 +297,7 @@ impl Pipeline {
                 .or_else(|| name.and_then(|n| n.registered_domain())),
             verdict: Some(verdict),
             kernel: ev,
+            count: None,
             hold_us: None,
             time_ms: now_ms(),
             host: self.host.clone(),
@@ -333,6 +358,15 @@ impl Pipeline {
         let mut alarms = Vec::new();
         let analyse = self.analytics.as_ref().is_some_and(|a| a.enabled());
         for ((ev, name), verdict) in batch.into_iter().zip(&names).zip(verdicts) {
+            // a flood's record stands for the drops since the key's last one; none: a sweep
+            // already reported them
+            let count = match ev.quiet {
+                Some((key, drops)) => match self.floods.count(key, drops) {
+                    Some(n) => Some(n),
+                    None => continue,
+                },
+                None => None,
+            };
             let text = ev.name_text();
             let registered = name.as_ref().and_then(|n| n.registered_domain());
             if let Some(v) = &verdict {
@@ -388,7 +422,7 @@ impl Pipeline {
                     ("iface", iface.clone().unwrap_or_else(|| "unknown".into())),
                     ("decision", decision.as_str().to_string()),
                 ])
-                .inc();
+                .inc_by(count.unwrap_or(1));
             if decision == Decision::Released && !self.emit_released {
                 continue;
             }
@@ -396,6 +430,7 @@ impl Pipeline {
                 .process
                 .as_ref()
                 .and_then(|p| self.cgroups.name(p.cgroup_id));
+            let quiet = ev.quiet.map(|(k, _)| k);
             records.push(Detection {
                 event: if ev.response { "response" } else { "query" },
                 decision,
@@ -403,6 +438,7 @@ impl Pipeline {
                 registered_domain: registered,
                 verdict,
                 kernel: ev,
+                count,
                 hold_us,
                 time_ms: now_ms(),
                 host: self.host.clone(),
@@ -410,6 +446,9 @@ impl Pipeline {
                 container,
                 uid: uuid::Uuid::now_v7(),
             });
+            if let (Some(k), Some(d)) = (quiet, records.last()) {
+                self.floods.sent(k, d, Instant::now());
+            }
         }
         self.send(records);
         for (a, ev) in alarms {

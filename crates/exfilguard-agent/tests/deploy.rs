@@ -126,3 +126,85 @@ fn powerdns_topology_config_is_valid() {
     let rec = deploy("powerdns/recursor.conf");
     assert!(rec.contains("local-port=5301") && rec.contains("security-poll-suffix=\n"));
 }
+
+/// The Kubernetes manifests against the Kubernetes API schemas (`kubernetes-validate --strict`,
+/// PyPI; `.ci/run` installs it): unknown fields and wrong types fail.
+#[test]
+fn kubernetes_manifests_validate_strictly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s");
+    let have = std::process::Command::new("kubernetes-validate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        have,
+        "kubernetes-validate not found: python3 -m pip install kubernetes-validate"
+    );
+    let mut checked = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        // kustomization.yaml is not an API object; the ServiceMonitor is a CRD (checked below)
+        if !name.ends_with(".yaml") || name == "kustomization.yaml" || name == "servicemonitor.yaml"
+        {
+            continue;
+        }
+        let out = std::process::Command::new("kubernetes-validate")
+            .args(["--strict", "--kubernetes-version", "1.30"])
+            .arg(e.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !text.contains("ERROR"),
+            "{name}:\n{text}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} manifests checked");
+    // every file the kustomization names exists
+    let kust = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    for line in kust.lines().filter_map(|l| l.trim().strip_prefix("- ")) {
+        assert!(
+            dir.join(line).exists(),
+            "kustomization names a missing {line}"
+        );
+    }
+    let sm = std::fs::read_to_string(dir.join("servicemonitor.yaml")).unwrap();
+    assert!(sm.contains("kind: ServiceMonitor") && sm.contains("port: metrics"));
+}
+
+/// The configuration the ConfigMaps carry is a valid exfilguard config (the agent would refuse
+/// to start otherwise), read with PyYAML (a dependency of kubernetes-validate).
+#[test]
+fn kubernetes_configmaps_hold_valid_configs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s");
+    let script = "import json,sys,yaml\n\
+        out=[]\n\
+        for p in sys.argv[1:]:\n\
+        \x20 for d in yaml.safe_load_all(open(p)):\n\
+        \x20   if d and d.get('kind')=='ConfigMap':\n\
+        \x20     out.append([p, d['data']['exfilguard.toml']])\n\
+        print(json.dumps(out))";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir.join("configmap.yaml"))
+        .arg(dir.join("guard-sidecar.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let maps: Vec<(String, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(maps.len(), 2);
+    for (file, toml) in maps {
+        let cfg = exfilguard_agent::config::Config::from_toml(&toml)
+            .unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        assert!(
+            cfg.metrics.listen.starts_with("0.0.0.0:"),
+            "{file}: metrics must be reachable from the scraper"
+        );
+    }
+}

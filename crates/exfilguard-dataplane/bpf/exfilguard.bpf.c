@@ -143,6 +143,13 @@ struct {
 	__uint(map_flags, BPF_F_RDONLY_PROG);
 } eg_heartbeat SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct eg_quiet_key);
+	__type(value, struct eg_quiet);
+} eg_quiet SEC(".maps");
+
 /* Name bytes; one slot per hook so a softirq XDP run cannot clobber a
  * netfilter run it interrupted on the same CPU. */
 struct scratch {
@@ -648,6 +655,8 @@ static __always_inline void fill_event(struct eg_event *ev, struct pkt *p, struc
 	ev->csum_partial = 0;
 	ev->resp_len = 0;
 	ev->pkt_len = 0;
+	ev->drops = 0;
+	ev->quiet_hash = 0;
 	/* ring memory is recycled, not zeroed: clear what an unattributed record lacks */
 	if (proc) {
 		ev->pid = proc->pid;
@@ -806,6 +815,32 @@ static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32
 	else if (action == EG_ACT_REPORT)
 		stat(EG_S_REPORT);
 
+	__u32 drops = 0;
+	struct eg_quiet_key qk = {};
+	if (action == EG_ACT_BLOCK || action == EG_ACT_QUARANTINE) {
+		qk = (struct eg_quiet_key){
+			.hash = action == EG_ACT_BLOCK ? ni.block_hash : (__u64)(proc ? proc->tgid : 0),
+			.cookie = cookie,
+		};
+		__u32 src[4];
+		__builtin_memcpy(src, p.saddr, 16);
+		qk.src = src[0] ^ src[1] ^ src[2] ^ src[3];
+		__u64 now = bpf_ktime_get_ns();
+		struct eg_quiet *q = bpf_map_lookup_elem(&eg_quiet, &qk);
+		if (q) {
+			drops = __sync_fetch_and_add(&q->total, 1) + 1;
+			if (now - q->last_ns < EG_QUIET_NS) {
+				stat(EG_S_BLOCK_QUIET);
+				return V_DROP;
+			}
+			q->last_ns = now;
+		} else {
+			struct eg_quiet fresh = { .total = 1, .last_ns = now };
+			bpf_map_update_elem(&eg_quiet, &qk, &fresh, BPF_NOEXIST);
+			drops = 1;
+		}
+	}
+
 	int hold = action == EG_ACT_HOLD;
 	if (hold && !agent_alive()) {
 		/* nobody will release it: fail_open passes, otherwise it is held and expires */
@@ -838,6 +873,8 @@ static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32
 	ev->kind = EG_KIND_QUERY;
 	ev->hook = kind == K_NF ? EG_HOOK_NETFILTER : EG_HOOK_TC;
 	ev->pkt_len = 0;
+	ev->drops = drops;
+	ev->quiet_hash = qk.hash;
 	if (hold) {
 		__u32 n = len;
 		/* n is in [1, EG_PKT_MAX]; the mask restates that where the verifier can see it */

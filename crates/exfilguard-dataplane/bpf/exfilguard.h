@@ -74,6 +74,7 @@ enum eg_stat {
 	EG_S_OBSERVED,     /* passed queries / NXDOMAIN answers copied to the observation ring */
 	EG_S_OBSERVE_FULL, /* ... lost because that ring was full (the packet is unaffected) */
 	EG_S_AGENT_DOWN,   /* a query to hold while the agent's heartbeat is stale */
+	EG_S_BLOCK_QUIET,  /* drops counted in eg_quiet instead of a record each (floods) */
 	EG_S_MAX,
 };
 
@@ -129,6 +130,7 @@ struct eg_event {
 	__u64 cookie;
 	__u64 name_hash;
 	__u64 cgroup_id;
+	__u64 quiet_hash; /* eg_quiet_key.hash of a blocked or quarantined query, else 0 */
 	__u32 pid;
 	__u32 tgid;
 	__u32 uid;
@@ -155,13 +157,31 @@ struct eg_event {
 	__u16 resp_len;
 	__u16 csum_start;  /* offset in pkt[] where checksumming starts (if csum_partial) */
 	__u16 csum_offset; /* checksum field, relative to csum_start */
-	__u32 _pad2;
+	__u32 drops; /* blocked/quarantined: drops of this key so far (enum eg_quiet), this one included */
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u8 comm[EG_COMM_LEN];
 	__u8 name[EG_NAME_MAX]; /* lower-cased wire-format qname, no root byte */
 	__u8 pkt[EG_PKT_MAX];
 };
+
+/* One key per blocked domain (or quarantined process), socket and source: the kernel drops
+ * every query but hands the agent one record per key and second, whose `drops` carries the
+ * running total; the agent reports the gaps from this map, so every drop is accounted for
+ * without a flood costing a ring record (and an event) per packet. */
+struct eg_quiet_key {
+	__u64 hash;   /* blocklist suffix hash, or the quarantined tgid */
+	__u64 cookie; /* socket cookie (0: forwarded traffic) */
+	__u32 src;    /* fold of the source address */
+	__u32 _pad;
+};
+
+struct eg_quiet {
+	__u64 total;   /* drops of this key */
+	__u64 last_ns; /* when the last record was handed over */
+};
+
+#define EG_QUIET_NS 1000000000ULL
 
 /* Observation records (eg_observe) are an eg_event without the frame. */
 #define EG_OBS_SIZE __builtin_offsetof(struct eg_event, pkt)

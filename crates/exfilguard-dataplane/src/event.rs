@@ -73,6 +73,33 @@ pub struct Process {
     pub cgroup_id: u64,
 }
 
+/// The key of the kernel's `eg_quiet` map (`struct eg_quiet_key`): blocked domain (or
+/// quarantined process), socket, source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QuietKey {
+    pub hash: u64,
+    pub cookie: u64,
+    pub src: u32,
+}
+
+impl QuietKey {
+    /// The kernel's fold of a source address: the XOR of its four 32-bit words.
+    pub fn fold(addr: &[u8; 16]) -> u32 {
+        addr.chunks_exact(4)
+            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .fold(0, |a, b| a ^ b)
+    }
+
+    /// The map key's bytes (`struct eg_quiet_key`, native endian, 4 bytes of padding).
+    pub fn to_bytes(self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&self.hash.to_ne_bytes());
+        b[8..16].copy_from_slice(&self.cookie.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.src.to_ne_bytes());
+        b
+    }
+}
+
 /// One decoded event.
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
@@ -101,6 +128,10 @@ pub struct Event {
     /// The sending process, when the cgroup hooks saw its socket.
     pub process: Option<Process>,
     pub wire_len: u32,
+    /// Blocked or quarantined queries: the kernel's `eg_quiet` key and its running drop total
+    /// (this drop included). The kernel hands over one record per key and second of a flood.
+    #[serde(skip)]
+    pub quiet: Option<(QuietKey, u32)>,
     /// The held frame (Ethernet for tc, IP for netfilter); empty unless `action == Hold`.
     #[serde(skip)]
     pub packet: Vec<u8>,
@@ -224,6 +255,16 @@ impl Event {
             socket_cookie: raw.cookie,
             process,
             wire_len: raw.wire_len,
+            quiet: (raw.drops != 0).then(|| {
+                (
+                    QuietKey {
+                        hash: raw.quiet_hash,
+                        cookie: raw.cookie,
+                        src: QuietKey::fold(&raw.saddr),
+                    },
+                    raw.drops,
+                )
+            }),
             packet: raw.pkt[..pkt_len].to_vec(),
             csum: (raw.csum_partial != 0).then_some((raw.csum_start, raw.csum_offset)),
         })

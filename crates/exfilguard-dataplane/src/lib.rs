@@ -16,7 +16,7 @@ mod skel {
 }
 
 pub use config::{KernelPolicy, Mode};
-pub use event::{Action, Event, Hook, Process};
+pub use event::{Action, Event, Hook, Process, QuietKey};
 pub use maps::Maps;
 pub use probe::Features;
 
@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfilguard";
 
 /// Names of the per-CPU counters (`enum eg_stat`), in index order.
-pub const STAT_NAMES: [&str; 28] = [
+pub const STAT_NAMES: [&str; 29] = [
     "packets",
     "non_dns",
     "dns_queries",
@@ -62,6 +62,7 @@ pub const STAT_NAMES: [&str; 28] = [
     "observed",
     "observe_full",
     "agent_down",
+    "block_quiet",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -674,6 +675,20 @@ impl Dataplane {
             .eg_heartbeat
             .update(&0u32.to_ne_bytes(), &ns.to_ne_bytes(), MapFlags::ANY)
             .ctx(|| "writing eg_heartbeat".into())
+    }
+
+    /// The kernel's running drop total of a flood key (`eg_quiet`), if it still has the key.
+    pub fn quiet_total(&self, key: &QuietKey) -> Result<Option<u64>> {
+        let v = self
+            .skel
+            .maps
+            .eg_quiet
+            .lookup(&key.to_bytes(), MapFlags::ANY)
+            .ctx(|| "reading eg_quiet".into())?;
+        Ok(v.and_then(|b| {
+            b.get(..8)
+                .map(|t| u64::from_ne_bytes(t.try_into().expect("8 bytes")))
+        }))
     }
 
     /// Sums the per-CPU counters.

@@ -57,6 +57,10 @@ pub struct Detection {
     pub verdict: Option<Verdict>,
     #[serde(flatten)]
     pub kernel: Event,
+    /// Kernel drops this record stands for (OCSF `count`): a flood of blocked queries from one
+    /// socket comes as one record per second, with the drops in between counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     /// Kernel hold to agent decision, microseconds (held queries only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_us: Option<f64>,

@@ -110,6 +110,9 @@ pub fn dns_activity(det: &Detection) -> Value {
             { "name": "exfilguard.registered_domain", "type_id": 1, "type": "Hostname", "value": d }
         ));
     }
+    if let Some(n) = det.count {
+        ev["count"] = json!(n);
+    }
     if response {
         ev["rcode_id"] = json!(k.rcode);
         ev["rcode"] = json!(rcode_name(k.rcode));

@@ -13,6 +13,10 @@
 //!
 //! Capabilities are per thread in Linux: [`drop_capabilities`] must run before the agent
 //! starts its service threads (they inherit the reduced sets); [`threads_over`] checks.
+//!
+//! The resolver front (`exfilguard resolve`) has its own, narrower [`Profile`]: it loads no
+//! eBPF, so it drops to nothing (or CAP_NET_BIND_SERVICE alone for a port below 1024) before
+//! its first thread, and its filter has no `bpf(2)` and no packet or netlink-route sockets.
 
 use anyhow::{bail, Context, Result};
 use caps::{CapSet, Capability, CapsHashSet};
@@ -23,13 +27,31 @@ use seccompiler::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub use caps::Capability as Cap;
+
 /// What the steady state keeps: raw/packet sockets and SO_MARK for re-injecting released
 /// frames, netlink for detaching clsact/generic-XDP attachments at shutdown.
 pub const KEEP: [Capability; 2] = [Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW];
 
 /// The capability bit mask of [`KEEP`], as `/proc/PID/status` prints it (`CapEff`).
 pub fn keep_mask() -> u64 {
-    KEEP.iter().map(|c| c.bitmask()).fold(0, |a, b| a | b)
+    mask_of(&KEEP)
+}
+
+/// The bit mask of `caps`, as `/proc/PID/status` prints it.
+pub fn mask_of(caps: &[Capability]) -> u64 {
+    caps.iter().map(|c| c.bitmask()).fold(0, |a, b| a | b)
+}
+
+/// Whose steady state a seccomp filter allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// The eBPF agent (`run`, `protect`): map commands on `bpf(2)`, packet sockets for
+    /// re-injection, netlink for detaching at shutdown.
+    Agent,
+    /// The resolver front (`resolve`): UDP/TCP to clients, upstreams, the model runtime and
+    /// Kafka, the RPZ listener; no `bpf(2)`, no packet sockets.
+    Resolver,
 }
 
 /// What a syscall outside the allowlist gets.
@@ -52,7 +74,12 @@ pub enum SeccompMode {
 /// CAP_SETPCAP), inheritable, ambient, permitted and effective sets, and sets `no_new_privs`. Threads that already exist
 /// keep theirs: call it before spawning service threads.
 pub fn drop_capabilities() -> Result<()> {
-    let keep: CapsHashSet = KEEP.into_iter().collect();
+    drop_capabilities_to(&KEEP)
+}
+
+/// [`drop_capabilities`] keeping `keep` (possibly nothing) instead of [`KEEP`].
+pub fn drop_capabilities_to(keep: &[Capability]) -> Result<()> {
+    let keep: CapsHashSet = keep.iter().copied().collect();
     // Lowering the bounding set needs CAP_SETPCAP (it goes last, with the effective set). A
     // service manager that withheld it (the systemd unit) has already bounded the set; with
     // no_new_privs and no execve under the filter nothing could regain the rest anyway.
@@ -135,7 +162,11 @@ pub fn threads(pid: &str) -> Result<Vec<ThreadState>> {
 
 /// This process's threads that hold more than [`KEEP`] (should be none after the drop).
 pub fn threads_over() -> Result<Vec<ThreadState>> {
-    let mask = keep_mask();
+    threads_over_mask(keep_mask())
+}
+
+/// This process's threads that hold a capability outside `mask`.
+pub fn threads_over_mask(mask: u64) -> Result<Vec<ThreadState>> {
     Ok(threads("self")?
         .into_iter()
         .filter(|t| (t.cap_eff | t.cap_prm) & !mask != 0)
@@ -298,37 +329,55 @@ fn arg_in(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>> {
         .collect()
 }
 
-/// The allowlist as rules: plain syscalls, then those limited by an argument.
+/// The agent's allowlist as rules: plain syscalls, then those limited by an argument.
 pub fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
+    rules_for(Profile::Agent)
+}
+
+/// The allowlist of `profile` as rules.
+pub fn rules_for(profile: Profile) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         plain_syscalls().into_iter().map(|s| (s, vec![])).collect();
-    rules.insert(
-        libc::SYS_bpf,
-        arg_in(
-            0,
-            &[
-                BPF_MAP_LOOKUP_ELEM,
-                BPF_MAP_UPDATE_ELEM,
-                BPF_MAP_DELETE_ELEM,
-                BPF_MAP_GET_NEXT_KEY,
-                BPF_OBJ_GET_INFO_BY_FD,
-                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-                BPF_MAP_LOOKUP_BATCH,
-                BPF_MAP_LOOKUP_AND_DELETE_BATCH,
-                BPF_MAP_UPDATE_BATCH,
-                BPF_MAP_DELETE_BATCH,
-                BPF_LINK_DETACH,
-            ],
-        )?,
-    );
-    let families = [
-        libc::AF_UNIX,
-        libc::AF_INET,
-        libc::AF_INET6,
-        libc::AF_NETLINK,
-        libc::AF_PACKET,
-    ];
-    rules.insert(libc::SYS_socket, arg_in(0, &families.map(|f| f as u64))?);
+    if profile == Profile::Agent {
+        rules.insert(
+            libc::SYS_bpf,
+            arg_in(
+                0,
+                &[
+                    BPF_MAP_LOOKUP_ELEM,
+                    BPF_MAP_UPDATE_ELEM,
+                    BPF_MAP_DELETE_ELEM,
+                    BPF_MAP_GET_NEXT_KEY,
+                    BPF_OBJ_GET_INFO_BY_FD,
+                    BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+                    BPF_MAP_LOOKUP_BATCH,
+                    BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+                    BPF_MAP_UPDATE_BATCH,
+                    BPF_MAP_DELETE_BATCH,
+                    BPF_LINK_DETACH,
+                ],
+            )?,
+        );
+    }
+    // netlink stays for the resolver too: glibc's getaddrinfo (broker and runtime host
+    // names) asks NETLINK_ROUTE for the local addresses
+    let families: &[i32] = match profile {
+        Profile::Agent => &[
+            libc::AF_UNIX,
+            libc::AF_INET,
+            libc::AF_INET6,
+            libc::AF_NETLINK,
+            libc::AF_PACKET,
+        ],
+        Profile::Resolver => &[
+            libc::AF_UNIX,
+            libc::AF_INET,
+            libc::AF_INET6,
+            libc::AF_NETLINK,
+        ],
+    };
+    let families: Vec<u64> = families.iter().map(|&f| f as u64).collect();
+    rules.insert(libc::SYS_socket, arg_in(0, &families)?);
     // non-blocking and close-on-exec toggles, terminal checks (log colours), interface names
     let ioctls = [
         libc::FIONBIO,
@@ -350,8 +399,13 @@ pub fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
     Ok(rules)
 }
 
-/// The compiled filter for `mode` (`None` for [`SeccompMode::Off`]).
+/// The agent's compiled filter for `mode` (`None` for [`SeccompMode::Off`]).
 pub fn filter(mode: SeccompMode) -> Result<Option<BpfProgram>> {
+    filter_for(mode, Profile::Agent)
+}
+
+/// The compiled filter of `profile` for `mode`.
+pub fn filter_for(mode: SeccompMode, profile: Profile) -> Result<Option<BpfProgram>> {
     let mismatch = match mode {
         SeccompMode::Off => return Ok(None),
         SeccompMode::Enforce => SeccompAction::Errno(libc::EPERM as u32),
@@ -361,14 +415,19 @@ pub fn filter(mode: SeccompMode) -> Result<Option<BpfProgram>> {
     let arch = std::env::consts::ARCH
         .try_into()
         .context("seccomp: unsupported architecture")?;
-    let f = SeccompFilter::new(rules()?, mismatch, SeccompAction::Allow, arch)
+    let f = SeccompFilter::new(rules_for(profile)?, mismatch, SeccompAction::Allow, arch)
         .context("building the seccomp filter")?;
     Ok(Some(f.try_into().context("compiling the seccomp filter")?))
 }
 
-/// Installs the allowlist on every thread of the process (new threads inherit it).
+/// Installs the agent's allowlist on every thread of the process (new threads inherit it).
 pub fn apply_seccomp(mode: SeccompMode) -> Result<()> {
-    if let Some(prog) = filter(mode)? {
+    apply_seccomp_for(mode, Profile::Agent)
+}
+
+/// Installs `profile`'s allowlist on every thread of the process.
+pub fn apply_seccomp_for(mode: SeccompMode, profile: Profile) -> Result<()> {
+    if let Some(prog) = filter_for(mode, profile)? {
         set_no_new_privs()?;
         seccompiler::apply_filter_all_threads(&prog).context("installing the seccomp filter")?;
     }
@@ -395,8 +454,113 @@ mod tests {
     fn every_mode_compiles() {
         for m in [SeccompMode::Enforce, SeccompMode::Kill, SeccompMode::Log] {
             assert!(!filter(m).unwrap().unwrap().is_empty());
+            assert!(!filter_for(m, Profile::Resolver)
+                .unwrap()
+                .unwrap()
+                .is_empty());
         }
         assert!(filter(SeccompMode::Off).unwrap().is_none());
+        let agent = rules_for(Profile::Agent).unwrap();
+        let resolver = rules_for(Profile::Resolver).unwrap();
+        assert!(agent.contains_key(&libc::SYS_bpf));
+        assert!(
+            !resolver.contains_key(&libc::SYS_bpf),
+            "the front loads no eBPF"
+        );
+        assert!(resolver.len() < agent.len());
+    }
+
+    #[test]
+    fn resolver_filter_refuses_bpf_and_packet_sockets() {
+        in_child("tests::child_resolver");
+    }
+
+    #[test]
+    fn child_resolver() {
+        if std::env::var(CHILD).is_err() {
+            return;
+        }
+        apply_seccomp_for(SeccompMode::Enforce, Profile::Resolver).unwrap();
+        assert!(threads("self").unwrap().iter().all(|t| t.seccomp == 2));
+        // what a front does: UDP and TCP on loopback, from another thread too
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = u.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.send_to(b"q", to).unwrap();
+        })
+        .join()
+        .unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(u.recv_from(&mut buf).unwrap().0, 1);
+        let l = std::net::TcpListener::bind("[::1]:0")
+            .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        // refused with EPERM: every bpf(2) command (even a map lookup), packet sockets, exec
+        for cmd in [1u64, 5] {
+            // SAFETY: raw syscall with null arguments; must fail.
+            let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::null::<u8>(), 0) };
+            assert_eq!(rc, -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EPERM),
+                "bpf cmd {cmd}"
+            );
+        }
+        // SAFETY: socket(2) with integer arguments.
+        let pkt = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert_eq!(pkt, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EPERM)
+        );
+        assert!(Command::new("/bin/true").status().is_err());
+    }
+
+    #[test]
+    fn resolver_keeps_at_most_net_bind_service() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("!!! resolver capability drop not tested: needs root !!!");
+            return;
+        }
+        in_child("tests::child_resolver_caps");
+    }
+
+    #[test]
+    fn child_resolver_caps() {
+        if std::env::var(CHILD).is_err() {
+            return;
+        }
+        // a low port needs the one capability; binding it still works after the drop
+        drop_capabilities_to(&[Capability::CAP_NET_BIND_SERVICE]).unwrap();
+        let me = parse_status(
+            0,
+            &std::fs::read_to_string("/proc/thread-self/status").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(me.cap_eff, mask_of(&[Capability::CAP_NET_BIND_SERVICE]));
+        // this thread is within the mask (the harness's other threads started before the drop)
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let over = threads_over_mask(me.cap_eff).unwrap();
+        assert!(over.iter().all(|t| t.tid != tid), "{over:?}");
+        std::net::UdpSocket::bind("127.0.0.1:853").unwrap();
+        // then nothing at all: a low port is refused, a high one is fine
+        drop_capabilities_to(&[]).unwrap();
+        let me = parse_status(
+            0,
+            &std::fs::read_to_string("/proc/thread-self/status").unwrap(),
+        )
+        .unwrap();
+        assert_eq!((me.cap_eff, me.cap_prm), (0, 0));
+        let low = std::net::UdpSocket::bind("127.0.0.1:854");
+        assert_eq!(
+            low.unwrap_err().kind(),
+            std::io::ErrorKind::PermissionDenied
+        );
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     }
 
     const CHILD: &str = "EXFILGUARD_LOCKDOWN_CHILD";

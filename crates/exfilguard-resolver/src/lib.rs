@@ -413,6 +413,7 @@ impl Front {
             socket_cookie: 0,
             process: None,
             wire_len: len as u32,
+            quiet: None,
             packet: Vec::new(),
             csum: None,
         };
@@ -423,6 +424,7 @@ impl Front {
             registered_domain: name.registered_domain(),
             verdict,
             kernel: ev,
+            count: None,
             hold_us: None,
             time_ms: now_ms(),
             host: self.host.clone(),
@@ -575,6 +577,12 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         .iter()
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
+    // before the first thread (runtime workers, sinks, Kafka inherit the reduced sets)
+    let keep = front_capabilities(&cfg, &listen);
+    if cfg.hardening.drop_caps {
+        exfilguard_lockdown::drop_capabilities_to(&keep).context("dropping capabilities")?;
+        tracing::info!(kept = ?keep, "capabilities dropped (no_new_privs)");
+    }
     let host = exfilguard_agent::host_name(&cfg);
     let detector = exfilguard_agent::detector(&cfg)?;
     let info = detector.model().info().clone();
@@ -702,6 +710,7 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
                 .await
                 .with_context(|| format!("rpz.listen: serving {}", cfg.rpz.listen))?;
         }
+        lock_down(&cfg.hardening, &keep)?;
         metrics.ready.store(true, Ordering::Relaxed);
         tracing::info!(listen = ?bound, upstreams = ?ups, action = ?cfg.resolve.action, workers, "resolving; SIGTERM stops, SIGHUP reloads");
         if let Some(f) = opts.on_ready {
@@ -734,6 +743,51 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
     services.shutdown();
     tracing::info!("stopped");
     result
+}
+
+/// What the front keeps: CAP_NET_BIND_SERVICE when it binds a port below 1024 (DNS on 53,
+/// metrics or RPZ on a low port), else nothing. It loads no eBPF and sends no raw packets.
+fn front_capabilities(cfg: &Config, listen: &[SocketAddr]) -> Vec<exfilguard_lockdown::Cap> {
+    let port = |a: &str| a.parse::<SocketAddr>().map_or(0, |a| a.port());
+    let mut ports: Vec<u16> = listen.iter().map(|a| a.port()).collect();
+    if cfg.metrics.enabled {
+        ports.push(port(&cfg.metrics.listen));
+    }
+    if cfg.rpz.enabled() {
+        ports.push(port(&cfg.rpz.listen));
+    }
+    if ports.iter().any(|&p| p != 0 && p < 1024) {
+        vec![exfilguard_lockdown::Cap::CAP_NET_BIND_SERVICE]
+    } else {
+        vec![]
+    }
+}
+
+/// Once every socket is bound and every thread runs: a check that no thread kept more than
+/// `keep`, then the resolver's seccomp allowlist on all of them (TSYNC).
+fn lock_down(
+    h: &exfilguard_agent::config::HardeningConfig,
+    keep: &[exfilguard_lockdown::Cap],
+) -> Result<()> {
+    if h.drop_caps {
+        let over = exfilguard_lockdown::threads_over_mask(exfilguard_lockdown::mask_of(keep))
+            .context("checking thread capabilities")?;
+        if !over.is_empty() {
+            bail!("threads kept capabilities after the drop: {over:?}");
+        }
+    }
+    exfilguard_lockdown::apply_seccomp_for(h.seccomp, exfilguard_lockdown::Profile::Resolver)
+        .context("seccomp")?;
+    match h.seccomp {
+        exfilguard_lockdown::SeccompMode::Off => {
+            tracing::warn!("seccomp off (hardening.seccomp = \"off\")")
+        }
+        mode => tracing::info!(
+            ?mode,
+            "seccomp allowlist (resolver profile) installed on every thread"
+        ),
+    }
+    Ok(())
 }
 
 /// SIGHUP: the model and threshold from the (re-read) config; on error the running ones stay.

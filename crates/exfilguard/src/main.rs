@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod classify;
 mod dataset;
+mod demo;
 mod eval;
 mod protect;
 mod replay;
@@ -76,6 +77,9 @@ enum Command {
     Protect(protect::ProtectArgs),
     /// Print the default configuration, or check a configuration file.
     Config(agent_cmd::ConfigArgs),
+    /// A throw-away lab (root): namespaces, a resolver, real iodine and dns2tcp tunnels, benign
+    /// and DGA-style clients, the agent; shows live what was allowed, held and blocked, and why.
+    Demo(demo::DemoArgs),
     /// Block domains on this host's pinned maps and on the fleet blocklist topic.
     Block(agent_cmd::BlockArgs),
     /// Programs attached at an interface's tcx egress and XDP hooks, as JSON (root).
@@ -232,6 +236,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Replay(args) => replay::run(&cli.brain.detector()?, &args),
         Command::Run(args) => agent_cmd::run(&args),
         Command::Resolve(args) => agent_cmd::resolve(&cli.brain, &args),
+        Command::Demo(args) => demo::run(&args),
         Command::Protect(args) => protect::run(&cli.brain, &args),
         Command::Config(args) => agent_cmd::config(&args),
         Command::Block(args) => agent_cmd::block(&args, false),
