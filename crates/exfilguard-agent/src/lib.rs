@@ -9,6 +9,7 @@ pub mod floods;
 pub mod host;
 pub mod metrics;
 pub mod pipeline;
+pub mod reference;
 pub mod services;
 
 use anyhow::{Context, Result};
@@ -403,6 +404,7 @@ fn reload_config(
     pipe.detector = det;
     pipe.max_hold_ns = new.pipeline.max_hold_ms * 1_000_000;
     pipe.fail_open = new.kernel.fail_open;
+    pipe.monitor = new.kernel.mode == exfilguard_dataplane::Mode::Monitor;
     pipe.batch_max = new.pipeline.batch_max;
     pipe.quarantine_after = new.detect.quarantine_after;
     if new.behaviour != current.behaviour || new.detect.block != current.detect.block {

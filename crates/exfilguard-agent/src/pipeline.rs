@@ -97,6 +97,9 @@ pub struct Pipeline {
     pub host: String,
     pub max_hold_ns: u64,
     pub fail_open: bool,
+    /// `kernel.mode = "monitor"`: behaviour alarms are reported, never blocked nor published
+    /// (the fleet's enforcing agents would act on them).
+    pub monitor: bool,
     pub batch_max: usize,
     pub quarantine_after: u32,
     pub emit_released: bool,
@@ -134,6 +137,7 @@ impl Pipeline {
             host,
             max_hold_ns: cfg.pipeline.max_hold_ms * 1_000_000,
             fail_open: cfg.kernel.fail_open,
+            monitor: cfg.kernel.mode == exfilguard_dataplane::Mode::Monitor,
             batch_max: cfg.pipeline.batch_max,
             quarantine_after: cfg.detect.quarantine_after,
             emit_released: cfg.events.released,
@@ -251,7 +255,7 @@ impl Pipeline {
         }
         let verdict = verdict_of(&a);
         let name = parse(&ev);
-        let block = self.analytics.as_ref().is_some_and(|x| x.settings().block);
+        let block = !self.monitor && self.analytics.as_ref().is_some_and(|x| x.settings().block);
         let mut decision = Decision::Reported;
         match (&a.domain, block) {
             (Some(domain), true) => {

@@ -904,6 +904,7 @@ static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32
 SEC("tc")
 int eg_tc_egress(struct __sk_buff *skb)
 {
+	stat(EG_S_PACKETS);
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	int v = egress(skb, K_SKB, 0, skb->len, skb->mark, skb->ifindex, cookie, 0);
 	return v == V_DROP ? EG_TC_DROP : EG_TC_NEXT;

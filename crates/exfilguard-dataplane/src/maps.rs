@@ -54,12 +54,17 @@ impl Maps {
     }
 
     fn block_key(domain: &str) -> Result<u64> {
-        hash::domain_hash(domain).ok_or_else(|| {
-            DataplaneError::Other(format!(
-                "cannot block {domain:?}: not a domain of 1 to {} labels",
-                hash::MAX_SUFFIX_LABELS
-            ))
-        })
+        // the kernel matches suffixes of two or more labels: a one-label entry (a TLD) would
+        // be accepted and never match
+        let labels = hash::labels(&hash::wire_from_dotted(domain)).map_or(0, |l| l.len());
+        hash::domain_hash(domain)
+            .filter(|_| labels >= 2)
+            .ok_or_else(|| {
+                DataplaneError::Other(format!(
+                    "cannot block {domain:?}: the kernel blocklist takes domains of 2 to {} labels",
+                    hash::MAX_SUFFIX_LABELS
+                ))
+            })
     }
 
     /// Blocks a domain and all its subdomains (dotted form, e.g. a registered domain).
@@ -139,5 +144,20 @@ impl Maps {
             out.push((*name, sum));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Maps;
+
+    #[test]
+    fn block_keys_are_suffixes_the_kernel_matches() {
+        assert!(Maps::block_key("example.com").is_ok());
+        assert!(Maps::block_key("a.b.c.d.e.f.g.h").is_ok());
+        for bad in ["com", "", "a.b.c.d.e.f.g.h.i"] {
+            let e = Maps::block_key(bad).unwrap_err().to_string();
+            assert!(e.contains("2 to 8 labels"), "{bad}: {e}");
+        }
     }
 }

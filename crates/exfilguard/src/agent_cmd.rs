@@ -91,8 +91,12 @@ pub fn resolve(brain: &crate::BrainArgs, args: &ResolveArgs) -> Result<()> {
 #[derive(clap::Args)]
 pub struct ConfigArgs {
     /// Print the commented default configuration.
-    #[arg(long, conflicts_with = "check")]
+    #[arg(long, conflicts_with_all = ["check", "reference"])]
     default: bool,
+    /// Print the configuration reference (Markdown: every key, default, environment variable
+    /// and meaning), as in docs/configuration.md.
+    #[arg(long, conflicts_with = "check")]
+    reference: bool,
     /// Validate a configuration file (with environment overrides) and print the result.
     #[arg(long, value_name = "FILE")]
     check: Option<PathBuf>,
@@ -106,6 +110,8 @@ pub fn config(args: &ConfigArgs) -> Result<()> {
         eprintln!("exfilguard: {} is valid", p.display());
     } else if args.default {
         write!(out, "{EXAMPLE}")?;
+    } else if args.reference {
+        write!(out, "{}", exfilguard_agent::reference::markdown()?)?;
     } else {
         // the effective configuration from the environment alone
         write!(out, "{}", toml::to_string(&Config::load(None)?)?)?;

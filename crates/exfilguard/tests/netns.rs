@@ -1008,17 +1008,11 @@ fn scopeguard_rm(p: String) -> RmDir {
 /// kernel pre-filter, so the model never sees one) reaches the analytics through the
 /// observation ring and is blocked in the kernel, explained with the sending process; a DGA
 /// bot's NXDOMAIN walk (answers seen by XDP) is reported.
-#[test]
-fn behaviour_analytics_block_a_word_tunnel_the_kernel_passes() {
-    if !possible() {
-        return;
-    }
-    let mut lab = Lab::new("b");
-    lab.start_dns();
-    std::thread::sleep(Duration::from_millis(500));
-    let agent = Agent::start(&lab, &["--info-alarm-bytes", "300"]);
-    assert!(lab.dig(&["@10.77.0.2", "www.example.test"]).0, "DNS works");
-
+/// A dictionary-word tunnel the kernel pre-filter passes (two short words under
+/// example.test), 20 queries a round from `dig -f`, for at most `rounds` rounds; after each
+/// round an ordinary lookup under the same domain. Returns the queries sent before that
+/// lookup first failed (the domain blocked), or `None` if it never did.
+fn word_tunnel(lab: &Lab, rounds: usize) -> Option<usize> {
     let words = [
         "apple", "river", "stone", "cloud", "green", "house", "light", "music", "north", "paper",
         "quiet", "sugar", "table", "water", "young", "zebra",
@@ -1031,8 +1025,7 @@ fn behaviour_analytics_block_a_word_tunnel_the_kernel_passes() {
         words[seed as usize % words.len()]
     };
     let mut sent = 0;
-    let mut blocked_after = None;
-    for chunk in 0..20 {
+    for chunk in 0..rounds {
         let f = lab.work.join(format!("words{chunk}.txt"));
         let lines: String = (0..20)
             .map(|_| {
@@ -1050,10 +1043,24 @@ fn behaviour_analytics_block_a_word_tunnel_the_kernel_passes() {
             .unwrap();
         sent += 20;
         if !lab.dig(&["@10.77.0.2", "www.example.test"]).0 {
-            blocked_after = Some(sent);
-            break;
+            return Some(sent);
         }
     }
+    None
+}
+
+#[test]
+fn behaviour_analytics_block_a_word_tunnel_the_kernel_passes() {
+    if !possible() {
+        return;
+    }
+    let mut lab = Lab::new("b");
+    lab.start_dns();
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = Agent::start(&lab, &["--info-alarm-bytes", "300"]);
+    assert!(lab.dig(&["@10.77.0.2", "www.example.test"]).0, "DNS works");
+
+    let blocked_after = word_tunnel(&lab, 20);
     let sent = blocked_after.expect("the word tunnel was never blocked");
     eprintln!("word tunnel blocked in the kernel after at most {sent} queries");
 
@@ -1106,6 +1113,47 @@ fn behaviour_analytics_block_a_word_tunnel_the_kernel_passes() {
     let s = lines.iter().find(|v| v["event"] == "summary").unwrap();
     assert!(s["kernel"]["observed"].as_u64().unwrap() >= 20, "{s}");
     assert_eq!(s["kernel"]["observe_full"], 0);
+}
+
+/// Monitor mode reports behaviour alarms and blocks nothing: the same word tunnel raises the
+/// alarm, the domain keeps resolving, and the pinned blocklist stays empty.
+#[test]
+fn monitor_mode_reports_behaviour_alarms_without_blocking() {
+    if !possible() {
+        return;
+    }
+    let mut lab = Lab::new("m");
+    lab.start_dns();
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = Agent::start(&lab, &["--info-alarm-bytes", "300", "--monitor"]);
+    assert_eq!(
+        word_tunnel(&lab, 12),
+        None,
+        "monitor mode blocked the domain"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = agent.stop();
+    let alarm = lines
+        .iter()
+        .find(|v| v["verdict"]["source"] == "behaviour" && v["registered_domain"] == "example.test")
+        .expect("the information-rate alarm is still raised in monitor mode");
+    assert_eq!(alarm["decision"], "reported", "{alarm}");
+    let dump = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(format!("{}/eg_blocklist", lab.pin_dir))
+        .output()
+        .expect("bpftool");
+    let entries: Value = serde_json::from_slice(&dump.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bpftool map dump: {e}: {}",
+            String::from_utf8_lossy(&dump.stderr)
+        )
+    });
+    assert_eq!(
+        entries.as_array().map(Vec::len),
+        Some(0),
+        "monitor mode wrote to the kernel blocklist: {entries}"
+    );
 }
 
 /// Programs attached to the lab's client interface (`exfilguard attached`): (tcx egress
