@@ -236,6 +236,10 @@ struct Tally {
 
 impl Tally {
     fn add(&mut self, v: &Value) {
+        // the agent's closing summary line is not a decision
+        if v.get("decision").is_none() {
+            return;
+        }
         self.events += 1;
         let who = v["process"]["comm"]
             .as_str()
@@ -267,7 +271,11 @@ impl Tally {
         }
         let name = v["name"].as_str().unwrap_or("").to_string();
         if decision != "reported" {
-            row.why = explain(v);
+            // the reason a domain was convicted says more than the blocklist hits after it
+            let why = explain(v);
+            if row.why.is_empty() || !why.starts_with("kernel blocklist") {
+                row.why = why;
+            }
             if decision == "blocked" && action == "hold" {
                 if let Some(d) = v["registered_domain"].as_str() {
                     if !self.convicted.iter().any(|c| c == d) {
@@ -296,10 +304,22 @@ fn explain(v: &Value) -> String {
         )
     });
     match (action, model) {
-        ("block", _) => format!("kernel blocklist ({})", reasons.join(",")),
-        (_, Some(m)) if !reasons.is_empty() => format!("held for {} → {m}", reasons.join(",")),
+        ("block", _) => match v["registered_domain"].as_str() {
+            Some(d) => format!("kernel blocklist: {d} convicted"),
+            None => format!("kernel blocklist ({})", reasons.join(",")),
+        },
+        (_, Some(m)) if !reasons.is_empty() => format!("{m} (held: {})", reasons.join(",")),
         (_, Some(m)) => m,
         _ => reasons.join(","),
+    }
+}
+
+/// "3: tunnel.demo, a.com, b.com" — at most four names, so the line stays one line.
+fn convicted_line(c: &[String]) -> String {
+    match c.len() {
+        0 => "-".into(),
+        1..=4 => format!("{}: {}", c.len(), c.join(", ")),
+        n => format!("{n}: {}, …", c[..4].join(", ")),
     }
 }
 
@@ -332,7 +352,7 @@ fn table(t: &Tally) -> String {
             r.released.to_string(),
             r.blocked.to_string(),
             cut(&r.last_name, 38),
-            cut(&r.why, 48),
+            cut(&r.why, 64),
         ]);
     }
     tab.to_string()
@@ -566,11 +586,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 "t = {:>3} s   events {}   convicted: {}",
                 t0.elapsed().as_secs(),
                 tally.events,
-                if tally.convicted.is_empty() {
-                    "-".to_string()
-                } else {
-                    tally.convicted.join(", ")
-                }
+                convicted_line(&tally.convicted)
             );
             if live {
                 print!(

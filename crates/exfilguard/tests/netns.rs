@@ -114,6 +114,18 @@ impl Lab {
     }
 
     /// dnsmasq answering every *.example.test with 10.77.0.99 on 53 (v4, v6, VXLAN) and 9953.
+    /// A lab with its DNS server up, or `None` when the test cannot run here (said loudly by
+    /// `possible`).
+    fn with_dns(tag: &str) -> Option<Self> {
+        if !possible() {
+            return None;
+        }
+        let mut lab = Lab::new(tag);
+        lab.start_dns();
+        std::thread::sleep(Duration::from_millis(500));
+        Some(lab)
+    }
+
     fn start_dns(&mut self) {
         for port in ["53", "9953"] {
             let args = [
@@ -566,12 +578,9 @@ fn monitor_lets_tunnels_establish_and_reports_every_query() {
 /// asserts only that every query was answered (timing belongs to the notes, not to asserts).
 #[test]
 fn hold_release_round_trip_under_load() {
-    if !possible() {
+    let Some(lab) = Lab::with_dns("l") else {
         return;
-    }
-    let mut lab = Lab::new("l");
-    lab.start_dns();
-    std::thread::sleep(Duration::from_millis(500));
+    };
     // a load test of 1 000 fresh names under one domain is what the information-rate alarm is
     // for: measure the hold path without it
     let agent = Agent::start(&lab, &["--no-behaviour"]);
@@ -1051,12 +1060,9 @@ fn word_tunnel(lab: &Lab, rounds: usize) -> Option<usize> {
 
 #[test]
 fn behaviour_analytics_block_a_word_tunnel_the_kernel_passes() {
-    if !possible() {
+    let Some(lab) = Lab::with_dns("b") else {
         return;
-    }
-    let mut lab = Lab::new("b");
-    lab.start_dns();
-    std::thread::sleep(Duration::from_millis(500));
+    };
     let agent = Agent::start(&lab, &["--info-alarm-bytes", "300"]);
     assert!(lab.dig(&["@10.77.0.2", "www.example.test"]).0, "DNS works");
 
@@ -1119,12 +1125,9 @@ fn behaviour_analytics_block_a_word_tunnel_the_kernel_passes() {
 /// alarm, the domain keeps resolving, and the pinned blocklist stays empty.
 #[test]
 fn monitor_mode_reports_behaviour_alarms_without_blocking() {
-    if !possible() {
+    let Some(lab) = Lab::with_dns("w") else {
         return;
-    }
-    let mut lab = Lab::new("m");
-    lab.start_dns();
-    std::thread::sleep(Duration::from_millis(500));
+    };
     let agent = Agent::start(&lab, &["--info-alarm-bytes", "300", "--monitor"]);
     assert_eq!(
         word_tunnel(&lab, 12),
@@ -1201,12 +1204,9 @@ fn assert_locked_down(pid: u32) {
 /// without attaching a second copy.
 #[test]
 fn locked_down_agent_survives_kill_9_and_restarts_without_duplicates() {
-    if !possible() {
+    let Some(lab) = Lab::with_dns("k") else {
         return;
-    }
-    let mut lab = Lab::new("k");
-    lab.start_dns();
-    std::thread::sleep(Duration::from_millis(500));
+    };
     let agent = Agent::start(&lab, &["--persist", "--no-behaviour"]);
     let pid = agent.child.id();
     assert_locked_down(pid);
@@ -1322,12 +1322,9 @@ fn locked_down_agent_survives_kill_9_and_restarts_without_duplicates() {
 /// running config and model kept, enforcement unchanged.
 #[test]
 fn reload_keeps_the_running_config_when_the_new_one_is_broken() {
-    if !possible() {
+    let Some(lab) = Lab::with_dns("r") else {
         return;
-    }
-    let mut lab = Lab::new("r");
-    lab.start_dns();
-    std::thread::sleep(Duration::from_millis(500));
+    };
     let w = lab.work.display().to_string();
     let good = format!(
         "[dataplane]\ninterfaces = [\"{}\"]\npin_dir = \"{}\"\n\
