@@ -56,9 +56,10 @@ impl Maps {
     fn block_key(domain: &str) -> Result<u64> {
         // the kernel matches suffixes of two or more labels: a one-label entry (a TLD) would
         // be accepted and never match
-        let labels = hash::labels(&hash::wire_from_dotted(domain)).map_or(0, |l| l.len());
-        hash::domain_hash(domain)
-            .filter(|_| labels >= 2)
+        let wire = hash::wire_from_dotted(domain);
+        hash::labels(&wire)
+            .filter(|l| l.len() >= 2)
+            .and_then(|l| hash::suffix_hash(l.into_iter()))
             .ok_or_else(|| {
                 DataplaneError::Other(format!(
                     "cannot block {domain:?}: the kernel blocklist takes domains of 2 to {} labels",

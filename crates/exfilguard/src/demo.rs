@@ -66,9 +66,8 @@ impl Lab {
     }
 
     fn cmd(&self, role: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/var/run/netns/{}", self.ns(role)))
-            .args(args);
+        let mut c = in_ns(&self.ns(role));
+        c.args(args);
         c
     }
 
@@ -385,6 +384,14 @@ fn possible() -> Result<()> {
     Ok(())
 }
 
+/// A command run in the network namespace `ns` (nsenter, not `ip netns exec`, which remounts
+/// /sys and hides the pinned maps).
+fn in_ns(ns: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/var/run/netns/{ns}"));
+    c
+}
+
 /// Ordinary lookups from `dig`, a few a second, until `stop`.
 fn benign_loop(lab_ns: String, stop: Arc<AtomicBool>) {
     let names = [
@@ -399,8 +406,7 @@ fn benign_loop(lab_ns: String, stop: Arc<AtomicBool>) {
     ];
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
-        let _ = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{lab_ns}"))
+        let _ = in_ns(&lab_ns)
             .args(["dig", "+tries=1", "+time=1", "+short", "@10.201.0.2"])
             .arg(names[i % names.len()])
             .stdout(Stdio::null())
@@ -416,8 +422,7 @@ fn benign_loop(lab_ns: String, stop: Arc<AtomicBool>) {
 /// `dns2tcpc.log`: the resource name there means the tunnel got through.
 fn dns2tcp_loop(lab_ns: String, log: std::path::PathBuf, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(out) = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{lab_ns}"))
+        if let Ok(out) = in_ns(&lab_ns)
             .args([
                 "timeout",
                 "4",
@@ -456,8 +461,7 @@ fn dga_loop(lab_ns: String, stop: Arc<AtomicBool>) {
                 name.push((b'a' + (seed % 26) as u8) as char);
             }
             name.push_str(".com");
-            let _ = Command::new("nsenter")
-                .arg(format!("--net=/var/run/netns/{lab_ns}"))
+            let _ = in_ns(&lab_ns)
                 .args(["nslookup", "-timeout=1", "-retry=0", &name, "10.201.0.2"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
