@@ -8,6 +8,8 @@ use std::{env, fs};
 use libbpf_cargo::SkeletonBuilder;
 
 const SRC: &str = "bpf/exfilguard.bpf.c";
+/// The BPF LSM guard is its own object: a kernel without BPF LSM refuses it, not the data plane.
+const GUARD: &str = "bpf/guard.bpf.c";
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
@@ -36,21 +38,24 @@ fn main() {
     }
 
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
-    SkeletonBuilder::new()
-        .source(manifest.join(SRC))
-        .clang_args([
-            "-I".into(),
-            inc.clone().into_os_string(),
-            "-I".into(),
-            manifest.join("bpf").into_os_string(),
-            "-mcpu=v3".into(),
-            "-Wall".into(),
-            "-Wno-unused-function".into(),
-            "-Wno-compare-distinct-pointer-types".into(),
-        ])
-        .build_and_generate(out.join("exfilguard.skel.rs"))
-        .expect("compiling the BPF programs");
+    for (src, skel) in [(SRC, "exfilguard.skel.rs"), (GUARD, "guard.skel.rs")] {
+        SkeletonBuilder::new()
+            .source(manifest.join(src))
+            .clang_args([
+                "-I".into(),
+                inc.clone().into_os_string(),
+                "-I".into(),
+                manifest.join("bpf").into_os_string(),
+                "-mcpu=v3".into(),
+                "-Wall".into(),
+                "-Wno-unused-function".into(),
+                "-Wno-compare-distinct-pointer-types".into(),
+            ])
+            .build_and_generate(out.join(skel))
+            .unwrap_or_else(|e| panic!("compiling the BPF programs of {src}: {e}"));
+    }
     println!("cargo:rerun-if-changed={SRC}");
+    println!("cargo:rerun-if-changed={GUARD}");
     println!("cargo:rerun-if-changed=bpf/exfilguard.h");
     println!("cargo:rerun-if-env-changed=EXFILGUARD_VMLINUX_H");
 }

@@ -43,6 +43,20 @@ pub struct HardeningConfig {
     pub drop_caps: bool,
     /// seccomp allowlist for the steady state: enforce (EPERM), kill, log, off.
     pub seccomp: exfilguard_lockdown::SeccompMode,
+    /// BPF LSM guard over the pinned maps and links: auto, required, off.
+    pub guard: GuardMode,
+}
+
+/// Whether the agent puts its BPF LSM guard over its maps, links and pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardMode {
+    /// Attach it when the kernel allows BPF LSM programs; otherwise log why not and go on.
+    #[default]
+    Auto,
+    /// Refuse to start without it.
+    Required,
+    Off,
 }
 
 impl Default for HardeningConfig {
@@ -50,6 +64,7 @@ impl Default for HardeningConfig {
         Self {
             drop_caps: true,
             seccomp: exfilguard_lockdown::SeccompMode::Enforce,
+            guard: GuardMode::Auto,
         }
     }
 }

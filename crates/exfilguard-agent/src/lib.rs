@@ -233,6 +233,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
         count = pins.len(),
         "pinned objects restricted to root (0600/0700)"
     );
+    let guard = attach_guard(cfg.hardening.guard, &dp, &features)?;
     // before any service thread exists: threads inherit the reduced capability sets
     if cfg.hardening.drop_caps {
         exfilguard_lockdown::drop_capabilities().context("dropping capabilities")?;
@@ -310,6 +311,19 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
     };
     drop(pipe); // closes the sink and conviction queues
     let persist = current.dataplane.persist;
+    if let Some(g) = guard {
+        let refused = g.refused();
+        drop(g); // closing its links detaches it
+        tracing::info!(
+            "BPF LSM guard detached; it refused {}",
+            exfilguard_dataplane::guard::REFUSAL_NAMES
+                .iter()
+                .zip(refused)
+                .map(|(n, c)| format!("{n}={c}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
     dp.detach_all();
     services.shutdown();
     tracing::info!(
@@ -323,6 +337,49 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
         }
     );
     Ok(summary)
+}
+
+/// The BPF LSM guard over the data plane's maps, links and pin directory (docs/threat-model.md).
+fn attach_guard(
+    mode: config::GuardMode,
+    dp: &Dataplane,
+    features: &Features,
+) -> Result<Option<exfilguard_dataplane::guard::Guard>> {
+    use config::GuardMode;
+    if mode == GuardMode::Off {
+        tracing::info!("BPF LSM guard off (hardening.guard)");
+        return Ok(None);
+    }
+    // Tried even when the LSM list says no: it may just be unreadable (no securityfs in a
+    // container); the kernel has the last word.
+    let why_not = match dp.pin_dir() {
+        None => "nothing is pinned".to_string(),
+        Some(dir) => match exfilguard_dataplane::guard::Guard::attach(dir, &dp.object_ids()) {
+            Ok(g) => {
+                tracing::info!(
+                    pin_dir = %dir.display(),
+                    "BPF LSM guard attached: only this executable may open exfilguard's maps, \
+                     links and pins or ptrace the agent"
+                );
+                return Ok(Some(g));
+            }
+            Err(e) if features.bpf_lsm => format!("the kernel refused it: {e}"),
+            Err(e) => format!(
+                "{e}; `bpf` is not in the active LSM list, or the list is unreadable \
+                 (boot with lsm=...,bpf)"
+            ),
+        },
+    };
+    if mode == GuardMode::Required {
+        anyhow::bail!(
+            "hardening.guard = \"required\" but the BPF LSM guard cannot attach: {why_not}"
+        );
+    }
+    tracing::warn!(
+        "no BPF LSM guard ({why_not}): another root process can detach exfilguard's programs or \
+         write its maps; pins are 0700/0600 root-only"
+    );
+    Ok(None)
 }
 
 /// The seccomp half of the lock-down, once every service thread runs (TSYNC covers them all),

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod event;
+pub mod guard;
 pub mod hash;
 mod maps;
 pub mod probe;
@@ -211,6 +212,38 @@ pub struct ProgramStats {
     pub verified_insns: u32,
     pub xlated_bytes: u32,
     pub jited_bytes: u32,
+}
+
+/// [`ProgramStats`] of every program of a loaded object.
+fn program_stats(obj: &libbpf_rs::Object) -> Result<Vec<ProgramStats>> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    for prog in obj.progs() {
+        let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+        let mut len = std::mem::size_of_val(&info) as u32;
+        // SAFETY: a valid program fd and an info struct of the length we pass.
+        let rc = unsafe {
+            libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(
+                prog.as_fd().as_raw_fd(),
+                &mut info,
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(DataplaneError::Io {
+                context: format!("bpf_prog_get_info_by_fd {}", prog.name().to_string_lossy()),
+                source: std::io::Error::from_raw_os_error(-rc),
+            });
+        }
+        out.push(ProgramStats {
+            name: prog.name().to_string_lossy().into_owned(),
+            insns: prog.insn_cnt(),
+            verified_insns: info.verified_insns,
+            xlated_bytes: info.xlated_prog_len,
+            jited_bytes: info.jited_prog_len,
+        });
+    }
+    Ok(out)
 }
 
 /// A loaded data plane. Dropping it detaches every program (unless `persist`); pinned maps stay.
@@ -601,6 +634,31 @@ impl Dataplane {
         Ok(done)
     }
 
+    /// Ids of every map of the data plane and every link this process holds, for the guard.
+    pub fn object_ids(&self) -> Vec<(guard::ObjectKind, u32)> {
+        use libbpf_rs::skel::Skel;
+        let mut ids: Vec<_> = self
+            .skel
+            .object()
+            .maps()
+            .filter_map(|m| m.info().ok())
+            .map(|i| (guard::ObjectKind::Map, i.info.id))
+            .collect();
+        for a in &self.attachments {
+            if let Attachment::Link { link, .. } = a {
+                if let Ok(i) = link.info() {
+                    ids.push((guard::ObjectKind::Link, i.id));
+                }
+            }
+        }
+        ids
+    }
+
+    /// Where maps and links are pinned, if anywhere.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.opts.pin_dir.as_deref()
+    }
+
     /// Thread-safe handles on the shared maps (blocklist, allow cache, quarantine, stats).
     pub fn maps(&self) -> &Maps {
         &self.maps
@@ -761,34 +819,7 @@ impl Dataplane {
     /// the verifier refuses a program past 1 M processed instructions.
     pub fn program_stats(&self) -> Result<Vec<ProgramStats>> {
         use libbpf_rs::skel::Skel;
-        use std::os::fd::AsRawFd;
-        let mut out = Vec::new();
-        for prog in self.skel.object().progs() {
-            let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
-            let mut len = std::mem::size_of_val(&info) as u32;
-            // SAFETY: a valid program fd and an info struct of the length we pass.
-            let rc = unsafe {
-                libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(
-                    prog.as_fd().as_raw_fd(),
-                    &mut info,
-                    &mut len,
-                )
-            };
-            if rc != 0 {
-                return Err(DataplaneError::Io {
-                    context: format!("bpf_prog_get_info_by_fd {}", prog.name().to_string_lossy()),
-                    source: std::io::Error::from_raw_os_error(-rc),
-                });
-            }
-            out.push(ProgramStats {
-                name: prog.name().to_string_lossy().into_owned(),
-                insns: prog.insn_cnt(),
-                verified_insns: info.verified_insns,
-                xlated_bytes: info.xlated_prog_len,
-                jited_bytes: info.jited_prog_len,
-            });
-        }
-        Ok(out)
+        program_stats(self.skel.object())
     }
 
     /// The raw programs, for BPF_PROG_TEST_RUN benchmarks and tests.

@@ -117,6 +117,36 @@ impl Maps {
             .ctx(|| format!("quarantining tgid {tgid}"))
     }
 
+    /// Quarantined processes: (tgid, since, in unix seconds).
+    pub fn quarantined(&self) -> Result<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        for k in self.quarantine.keys() {
+            let Ok(tgid) = <[u8; 4]>::try_from(&k[..]).map(u32::from_ne_bytes) else {
+                continue;
+            };
+            // an entry released between the key walk and the lookup is simply gone
+            if let Some(v) = self
+                .quarantine
+                .lookup(&k, MapFlags::ANY)
+                .ctx(|| "reading eg_quarantine".into())?
+            {
+                let since = <[u8; 8]>::try_from(&v[..]).map_or(0, u64::from_ne_bytes);
+                out.push((tgid, since));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Lets a quarantined process send DNS again; false when it was not quarantined.
+    pub fn release_quarantine(&self, tgid: u32) -> Result<bool> {
+        match self.quarantine.delete(&tgid.to_ne_bytes()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).ctx(|| format!("releasing tgid {tgid} from quarantine")),
+        }
+    }
+
     /// Entries in (blocklist, allow cache, quarantine): a walk of the keys, so call it at a
     /// slow cadence (metrics refresh), not per packet.
     pub fn occupancy(&self) -> (usize, usize, usize) {

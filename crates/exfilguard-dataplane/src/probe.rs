@@ -48,6 +48,24 @@ fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
     }
 }
 
+/// The kernel's active LSM list, mounting securityfs first when nothing has.
+fn active_lsms() -> String {
+    const LIST: &str = "/sys/kernel/security/lsm";
+    if !Path::new(LIST).exists() && !is_mount("/sys/kernel/security", "securityfs") {
+        // SAFETY: constant NUL-terminated strings; a failed mount leaves the list unread.
+        unsafe {
+            libc::mount(
+                c"securityfs".as_ptr(),
+                c"/sys/kernel/security".as_ptr(),
+                c"securityfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            );
+        }
+    }
+    std::fs::read_to_string(LIST).unwrap_or_default()
+}
+
 impl Features {
     /// Kernel new enough for tcx links (6.6).
     pub fn tcx_possible() -> bool {
@@ -61,7 +79,7 @@ impl Features {
             .unwrap_or_default()
             .trim()
             .to_string();
-        let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+        let lsm = active_lsms();
         Self {
             btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
             tcx: kernel_at_least(&kernel, 6, 6) && prog_type(sys::BPF_PROG_TYPE_SCHED_CLS),
@@ -118,7 +136,7 @@ impl Features {
         );
         miss(
             self.bpf_lsm,
-            "BPF LSM not active: no guard against other root processes detaching exfilguard's programs or writing its maps (pins are 0600 root-only); process quarantine uses cgroup sock_addr hooks",
+            "BPF LSM not active: no guard against other root processes detaching exfilguard's programs or writing its maps (pins are 0600 root-only)",
         );
         miss(
             self.bpffs,

@@ -134,6 +134,51 @@ pub struct BlockArgs {
     reason: String,
 }
 
+#[derive(clap::Args)]
+pub struct QuarantineArgs {
+    /// Process ids (tgids) to let send DNS again.
+    #[arg(long = "release", value_name = "PID")]
+    release: Vec<u32>,
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// bpffs directory of the pinned maps (default: `dataplane.pin_dir` of the config).
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+}
+
+/// Quarantine entries outlive the process and the agent (keyed by tgid: a later process that
+/// gets the same id inherits it), so operators list and lift them here.
+pub fn quarantine(args: &QuarantineArgs) -> Result<()> {
+    let dir = match &args.pin_dir {
+        Some(d) => d.clone(),
+        None => Config::load(args.config.as_deref())?.dataplane.pin_dir,
+    };
+    let maps = Maps::open_pinned(&dir)
+        .with_context(|| format!("no pinned exfilguard maps in {}", dir.display()))?;
+    for &pid in &args.release {
+        if maps.release_quarantine(pid)? {
+            eprintln!("exfilguard: process {pid} may send DNS again");
+        } else {
+            eprintln!("exfilguard: process {pid} was not quarantined");
+        }
+    }
+    if args.release.is_empty() {
+        let list: Vec<serde_json::Value> = maps
+            .quarantined()?
+            .into_iter()
+            .map(|(pid, since)| {
+                // the name of whatever process has this id now (gone: null)
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .ok()
+                    .map(|c| c.trim().to_string());
+                serde_json::json!({"pid": pid, "since": since, "comm": comm})
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&list)?);
+    }
+    Ok(())
+}
+
 /// Blocks (or unblocks) on this host's pinned maps when an agent has pinned them, and on the
 /// fleet topic when Kafka is configured; at least one must succeed.
 pub fn block(args: &BlockArgs, unblock: bool) -> Result<()> {

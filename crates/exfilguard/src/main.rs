@@ -90,6 +90,8 @@ enum Command {
     },
     /// Remove domains from this host's pinned maps and from the fleet blocklist topic.
     Unblock(agent_cmd::BlockArgs),
+    /// List quarantined processes (JSON), or let some send DNS again with --release.
+    Quarantine(agent_cmd::QuarantineArgs),
     /// Fleet-wide aggregates over the Kafka event topic; convicts domains seen from many hosts.
     Analytics(agent_cmd::AnalyticsArgs),
     /// Print the feature vector of names (the model's exact input), for debugging and docs.
@@ -247,6 +249,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Unblock(args) => agent_cmd::block(&args, true),
+        Command::Quarantine(args) => agent_cmd::quarantine(&args),
         Command::Analytics(args) => agent_cmd::analytics(&args),
         Command::Features { names } => classify::features(&names),
         Command::ModelInfo => {

@@ -573,6 +573,75 @@ fn monitor_lets_tunnels_establish_and_reports_every_query() {
     }
 }
 
+/// `--quarantine-after 3`: one process (a single `dig` asking several names in turn) whose
+/// third tunnel-shaped query is convicted loses all DNS, benign names included, while other
+/// processes keep resolving; `exfilguard quarantine` lists it and `--release` lifts it.
+#[test]
+fn quarantine_denies_a_convicted_process_and_the_cli_lifts_it() {
+    let Some(lab) = Lab::with_dns("q") else {
+        return;
+    };
+    let agent = Agent::start(&lab, &["--quarantine-after", "3"]);
+    // three registered domains: each query is judged (no blocklist hit from the previous one)
+    let mut args = vec!["@10.77.0.2".to_string()];
+    for i in 1..=3 {
+        args.push(format!(
+            "nbswy3dpeb3w64tmmqqhi2djomqgc4tfmfwsa{i}xgs3dtmvzsa.qz{i}.test"
+        ));
+    }
+    args.push("www.example.test".into());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_, text) = lab.dig(&refs);
+    assert!(
+        !text.contains("10.77.0.99"),
+        "the quarantined process still got an answer: {text}"
+    );
+    // another process resolves the same benign name
+    let (ok, text) = lab.dig(&["@10.77.0.2", "www.example.test"]);
+    assert!(ok && text == "10.77.0.99", "bystander broken: {text:?}");
+
+    let bin = env!("CARGO_BIN_EXE_exfilguard");
+    let list = |extra: &[&str]| {
+        let mut a = vec![bin, "quarantine", "--pin-dir", &lab.pin_dir];
+        a.extend_from_slice(extra);
+        let out = Lab::in_ns(&lab.cns(), &a).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
+    };
+    let listed = list(&[]);
+    // The convictions name the process; its later sends are refused at the socket (sock_addr
+    // hooks for port 53), so they leave no packet and no event.
+    let lines = agent.lines();
+    let convicted: Vec<u64> = lines
+        .iter()
+        .filter(|e| e["decision"] == "blocked")
+        .filter_map(|e| e["process"]["tgid"].as_u64())
+        .collect();
+    assert!(convicted.len() >= 3, "{lines:?}");
+    let pid = convicted[0];
+    assert!(convicted.iter().all(|&t| t == pid), "{convicted:?}");
+    eprintln!("quarantined tgid {pid}; listed {listed}");
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| e["pid"].as_u64() == Some(pid))),
+        "pid {pid} not listed: {listed}"
+    );
+    list(&["--release", &pid.to_string()]);
+    let after = list(&[]);
+    assert!(
+        after
+            .as_array()
+            .is_some_and(|l| !l.iter().any(|e| e["pid"].as_u64() == Some(pid))),
+        "still listed after --release: {after}"
+    );
+    agent.stop();
+}
+
 /// Hold → release round trip under load: 4 concurrent `dig -f` batches of unique long benign
 /// names (each one held, classified, re-injected). Prints p50/p99 from the agent's summary;
 /// asserts only that every query was answered (timing belongs to the notes, not to asserts).
