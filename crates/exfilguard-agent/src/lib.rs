@@ -420,7 +420,11 @@ fn reload_config(
     let Some(path) = path else {
         tracing::warn!("SIGHUP without a config file: reloading the model only");
         match detector(current) {
-            Ok(d) => pipe.detector = d,
+            Ok(d) => {
+                let info = d.model().info();
+                pipe.metrics.set_model(&info.version, &info.sha256);
+                pipe.detector = d;
+            }
             Err(e) => tracing::error!("reload failed, keeping the running model: {e:#}"),
         }
         return;
@@ -458,6 +462,8 @@ fn reload_config(
     {
         tracing::warn!("reload: [dataplane], [events], [kafka] and [metrics] changes take effect at the next restart");
     }
+    let info = det.model().info();
+    pipe.metrics.set_model(&info.version, &info.sha256);
     pipe.detector = det;
     pipe.max_hold_ns = new.pipeline.max_hold_ms * 1_000_000;
     pipe.fail_open = new.kernel.fail_open;

@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Behaviour alarms; `kind`: info_rate, beacon, dga_bot.
     pub behaviour_alarms: Family<Labels, Counter>,
     pub behaviour_pairs: Gauge,
+    /// `exfilguard_model_info{version, sha256}` = 1 for the model in use (swapped on reload).
+    model: Family<Labels, Gauge>,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -167,6 +169,17 @@ impl Collector for Live {
 }
 
 impl Metrics {
+    /// Points `exfilguard_model_info` at the model now in use (start and reload).
+    pub fn set_model(&self, version: &str, sha256: &str) {
+        self.model.clear();
+        self.model
+            .get_or_create(&vec![
+                ("version", version.to_string()),
+                ("sha256", sha256.to_string()),
+            ])
+            .set(1);
+    }
+
     pub fn new(registry: &mut Registry, model_version: &str, model_sha: &str) -> Self {
         let m = Metrics {
             decisions: Family::default(),
@@ -180,6 +193,7 @@ impl Metrics {
             errors: Family::default(),
             behaviour_alarms: Family::default(),
             behaviour_pairs: Gauge::default(),
+            model: Family::default(),
             ready: Arc::new(AtomicBool::new(false)),
         };
         registry.register(
@@ -234,13 +248,11 @@ impl Metrics {
             m.behaviour_pairs.clone(),
         );
         registry.register(
-            "exfilguard_model",
-            "The loaded model",
-            Info::new(vec![
-                ("version", model_version.to_string()),
-                ("sha256", model_sha.to_string()),
-            ]),
+            "exfilguard_model_info",
+            "The model in use (1), by version and sha256",
+            m.model.clone(),
         );
+        m.set_model(model_version, model_sha);
         registry.register(
             "exfilguard_build",
             "The running exfilguard",
@@ -331,4 +343,29 @@ pub fn serve(
             .await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reloaded_model_replaces_the_model_info_series() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry, "mlp-1", "aaaa");
+        m.set_model("mlp-2", "bbbb");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("exfilguard_model_info{"))
+            .collect();
+        assert_eq!(series.len(), 1, "{text}");
+        assert!(
+            series[0].contains("version=\"mlp-2\"") && series[0].contains("sha256=\"bbbb\""),
+            "{}",
+            series[0]
+        );
+        assert!(series[0].ends_with(" 1"), "{}", series[0]);
+    }
 }
