@@ -37,12 +37,18 @@ use upstream::{Reply, Upstreams};
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Re-applies command-line settings to a re-read config.
+pub type Reapply = dyn Fn(&mut Config) -> anyhow::Result<()> + Send;
+
 /// Options from the command line beyond the config file.
 #[derive(Default)]
 pub struct ResolveOptions {
     pub config_path: Option<PathBuf>,
     /// Called once every listener is bound (tests, readiness).
     pub on_ready: Option<Box<dyn FnOnce(Vec<SocketAddr>) + Send>>,
+    /// Re-applies command-line settings to a config re-read on SIGHUP (`--model`,
+    /// `--threshold`, list files), so a reload does not silently drop them.
+    pub reapply: Option<Box<Reapply>>,
 }
 
 /// What the front counts beyond the agent's metrics.
@@ -732,7 +738,13 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
             }
             front_metrics.convicted_domains.set(judge.convicted_domains() as i64);
             if reload.swap(false, Ordering::Relaxed) {
-                reload_model(&judge, opts.config_path.as_deref(), &cfg, &metrics);
+                reload_model(
+                    &judge,
+                    opts.config_path.as_deref(),
+                    opts.reapply.as_deref(),
+                    &cfg,
+                    &metrics,
+                );
             }
         }
         Ok::<_, anyhow::Error>(())
@@ -794,10 +806,18 @@ fn lock_down(
 fn reload_model(
     judge: &Judge,
     path: Option<&std::path::Path>,
+    reapply: Option<&Reapply>,
     running: &Config,
     metrics: &Metrics,
 ) {
-    let cfg = match path.map(|p| Config::load(Some(p))).transpose() {
+    let reread = path.map(|p| {
+        let mut c = Config::load(Some(p))?;
+        if let Some(f) = reapply {
+            f(&mut c)?;
+        }
+        anyhow::Ok(c)
+    });
+    let cfg = match reread.transpose() {
         Ok(c) => c.unwrap_or_else(|| running.clone()),
         Err(e) => {
             tracing::error!("reload failed, keeping the running model: {e:#}");

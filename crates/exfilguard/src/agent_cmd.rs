@@ -79,10 +79,14 @@ pub fn resolve(brain: &crate::BrainArgs, args: &ResolveArgs) -> Result<()> {
     }
     brain.apply_to(&mut cfg.detect)?;
     cfg.validate()?;
+    let flags = brain.clone();
     exfilguard_resolver::run(
         cfg,
         exfilguard_resolver::ResolveOptions {
             config_path: args.config.clone(),
+            reapply: Some(Box::new(move |c: &mut Config| {
+                flags.apply_to(&mut c.detect)
+            })),
             ..Default::default()
         },
     )

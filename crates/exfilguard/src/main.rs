@@ -29,7 +29,7 @@ struct Cli {
 }
 
 /// Options that choose the brain: the model and the operator's lists.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct BrainArgs {
     /// ONNX model to use instead of the embedded one.
     #[arg(long, global = true, value_name = "FILE")]
@@ -141,8 +141,8 @@ enum DatasetCommand {
 }
 
 impl BrainArgs {
-    /// Carries these flags into an agent configuration (`protect`).
-    fn apply_to(&self, d: &mut exfilguard_agent::config::DetectConfig) -> Result<()> {
+    /// Carries these flags into an agent configuration (`protect`, `resolve`).
+    pub(crate) fn apply_to(&self, d: &mut exfilguard_agent::config::DetectConfig) -> Result<()> {
         if let Some(m) = &self.model {
             d.model = m.clone();
         }
@@ -160,8 +160,13 @@ impl BrainArgs {
                 None => Vec::new(),
             })
         };
-        d.allow = lines(&self.allowlist)?;
-        d.block = lines(&self.blocklist)?;
+        // a list file replaces the config's list; without one the config's list stands
+        if self.allowlist.is_some() {
+            d.allow = lines(&self.allowlist)?;
+        }
+        if self.blocklist.is_some() {
+            d.block = lines(&self.blocklist)?;
+        }
         Ok(())
     }
 

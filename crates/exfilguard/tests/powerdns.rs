@@ -272,6 +272,11 @@ fn start_front(lab: &Lab, name: &str, extra: &str) -> Front {
 }
 
 fn start_front_at(lab: &Lab, name: &str, addr: SocketAddr, extra: &str) -> Front {
+    start_front_with(lab, name, addr, extra, &[])
+}
+
+/// `args`: command-line flags after `resolve --config FILE`.
+fn start_front_with(lab: &Lab, name: &str, addr: SocketAddr, extra: &str, args: &[&str]) -> Front {
     let metrics = free_port();
     let events = lab.dir.join(format!("{name}-events.jsonl"));
     let cfg = lab.dir.join(format!("{name}.toml"));
@@ -287,6 +292,7 @@ fn start_front_at(lab: &Lab, name: &str, addr: SocketAddr, extra: &str) -> Front
     let child = Command::new(env!("CARGO_BIN_EXE_exfilguard"))
         .args(["resolve", "--config"])
         .arg(&cfg)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(lab.dir.join(format!("{name}.log"))).unwrap())
         .spawn()
@@ -623,6 +629,53 @@ fn resolver_front_with_powerdns_recursor_and_authoritative() {
 }
 
 /// Runs a tool for at most `secs`, returning what it printed.
+/// A SIGHUP re-reads the config file and the model; settings given on the command line
+/// (here `--threshold`) must survive it.
+#[test]
+fn sighup_keeps_the_command_line_settings() {
+    if !possible() {
+        return;
+    }
+    let lab = start_powerdns(None, &[]);
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // per-name verdicts (no domain conviction) so each query is judged afresh
+    let front = start_front_with(
+        &lab,
+        "sighup",
+        addr,
+        "block_secs = 0\n[behaviour]\nenabled = false\n",
+        &["--threshold", "0.000001"],
+    );
+    // P(tunnel) ≈ 4e-4: benign at the model's own threshold, convicted at 1e-6
+    let name = |i: u32| format!("averyveryverylonglabelnameforthetest{i}.corp.test");
+    let verdict = |i: u32| ask(front.addr, &name(i), 1).metadata.response_code;
+    assert_eq!(
+        verdict(1),
+        ResponseCode::Refused,
+        "--threshold applied at start"
+    );
+
+    let log = lab.dir.join("sighup.log");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(front._proc.0.id() as i32, libc::SIGHUP) };
+    let t = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("model reloaded")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no reload in the log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        verdict(2),
+        ResponseCode::Refused,
+        "the reload dropped --threshold"
+    );
+}
+
 fn run_for(args: &[&str], secs: u64, out: &std::path::Path) -> String {
     let f = std::fs::File::create(out).unwrap();
     let mut child = Command::new(args[0])
