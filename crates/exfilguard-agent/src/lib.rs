@@ -312,17 +312,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
     drop(pipe); // closes the sink and conviction queues
     let persist = current.dataplane.persist;
     if let Some(g) = guard {
-        let refused = g.refused();
+        let refused = g.refusal_summary();
         drop(g); // closing its links detaches it
-        tracing::info!(
-            "BPF LSM guard detached; it refused {}",
-            exfilguard_dataplane::guard::REFUSAL_NAMES
-                .iter()
-                .zip(refused)
-                .map(|(n, c)| format!("{n}={c}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        tracing::info!("BPF LSM guard detached; it refused {refused}");
     }
     dp.detach_all();
     services.shutdown();

@@ -5,7 +5,7 @@
 //!   guard_lab hold DIR    pin DIR/eg_lab, attach the guard, print `READY ...`, wait for
 //!                         SIGTERM (the guard goes with the process, however it ends)
 //!   guard_lab write DIR   write DIR/eg_lab through its pin (what `exfilguard block` does)
-use exfilguard_dataplane::guard::{Guard, ObjectKind, REFUSAL_NAMES};
+use exfilguard_dataplane::guard::{Guard, ObjectKind};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,14 +69,9 @@ fn main() {
             while !STOP.load(Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            let refused = guard.refused();
-            let counts: Vec<String> = REFUSAL_NAMES
-                .iter()
-                .zip(refused)
-                .map(|(n, c)| format!("{n}={c}"))
-                .collect();
+            let counts = guard.refusal_summary();
             drop(guard);
-            println!("REMOVED {}", counts.join(" "));
+            println!("REMOVED {counts}");
         }
         "write" => match MapHandle::from_pinned_path(&pin) {
             Ok(m) => match m.update(&7u32.to_ne_bytes(), &1u32.to_ne_bytes(), MapFlags::ANY) {

@@ -35,6 +35,14 @@ fn libbpf_to_debug(_: libbpf_rs::PrintLevel, msg: String) {
     log::debug!(target: "libbpf", "{}", msg.trim_end());
 }
 
+/// (Map, id) of every map of a loaded object.
+pub(crate) fn map_ids(obj: &libbpf_rs::Object) -> Vec<(ObjectKind, u32)> {
+    obj.maps()
+        .filter_map(|m| m.info().ok())
+        .map(|i| (ObjectKind::Map, i.info.id))
+        .collect()
+}
+
 /// `dev_t` as the kernel stores it in `super_block.s_dev` (MKDEV: major << 20 | minor).
 fn kernel_dev(st_dev: u64) -> u32 {
     let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
@@ -76,12 +84,7 @@ impl Guard {
             );
         }
         let guard = Self { skel, links };
-        let mut own = Vec::new();
-        for m in guard.skel.object().maps() {
-            if let Ok(info) = m.info() {
-                own.push((ObjectKind::Map, info.info.id));
-            }
-        }
+        let mut own = map_ids(guard.skel.object());
         for l in &guard.links {
             own.push((
                 ObjectKind::Link,
@@ -98,7 +101,11 @@ impl Guard {
             .eg_guard_self
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
             .ctx(|| "reading eg_guard_self".into())?
-            .is_some_and(|v| v.get(12).is_some_and(|&b| b == 1));
+            .is_some_and(|v| {
+                let at = std::mem::offset_of!(skel::types::exe_ident, learnt);
+                v.get(at..at + 4)
+                    .is_some_and(|b| u32::from_ne_bytes(b.try_into().unwrap_or_default()) == 1)
+            });
         if !learnt {
             return Err(DataplaneError::Other(
                 "the guard did not learn the agent's executable (no mm?)".into(),
@@ -123,8 +130,8 @@ impl Guard {
     }
 
     /// Refusals since the guard was loaded, as [`REFUSAL_NAMES`].
-    pub fn refused(&self) -> [u64; 5] {
-        let mut out = [0u64; 5];
+    pub fn refused(&self) -> [u64; REFUSAL_NAMES.len()] {
+        let mut out = [0u64; REFUSAL_NAMES.len()];
         for (i, o) in out.iter_mut().enumerate() {
             if let Ok(Some(v)) = self
                 .skel
@@ -136,6 +143,16 @@ impl Guard {
             }
         }
         out
+    }
+
+    /// The refusal counters as one log-friendly line: "map_fd=2 link_fd=0 …".
+    pub fn refusal_summary(&self) -> String {
+        REFUSAL_NAMES
+            .iter()
+            .zip(self.refused())
+            .map(|(n, c)| format!("{n}={c}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Size and verifier cost of the guard's programs.

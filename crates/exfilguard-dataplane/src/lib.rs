@@ -637,13 +637,7 @@ impl Dataplane {
     /// Ids of every map of the data plane and every link this process holds, for the guard.
     pub fn object_ids(&self) -> Vec<(guard::ObjectKind, u32)> {
         use libbpf_rs::skel::Skel;
-        let mut ids: Vec<_> = self
-            .skel
-            .object()
-            .maps()
-            .filter_map(|m| m.info().ok())
-            .map(|i| (guard::ObjectKind::Map, i.info.id))
-            .collect();
+        let mut ids = guard::map_ids(self.skel.object());
         for a in &self.attachments {
             if let Attachment::Link { link, .. } = a {
                 if let Ok(i) = link.info() {

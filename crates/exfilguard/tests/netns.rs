@@ -113,7 +113,6 @@ impl Lab {
         self.children.push(child);
     }
 
-    /// dnsmasq answering every *.example.test with 10.77.0.99 on 53 (v4, v6, VXLAN) and 9953.
     /// A lab with its DNS server up, or `None` when the test cannot run here (said loudly by
     /// `possible`).
     fn with_dns(tag: &str) -> Option<Self> {
@@ -126,6 +125,7 @@ impl Lab {
         Some(lab)
     }
 
+    /// dnsmasq answering every *.example.test with 10.77.0.99 on 53 (v4, v6, VXLAN) and 9953.
     fn start_dns(&mut self) {
         for port in ["53", "9953"] {
             let args = [

@@ -628,7 +628,6 @@ fn resolver_front_with_powerdns_recursor_and_authoritative() {
     );
 }
 
-/// Runs a tool for at most `secs`, returning what it printed.
 /// A SIGHUP re-reads the config file and the model; settings given on the command line
 /// (here `--threshold`) must survive it.
 #[test]
@@ -676,6 +675,7 @@ fn sighup_keeps_the_command_line_settings() {
     );
 }
 
+/// Runs a tool for at most `secs`, returning what it printed.
 fn run_for(args: &[&str], secs: u64, out: &std::path::Path) -> String {
     let f = std::fs::File::create(out).unwrap();
     let mut child = Command::new(args[0])
