@@ -88,7 +88,8 @@ pub enum AttachPoint {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataplaneConfig {
-    /// Interfaces to protect; empty: the interface of the default route.
+    /// Interfaces to protect; empty: every device of the namespace but lo (tc egress, new
+    /// devices within 2 s), with XDP on the default-route one.
     pub interfaces: Vec<String>,
     pub attach: AttachPoint,
     /// XDP response inspection (NXDOMAIN limiter, downlink report) on the same interfaces.
@@ -100,6 +101,10 @@ pub struct DataplaneConfig {
     pub persist: bool,
     /// Ring buffer of held frames (MiB, a power of two); mapped twice by the agent.
     pub ringbuf_mib: u32,
+    /// The socket layer (cgroup_skb egress at `cgroup`): every local send judged before any
+    /// device, route, VPN or encapsulation. `all`: every network namespace (containers too);
+    /// `netns`: the agent's own; `off`: not attached.
+    pub socket_scope: exfilguard_dataplane::SocketScope,
 }
 
 impl Default for DataplaneConfig {
@@ -112,6 +117,7 @@ impl Default for DataplaneConfig {
             pin_dir: PathBuf::from(exfilguard_dataplane::DEFAULT_PIN_DIR),
             persist: false,
             ringbuf_mib: 4,
+            socket_scope: exfilguard_dataplane::SocketScope::All,
         }
     }
 }
@@ -377,9 +383,6 @@ impl Config {
                     errs.push(format!("{key}: {a:?} is not an ip:port address"));
                 }
             }
-        }
-        if k.release_mark == 0 {
-            errs.push("kernel.release_mark = 0: must be non-zero".into());
         }
         if !(0.0..=1.0).contains(&self.detect.threshold) {
             errs.push(format!(

@@ -39,6 +39,33 @@ pub fn default_route_interface() -> Option<String> {
     None
 }
 
+/// Every interface of this network namespace but loopback, as (name, ifindex): what the
+/// agent guards at tc egress when `dataplane.interfaces` is empty. From if_nameindex(3),
+/// which asks the kernel in the caller's namespace (/sys may show another one's).
+pub fn egress_interfaces() -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array ended by a zero entry, freed below.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return out;
+    }
+    let mut p = list;
+    // SAFETY: walks the array up to its terminating entry; names are NUL-terminated.
+    unsafe {
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*p).if_name)
+                .to_string_lossy()
+                .into_owned();
+            if name != "lo" {
+                out.push((name, (*p).if_index));
+            }
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
+}
+
 pub fn ifindex(name: &str) -> anyhow::Result<u32> {
     let c = std::ffi::CString::new(name)?;
     // SAFETY: valid NUL-terminated string.

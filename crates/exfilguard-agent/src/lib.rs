@@ -14,7 +14,7 @@ pub mod services;
 
 use anyhow::{Context, Result};
 use config::{AttachPoint, Config};
-use exfilguard_dataplane::{Dataplane, EgressAttach, Features, LoadOptions, Maps};
+use exfilguard_dataplane::{Dataplane, EgressAttach, Features, LoadOptions, Maps, SocketScope};
 use exfilguard_detect::{Detector, Model, NameList};
 use exfilguard_dns::DnsName;
 use exfilguard_kafka::fleet::FleetUpdate;
@@ -154,6 +154,41 @@ impl FleetApplier {
     }
 }
 
+/// Devices that appear after start (a VPN's tun, a container's veth, a hot-plugged NIC) get
+/// tc egress inspection within 2 s when the agent guards every device. Under the lock-down
+/// (capabilities dropped, bpf(2) limited to map commands) the kernel refuses the attach: the
+/// watch then says so once and stops; local sends on such devices are still judged by the
+/// socket layer, and a restart attaches tc to them.
+struct DeviceWatch {
+    guarded: std::collections::HashSet<u32>,
+    last: std::time::Instant,
+    stopped: bool,
+}
+
+impl DeviceWatch {
+    fn tick(&mut self, dp: &mut Dataplane) {
+        if self.stopped || self.last.elapsed() < std::time::Duration::from_secs(2) {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        for (name, idx) in host::egress_interfaces() {
+            if !self.guarded.insert(idx) {
+                continue;
+            }
+            match dp.attach_tc_egress(idx) {
+                Ok(_) => {
+                    tracing::info!(iface = %name, "new device: egress DNS inspection attached")
+                }
+                Err(e) => {
+                    tracing::warn!(iface = %name, "new device: tc egress not attached ({e}); its local sends are judged at the socket layer, a restart attaches tc; no further attempts");
+                    self.stopped = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Options the `protect` front end sets beyond the config file.
 #[derive(Default)]
 pub struct RunOptions {
@@ -193,24 +228,45 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
         Some(cfg.dataplane.cgroup.clone())
     };
     match &cg {
-        Some(dir) if features.cgroup_sock_addr => dp
-            .attach_cgroup(dir)
-            .with_context(|| format!("attaching to cgroup {}", dir.display()))?,
-        _ => tracing::warn!("no cgroup2 hierarchy: events carry no process"),
+        Some(dir) if features.cgroup_sock_addr => {
+            dp.attach_cgroup(dir)
+                .with_context(|| format!("attaching to cgroup {}", dir.display()))?;
+            if cfg.dataplane.socket_scope != SocketScope::Off {
+                dp.attach_socket_layer(dir).with_context(|| {
+                    format!("attaching the socket layer to cgroup {}", dir.display())
+                })?;
+                tracing::info!(scope = ?cfg.dataplane.socket_scope, "socket-layer DNS inspection (cgroup_skb egress) on every local send");
+            }
+        }
+        _ => tracing::warn!(
+            "no cgroup2 hierarchy: events carry no process, and sends are judged only at the interfaces"
+        ),
     }
-    let ifaces = if cfg.dataplane.interfaces.is_empty() {
-        vec![host::default_route_interface().context(
-            "dataplane.interfaces is empty and there is no default route: name the interfaces",
-        )?]
+    // no list: every device of the namespace at tc egress (rescanned for new ones below),
+    // XDP on the default-route one; a list: exactly those, with XDP
+    let all_devices = cfg.dataplane.interfaces.is_empty();
+    let default_if = host::default_route_interface();
+    let ifaces: Vec<String> = if all_devices {
+        host::egress_interfaces()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
     } else {
         cfg.dataplane.interfaces.clone()
     };
+    if ifaces.is_empty() {
+        anyhow::bail!(
+            "no interface to protect: dataplane.interfaces is empty and there is none but lo"
+        );
+    }
     if cfg.dataplane.attach == AttachPoint::Netfilter {
         dp.attach_netfilter()?;
         tracing::info!("inspecting at netfilter LOCAL_OUT");
     }
+    let mut guarded = std::collections::HashSet::new();
     for name in &ifaces {
         let idx = host::ifindex(name).with_context(|| format!("dataplane.interfaces: {name}"))?;
+        guarded.insert(idx);
         if cfg.dataplane.attach == AttachPoint::Tc {
             let how = match dp.attach_tc_egress(idx)? {
                 EgressAttach::Tcx => "tcx",
@@ -219,7 +275,8 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
             };
             tracing::info!(iface = %name, "egress DNS inspection via {how}");
         }
-        if cfg.dataplane.xdp && features.xdp {
+        let xdp_here = !all_devices || default_if.as_deref() == Some(name.as_str());
+        if cfg.dataplane.xdp && features.xdp && xdp_here {
             // optional: egress enforcement does not depend on it
             match dp.attach_xdp(idx) {
                 Ok(()) => tracing::info!(iface = %name, "ingress response inspection via XDP"),
@@ -227,6 +284,12 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
             }
         }
     }
+    let mut rescan =
+        (all_devices && cfg.dataplane.attach == AttachPoint::Tc).then(|| DeviceWatch {
+            guarded,
+            last: std::time::Instant::now(),
+            stopped: false,
+        });
 
     let pins = dp.restrict_pins().context("restricting pinned objects")?;
     tracing::debug!(
@@ -291,6 +354,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
             reload_config(dp, &mut pipe, &mut current, opts.config_path.as_deref());
         }
         pipe.handle(dp, batch, observed);
+        if let Some(w) = &mut rescan {
+            w.tick(dp);
+        }
     })?;
 
     // shutdown: decisions stopped; let the sinks and the spool drain, then detach
@@ -395,8 +461,24 @@ fn lock_down(h: &config::HardeningConfig) -> Result<()> {
 
 /// The kernel policy of `[kernel]`, observing passed names when the analytics want them.
 fn kernel_policy(cfg: &Config) -> exfilguard_dataplane::KernelPolicy {
+    static NETNS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let netns_cookie = *NETNS.get_or_init(|| {
+        exfilguard_dataplane::netns_cookie().unwrap_or_else(|e| {
+            tracing::warn!(
+                "no network namespace cookie ({e}): the socket layer judges every namespace"
+            );
+            0
+        })
+    });
+    let scope = match (cfg.dataplane.socket_scope, netns_cookie) {
+        (SocketScope::Netns, 0) => SocketScope::All,
+        (s, _) => s,
+    };
     exfilguard_dataplane::KernelPolicy {
         observe: cfg.behaviour.enabled,
+        agent_tgid: std::process::id(),
+        socket_scope: scope,
+        netns_cookie,
         ..cfg.kernel.clone()
     }
 }

@@ -13,15 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Instant;
 
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use exfilguard_dataplane::monotonic_ns;
 
 pub fn now_ms() -> u64 {
     exfilguard_kafka::fleet::now_ms()
@@ -361,7 +353,7 @@ impl Pipeline {
         let mut records = Vec::with_capacity(batch.len());
         let mut alarms = Vec::new();
         let analyse = self.analytics.as_ref().is_some_and(|a| a.enabled());
-        for ((ev, name), verdict) in batch.into_iter().zip(&names).zip(verdicts) {
+        for ((ev, name), mut verdict) in batch.into_iter().zip(&names).zip(verdicts) {
             // a flood's record stands for the drops since the key's last one; none: a sweep
             // already reported them
             let count = match ev.quiet {
@@ -394,12 +386,31 @@ impl Pipeline {
                         Decision::Dropped
                     }
                 }
-                (false, Action::Hold) => {
+                (false, Action::Hold | Action::Judge) => {
                     // a name the agent cannot even parse is not released
                     let malicious = verdict.as_ref().is_none_or(|v| v.class.is_malicious());
                     if malicious {
                         self.convict(dp, &ev, &text, registered.as_deref(), verdict.as_ref());
                         Decision::Blocked
+                    } else if let Some(why) = outside_question(&ev) {
+                        // a benign name carrying data elsewhere: this message stays dropped,
+                        // the domain is not blocked (the name may well be someone else's)
+                        tracing::warn!(name = %text, "query dropped: data outside the question: {why}");
+                        if let Some(v) = verdict.as_mut() {
+                            v.reasons
+                                .insert(0, format!("data outside the question: {why}"));
+                        }
+                        Decision::Dropped
+                    } else if ev.action == Action::Judge {
+                        // dropped without its frame: clearing the exact name lets the
+                        // sender's retransmission pass
+                        match dp.allow_name(&ev) {
+                            Ok(()) => Decision::Released,
+                            Err(e) => {
+                                tracing::warn!("clearing {text}: {e}");
+                                Decision::Dropped
+                            }
+                        }
                     } else {
                         self.release(dp, &ev)
                     }
@@ -521,6 +532,42 @@ impl Pipeline {
                 name: name.to_string(),
             });
         }
+    }
+}
+
+/// Why a held query's data outside its question is not what clients send, if the kernel
+/// flagged it (`odd_message`, `extra_data`). A frame that does not parse is unexplained; a
+/// judged record without its frame cannot be explained.
+fn outside_question(ev: &Event) -> Option<String> {
+    if !ev
+        .reasons
+        .iter()
+        .any(|r| matches!(*r, "odd_message" | "extra_data"))
+    {
+        return None;
+    }
+    use exfilguard_dns::packet::{dns_payloads, LinkType};
+    let link = if ev.frame_l3 {
+        LinkType::RawIp
+    } else {
+        LinkType::Ethernet
+    };
+    let payloads = match dns_payloads(&ev.packet, link) {
+        Ok(p) => p,
+        Err(e) => {
+            return Some(format!(
+                "{} bytes the agent cannot read ({e})",
+                ev.extra_len
+            ))
+        }
+    };
+    match payloads
+        .first()
+        .map(|p| exfilguard_dns::message::outside_question(p.payload))
+    {
+        Some(Ok(o)) => o.unexplained.map(|w| format!("{w} ({} bytes)", o.bytes)),
+        Some(Err(e)) => Some(format!("a message the agent cannot parse ({e})")),
+        None => Some("no DNS message in the held frame".into()),
     }
 }
 

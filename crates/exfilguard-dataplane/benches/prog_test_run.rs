@@ -1,6 +1,7 @@
 //! ns/packet of the tc egress program through BPF_PROG_TEST_RUN (the kernel times the runs;
 //! JIT on): non-DNS, benign DNS, suspicious DNS (held: ring-buffer copy of the frame) and
-//! blocklisted DNS; plus the XDP response path. Each case runs at least 1 M times, in 5 rounds;
+//! blocklisted DNS; the socket-layer program (cgroup_skb egress, the cost every local send
+//! pays); plus the XDP response path. Each case runs at least 1 M times, in 5 rounds;
 //! the median round is reported. Needs root.
 //!
 //! cargo bench -p exfilguard-dataplane --bench prog_test_run
@@ -35,6 +36,7 @@ fn measure(dp: &Dataplane, frame: &[u8], batch: u32, which: u8) -> (f64, i32) {
             let (v, d) = match which {
                 1 => dp.test_run_xdp(frame, n),
                 2 => dp.test_run_noop(frame, n),
+                3 => dp.test_run_sock(frame, n),
                 _ => dp.test_run_tc(frame, n),
             }
             .expect("test run");
@@ -106,6 +108,39 @@ fn main() {
             udp_frame(c, sa("10.0.0.2:53"), &query(tunnel, 16)),
             2000,
             0,
+        ),
+        (
+            "benign DNS over TCP, 5 messages in one segment",
+            {
+                let q = query("www.example.com", 1);
+                let mut many = Vec::new();
+                for _ in 0..5 {
+                    many.extend_from_slice(&(q.len() as u16).to_be_bytes());
+                    many.extend_from_slice(&q);
+                }
+                // tcp_dns_frame prefixes the first length itself
+                tcp_dns_frame(c, sa("10.0.0.2:53"), &many[2..])
+            },
+            TOTAL,
+            0,
+        ),
+        (
+            "socket layer: non-DNS (UDP/443)",
+            udp_frame(c, sa("10.0.0.2:443"), &[0x16; 64]),
+            TOTAL,
+            3,
+        ),
+        (
+            "socket layer: benign DNS",
+            udp_frame(c, sa("10.0.0.2:53"), &query("www.example.com", 1)),
+            TOTAL,
+            3,
+        ),
+        (
+            "socket layer: suspicious DNS, held",
+            udp_frame(c, sa("10.0.0.2:53"), &query(tunnel, 16)),
+            2000,
+            3,
         ),
         (
             "XDP: DNS response (NOERROR)",

@@ -34,7 +34,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL
 
-enum ctx_kind { K_SKB = 0, K_XDP = 1, K_NF = 2 };
+/* K_SOCK is an skb like K_SKB, with scratch slots of its own: the socket hook runs in process
+ * context, where a softirq's tc run can interrupt it on the same CPU. */
+enum ctx_kind { K_SKB = 0, K_XDP = 1, K_NF = 2, K_SOCK = 3 };
+#define K_SLOTS 4
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
@@ -104,7 +107,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
 	__type(key, struct eg_ticket);
-	__type(value, __u64);
+	__type(value, __u64); /* expiry, CLOCK_MONOTONIC ns */
 } eg_tickets SEC(".maps");
 
 struct {
@@ -150,15 +153,16 @@ struct {
 	__type(value, struct eg_quiet);
 } eg_quiet SEC(".maps");
 
-/* Name bytes; one slot per hook so a softirq XDP run cannot clobber a
+/* Name and message bytes; one slot per hook so a softirq XDP run cannot clobber a
  * netfilter run it interrupted on the same CPU. */
 struct scratch {
 	__u8 name[EG_NAME_MAX];
+	__u8 msg[EG_PKT_MAX]; /* the message a ticket is checked against */
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, K_SLOTS);
 	__type(key, __u32);
 	__type(value, struct scratch);
 } eg_scratch SEC(".maps");
@@ -192,15 +196,29 @@ static __always_inline struct eg_config *get_config(void)
 	return bpf_map_lookup_elem(&eg_config, &zero);
 }
 
+/* Linear bytes of the skb the netfilter program is judging (set at its entry). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} eg_nflin SEC(".maps");
+
 /* Reads len bytes at off from whichever context this program runs in. For netfilter the
- * "packet" starts at the network header of a linear skb. */
+ * "packet" starts at the network header, and only its linear part is readable here: a read
+ * past it fails (and fails closed, see locate()) instead of returning slab bytes. */
 static __always_inline int ld(void *ctx, int kind, const void *nfbase, __u32 off, void *to,
 			      __u32 len)
 {
 	if (kind == K_XDP)
 		return bpf_xdp_load_bytes(ctx, off, to, len);
-	if (kind == K_NF)
+	if (kind == K_NF) {
+		__u32 zero = 0;
+		__u32 *lin = bpf_map_lookup_elem(&eg_nflin, &zero);
+		if (!lin || off + len > *lin)
+			return -1;
 		return bpf_probe_read_kernel(to, len, nfbase + off);
+	}
 	return bpf_skb_load_bytes(ctx, off, to, len);
 }
 
@@ -210,43 +228,105 @@ struct dnshdr {
 	__be16 qd, an, ns, ar;
 };
 
-/* Where the DNS message is, and the flow around it. */
+/* A fragmented datagram: (addresses, IP id, protocol). Its first fragment is judged; the
+ * verdict (1 pass, 2 drop) is kept so the later fragments follow it. A later fragment whose
+ * first one was never seen on this egress is dropped: nothing can judge it. */
+struct frag_key {
+	__u8 saddr[16], daddr[16];
+	__u32 id, proto;
+};
+
+/* Where the transport payload and the DNS message are, and the flow around them. */
 struct pkt {
 	__u32 len;     /* bytes available in the context */
-	__u32 l3;      /* input: 0 = starts with Ethernet, else the L3 ethertype (netfilter) */
+	__u32 l3;      /* input: 0 = starts with Ethernet, else the L3 ethertype */
+	__u32 flags;   /* input: PF_* */
+	__u32 gso;     /* input: gso_segs << 16 | gso_size (0: not a GSO super-packet) */
+	__u32 pay;     /* offset of the L4 payload */
+	__u32 end;     /* end of the L4 payload */
 	__u32 dns_off; /* offset of the DNS header */
 	__u32 dns_len; /* bytes of DNS message available */
 	__u16 sport, dport;
 	__u8 l4, ipver, encap, tcp;
+	__u8 frag;      /* first fragment of a fragmented datagram */
+	__u8 fail;      /* enum fail_why, when locate() says LOC_FAIL */
+	__u8 udp_encap; /* a VXLAN/GENEVE header was decoded (the payload has two readings) */
+	__u8 hk;        /* enum hdr_kind of the message at dns_off */
 	__u8 saddr[16], daddr[16];
 	struct dnshdr h;
+	__u32 frag_id;    /* IP identification of a first fragment (p->frag) */
+	__u32 frag_proto; /* its protocol */
+	struct frag_key fk; /* the eg_frags key, built here: kept off the stack */
 };
 
-/* Header sanity, not port numbers: QR as asked, opcode QUERY, one question; a query carries
- * no answers and at most OPT + TSIG. */
-static __always_inline int dns_sane(struct pkt *p, int want_response)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct frag_key);
+	__type(value, __u64);
+} eg_frags SEC(".maps");
+
+#define PF_EGRESS 1       /* judging queries: fragments and deep encapsulation fail closed */
+#define PF_NO_UDP_ENCAP 2 /* read UDP 4789/6081 payloads as plain payloads */
+
+enum loc { LOC_NONE = 0, LOC_DNS = 1, LOC_FAIL = 2 };
+enum fail_why {
+	F_NONE = 0,
+	F_FRAG,       /* tiny first fragment, or the first fragment of a DNS datagram */
+	F_DEEP_ENCAP, /* more layers than EG_MAX_DEPTH */
+	F_TCP,        /* DNS over TCP that is not a run of whole messages */
+	F_GSO,        /* UDP GSO super-packet with a DNS query in a segment */
+	F_MALFORMED,  /* non-DNS payload to port 53 */
+};
+#define EG_MAX_DEPTH 3   /* outer IP header + two encapsulations */
+#define EG_FRAG_MIN 256  /* payload a first fragment must carry: no stack makes them smaller */
+#define EG_TCP_MSGS 16   /* messages judged in one TCP segment (or TSO super-packet) */
+#define EG_GSO_SEGS 128  /* UDP_MAX_SEGMENTS */
+
+enum hdr_kind { H_NONE = 0, H_PLAIN = 1, H_ODD = 2 };
+
+/* What a DNS server would make of these 12 bytes as a query. Plain: QR=0, opcode QUERY, one
+ * question, no answer or authority records, at most OPT + TSIG. Odd: anything else a server
+ * still reads as a message with a question (other opcodes, records in a query, several
+ * questions; a "response" sent to port 53 from a port that is not a server's). Off port 53 an
+ * odd header must also be small in every count, so random payloads are not taken for DNS. */
+static __always_inline int hdr_kind(const struct dnshdr *h, __u16 sport, __u16 dport)
 {
-	__u16 fl = bpf_ntohs(p->h.flags);
-	if (((fl >> 15) & 1) != want_response || ((fl >> 11) & 0xf) != 0 ||
-	    bpf_ntohs(p->h.qd) != 1)
-		return 0;
-	if (!want_response && (p->h.an || p->h.ns || bpf_ntohs(p->h.ar) > 2))
-		return 0;
-	return 1;
+	__u16 fl = bpf_ntohs(h->flags), qd = bpf_ntohs(h->qd), an = bpf_ntohs(h->an),
+	      ns = bpf_ntohs(h->ns), ar = bpf_ntohs(h->ar);
+	__u8 opcode = (fl >> 11) & 0xf;
+	if (fl >> 15)
+		return dport == 53 && sport != 53 && qd >= 1 ? H_ODD : H_NONE;
+	if (opcode == 0 && qd == 1 && !an && !ns && ar <= 2)
+		return H_PLAIN;
+	if (qd < 1)
+		return H_NONE;
+	if (dport == 53)
+		return H_ODD;
+	if (qd <= 4 && an <= 8 && ns <= 8 && ar <= 8 && opcode <= 6 && opcode != 3)
+		return H_ODD;
+	return H_NONE;
 }
 
-#define FAST_MISS 2
+/* Header sanity of a response (XDP): QR=1, opcode QUERY, one question. */
+static __always_inline int resp_sane(const struct dnshdr *h)
+{
+	__u16 fl = bpf_ntohs(h->flags);
+	return (fl >> 15) && ((fl >> 11) & 0xf) == 0 && bpf_ntohs(h->qd) == 1;
+}
 
-/* The common shapes (Ethernet + IPv4 without options, or + IPv6 without extension headers,
- * then UDP or TCP, no tunnel port) decided from one load of the first 54/74 bytes (two for
- * TCP with payload) instead of one load per header. Returns 0/1 like find_dns, or FAST_MISS
- * to take the general path. */
-static __always_inline int find_dns_fast(void *ctx, int kind, const void *nfbase, struct pkt *p,
-					 int want_response)
+#define FAST_MISS 3
+
+/* The common shapes (Ethernet + IPv4 without options or fragmentation, or + IPv6 without
+ * extension headers, then UDP on a non-tunnel port or TCP) from one load of the first 74
+ * bytes (54 for IPv4 without room for more). Returns LOC_NONE / LOC_DNS (= transport found)
+ * like find_l4, or FAST_MISS to take the general walk. */
+static __always_inline int find_l4_fast(void *ctx, int kind, const void *nfbase, struct pkt *p)
 {
 	__u8 b[74];
-	__u32 l4, end, v6 = 0;
-	__u8 proto;
+	__u32 l4 = 0, end = 0, v6 = 0;
+	__u8 proto = 0;
 	if (p->len >= 74) {
 		if (ld(ctx, kind, nfbase, 0, b, 74))
 			return FAST_MISS;
@@ -259,8 +339,8 @@ static __always_inline int find_dns_fast(void *ctx, int kind, const void *nfbase
 		return FAST_MISS;
 	}
 	if (b[12] == 0x08 && b[13] == 0x00) {
-		if (b[14] != 0x45 || ((b[20] & 0x1f) | b[21]))
-			return FAST_MISS; /* options or fragment */
+		if (b[14] != 0x45 || ((b[20] & 0x3f) | b[21]))
+			return FAST_MISS; /* options, MF or a fragment offset */
 		proto = b[23];
 		l4 = 34;
 		end = 14 + ((b[16] << 8) | b[17]);
@@ -272,7 +352,7 @@ static __always_inline int find_dns_fast(void *ctx, int kind, const void *nfbase
 		__builtin_memcpy(&p->daddr[12], &b[30], 4);
 	} else if (b[12] == 0x86 && b[13] == 0xdd && p->len >= 74) {
 		proto = b[20];
-		if ((b[14] >> 4) != 6 || (proto != IPPROTO_UDP && proto != IPPROTO_TCP))
+		if ((b[14] >> 4) != 6)
 			return FAST_MISS;
 		l4 = 54;
 		end = 54 + ((b[18] << 8) | b[19]);
@@ -283,70 +363,77 @@ static __always_inline int find_dns_fast(void *ctx, int kind, const void *nfbase
 	} else {
 		return FAST_MISS;
 	}
-	if (end > p->len)
-		end = p->len;
+	if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
+		return FAST_MISS; /* encapsulations and the rest: the general walk */
+	if (end > p->len || end == (v6 ? 54 : 14))
+		end = p->len; /* BIG TCP leaves the length field 0 */
+	__u8 *t = v6 ? &b[54] : &b[34];
+	p->sport = (t[0] << 8) | t[1];
+	p->dport = (t[2] << 8) | t[3];
 	if (proto == IPPROTO_UDP) {
-		__u8 *u = v6 ? &b[54] : &b[34];
-		__u16 dport = (u[2] << 8) | u[3];
-		if (dport == VXLAN_PORT || dport == GENEVE_PORT)
+		if (!(p->flags & PF_NO_UDP_ENCAP) &&
+		    (p->dport == VXLAN_PORT || p->dport == GENEVE_PORT))
 			return FAST_MISS;
-		p->sport = (u[0] << 8) | u[1];
-		p->dport = dport;
 		p->l4 = IPPROTO_UDP;
-		p->tcp = 0;
-		p->dns_off = l4 + 8;
-		p->dns_len = end > p->dns_off ? end - p->dns_off : 0;
-		if (p->dns_len < 17)
-			return 0;
-		if (v6) {
-			if (ld(ctx, kind, nfbase, p->dns_off, &p->h, sizeof(p->h)))
-				return 0;
-		} else {
-			__builtin_memcpy(&p->h, &b[42], sizeof(p->h));
-		}
-		return dns_sane(p, want_response);
-	}
-	if (proto == IPPROTO_TCP) {
-		__u8 *t = v6 ? &b[54] : &b[34];
-		__u32 pay = l4 + (t[12] >> 4) * 4;
-		if ((t[12] >> 4) < 5 || pay + 2 + 12 > end)
-			return 0; /* pure ACK or too short for DNS */
-		struct {
-			__be16 mlen;
-			struct dnshdr h;
-		} __attribute__((packed)) m;
-		if (ld(ctx, kind, nfbase, pay, &m, sizeof(m)))
-			return 0;
-		p->sport = (t[0] << 8) | t[1];
-		p->dport = (t[2] << 8) | t[3];
+		p->pay = l4 + 8;
+	} else {
+		if ((t[12] >> 4) < 5)
+			return LOC_NONE;
 		p->l4 = IPPROTO_TCP;
-		p->tcp = 1;
-		__u32 mlen = bpf_ntohs(m.mlen);
-		p->dns_off = pay + 2;
-		p->dns_len = end - p->dns_off;
-		if (mlen < 17)
-			return 0;
-		if (mlen < p->dns_len)
-			p->dns_len = mlen;
-		__builtin_memcpy(&p->h, &m.h, sizeof(p->h));
-		return dns_sane(p, want_response);
+		p->pay = l4 + (t[12] >> 4) * 4;
 	}
-	return 0;
+	p->end = end;
+	return LOC_DNS;
 }
 
-/* Parses from an Ethernet (or, for netfilter, an IP) header to a DNS header. Returns 1 when a
- * plausible DNS message (query or response as asked) was found, 0 otherwise. */
-static __always_inline int find_dns(void *ctx, int kind, const void *nfbase, struct pkt *p,
-				    __u32 l2_off, __u16 proto, int want_response)
+static __always_inline void frag_key_of(struct frag_key *k, const struct pkt *p)
 {
-	__u32 off = l2_off;
-	int depth;
+	__builtin_memcpy(k->saddr, p->saddr, 16);
+	__builtin_memcpy(k->daddr, p->daddr, 16);
+	k->id = p->frag_id;
+	k->proto = p->frag_proto;
+}
 
-	for (depth = 0; depth < 2; depth++) {
+/* A fragment at offset > 0. Egress: passed only when its first fragment was judged and
+ * passed here; ingress (responses) is not judged by fragments. */
+static __always_inline int later_fragment(struct pkt *p, int depth, __u32 s4, __u32 d4, int ver)
+{
+	if (!(p->flags & PF_EGRESS))
+		return LOC_NONE;
+	if (depth == 0) {
+		if (ver == 4) {
+			p->ipver = 4;
+			__builtin_memset(p->saddr, 0, 16);
+			__builtin_memset(p->daddr, 0, 16);
+			p->saddr[10] = p->saddr[11] = p->daddr[10] = p->daddr[11] = 0xff;
+			__builtin_memcpy(&p->saddr[12], &s4, 4);
+			__builtin_memcpy(&p->daddr[12], &d4, 4);
+		}
+		frag_key_of(&p->fk, p);
+		__u64 *v = bpf_map_lookup_elem(&eg_frags, &p->fk);
+		if (v && *v == 1)
+			return LOC_NONE;
+	}
+	p->fail = F_FRAG;
+	return LOC_FAIL;
+}
+
+/* Walks from an Ethernet (or IP) header through VLAN tags, IPv4/IPv6 (options, extension
+ * headers), IPIP/SIT/GRE/VXLAN/GENEVE to a UDP or TCP payload. Returns LOC_DNS when a
+ * transport payload was found (p->pay/end/l4), LOC_NONE when there is nothing to judge, and
+ * LOC_FAIL (p->fail) when a query could hide where this walk stops. */
+static __always_inline int find_l4(void *ctx, int kind, const void *nfbase, struct pkt *p)
+{
+	__u32 off = 0;
+	__u16 proto = p->l3;
+	int egress = p->flags & PF_EGRESS;
+
+#pragma unroll
+	for (int depth = 0; depth < EG_MAX_DEPTH; depth++) {
 		if (proto == 0) {
 			struct ethhdr eth;
 			if (ld(ctx, kind, nfbase, off, &eth, sizeof(eth)))
-				return 0;
+				return LOC_NONE;
 			proto = bpf_ntohs(eth.h_proto);
 			off += ETH_HLEN_;
 			/* 802.1ad outer + 802.1Q inner, or one 802.1Q tag */
@@ -355,47 +442,62 @@ static __always_inline int find_dns(void *ctx, int kind, const void *nfbase, str
 				if (proto == P_8021Q || proto == P_8021AD) {
 					__be16 tag[2];
 					if (ld(ctx, kind, nfbase, off, tag, sizeof(tag)))
-						return 0;
+						return LOC_NONE;
 					proto = bpf_ntohs(tag[1]);
 					off += 4;
 				}
 			}
+			if (egress && (proto == P_8021Q || proto == P_8021AD)) {
+				p->fail = F_DEEP_ENCAP; /* a third tag: the walk ends here */
+				return LOC_FAIL;
+			}
 		}
 
-		__u8 nexthdr;
-		__u32 l4_off, l4_end;
+		__u8 nexthdr = 0;
+		__u32 l4_off = 0, l4_end = 0;
+		int frag = 0;
 		if (proto == P_IP) {
 			struct iphdr ip;
 			if (ld(ctx, kind, nfbase, off, &ip, sizeof(ip)))
-				return 0;
+				return LOC_NONE;
 			__u32 ihl = ip.ihl * 4;
 			if (ip.version != 4 || ihl < 20)
-				return 0;
-			/* non-first fragments carry no DNS header */
-			if (bpf_ntohs(ip.frag_off) & 0x1fff)
-				return 0;
+				return LOC_NONE;
+			__u16 fo = bpf_ntohs(ip.frag_off);
 			nexthdr = ip.protocol;
+			if (fo & 0x3fff) {
+				p->frag_id = bpf_ntohs(ip.id);
+				p->frag_proto = nexthdr;
+			}
+			/* a later fragment follows the verdict on its first one */
+			if (fo & 0x1fff)
+				return later_fragment(p, depth, ip.saddr, ip.daddr, 4);
+			frag = !!(fo & 0x2000);
 			l4_off = off + ihl;
-			l4_end = off + bpf_ntohs(ip.tot_len);
-			p->ipver = 4;
-			__builtin_memset(p->saddr, 0, 16);
-			__builtin_memset(p->daddr, 0, 16);
-			p->saddr[10] = p->saddr[11] = 0xff;
-			p->daddr[10] = p->daddr[11] = 0xff;
-			__builtin_memcpy(&p->saddr[12], &ip.saddr, 4);
-			__builtin_memcpy(&p->daddr[12], &ip.daddr, 4);
+			l4_end = ip.tot_len ? off + bpf_ntohs(ip.tot_len) : p->len;
+			if (depth == 0) {
+				p->ipver = 4;
+				__builtin_memset(p->saddr, 0, 16);
+				__builtin_memset(p->daddr, 0, 16);
+				p->saddr[10] = p->saddr[11] = 0xff;
+				p->daddr[10] = p->daddr[11] = 0xff;
+				__builtin_memcpy(&p->saddr[12], &ip.saddr, 4);
+				__builtin_memcpy(&p->daddr[12], &ip.daddr, 4);
+			}
 		} else if (proto == P_IPV6) {
 			struct ipv6hdr ip6;
 			if (ld(ctx, kind, nfbase, off, &ip6, sizeof(ip6)))
-				return 0;
+				return LOC_NONE;
 			if (ip6.version != 6)
-				return 0;
+				return LOC_NONE;
 			nexthdr = ip6.nexthdr;
 			l4_off = off + 40;
-			l4_end = l4_off + bpf_ntohs(ip6.payload_len);
-			p->ipver = 6;
-			__builtin_memcpy(p->saddr, &ip6.saddr, 16);
-			__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+			l4_end = ip6.payload_len ? l4_off + bpf_ntohs(ip6.payload_len) : p->len;
+			if (depth == 0) {
+				p->ipver = 6;
+				__builtin_memcpy(p->saddr, &ip6.saddr, 16);
+				__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+			}
 			/* bounded walk of extension headers */
 #pragma unroll
 			for (int e = 0; e < 6; e++) {
@@ -404,11 +506,13 @@ static __always_inline int find_dns(void *ctx, int kind, const void *nfbase, str
 					break;
 				__u8 ext[8];
 				if (ld(ctx, kind, nfbase, l4_off, ext, sizeof(ext)))
-					return 0;
+					return LOC_NONE;
 				if (nexthdr == 44) {
-					/* fragment header: only the first fragment has the DNS header */
+					p->frag_id = (ext[4] << 24) | (ext[5] << 16) | (ext[6] << 8) | ext[7];
+					p->frag_proto = ext[0];
 					if (((ext[2] << 8) | ext[3]) & 0xfff8)
-						return 0;
+						return later_fragment(p, depth, 0, 0, 6);
+					frag |= ext[3] & 1;
 					nexthdr = ext[0];
 					l4_off += 8;
 				} else if (nexthdr == 51) {
@@ -419,92 +523,251 @@ static __always_inline int find_dns(void *ctx, int kind, const void *nfbase, str
 					l4_off += ((__u32)ext[1] + 1) * 8;
 				}
 			}
+			if (egress && (nexthdr == 0 || nexthdr == 43 || nexthdr == 60 || nexthdr == 44 ||
+				       nexthdr == 51)) {
+				p->fail = F_DEEP_ENCAP; /* a seventh extension header */
+				return LOC_FAIL;
+			}
 			stat(EG_S_IPV6);
 		} else {
-			return 0;
+			return LOC_NONE;
 		}
 		if (l4_end > p->len)
 			l4_end = p->len;
+		if (frag && egress) {
+			p->frag = 1;
+			/* tiny first fragment (RFC 1858): the headers or the question lie in a later
+			 * fragment that nothing here can read */
+			if (l4_end < l4_off + EG_FRAG_MIN) {
+				p->fail = F_FRAG;
+				return LOC_FAIL;
+			}
+		}
 
+		if (nexthdr == 4 || nexthdr == 41) {
+			/* IPIP, SIT (IPv6 in IPv4), ip6tnl: the inner packet follows */
+			proto = nexthdr == 4 ? P_IP : P_IPV6;
+			off = l4_off;
+			p->encap = EG_ENCAP_IPIP;
+			continue;
+		}
+		if (nexthdr == 47) {
+			__u8 g[4];
+			if (ld(ctx, kind, nfbase, l4_off, g, sizeof(g)))
+				return LOC_NONE;
+			/* version 0 only; routing present (RFC 1701) is not followed */
+			if ((g[1] & 7) || (g[0] & 0x40)) {
+				if (egress) {
+					p->fail = F_DEEP_ENCAP;
+					return LOC_FAIL;
+				}
+				return LOC_NONE;
+			}
+			__u16 gp = (g[2] << 8) | g[3];
+			off = l4_off + 4 + ((g[0] & 0x80) ? 4 : 0) + ((g[0] & 0x20) ? 4 : 0) +
+			      ((g[0] & 0x10) ? 4 : 0);
+			p->encap = EG_ENCAP_GRE;
+			if (gp == P_TEB)
+				proto = 0;
+			else if (gp == P_IP || gp == P_IPV6)
+				proto = gp;
+			else
+				return LOC_NONE; /* MPLS, ERSPAN, PPP: not followed */
+			continue;
+		}
 		if (nexthdr == IPPROTO_UDP) {
 			struct udphdr udp;
 			if (ld(ctx, kind, nfbase, l4_off, &udp, sizeof(udp)))
-				return 0;
+				return LOC_NONE;
 			p->sport = bpf_ntohs(udp.source);
 			p->dport = bpf_ntohs(udp.dest);
 			p->l4 = IPPROTO_UDP;
-			p->tcp = 0;
 			__u32 pay = l4_off + 8;
-			/* tunnelled L2: parse the inner frame once */
-			if (depth == 0 && p->dport == VXLAN_PORT) {
-				off = pay + 8;
-				proto = 0;
-				p->encap = EG_ENCAP_VXLAN;
-				continue;
+			/* a tunnel port only means a tunnel when the header says so; even then the
+			 * payload is also read as plain DNS (egress runs twice, PF_NO_UDP_ENCAP) */
+			if (!(p->flags & PF_NO_UDP_ENCAP) && p->dport == VXLAN_PORT) {
+				__u8 v[8];
+				if (!ld(ctx, kind, nfbase, pay, v, sizeof(v)) && v[0] == 0x08 &&
+				    !(v[1] | v[2] | v[3] | v[7])) {
+					off = pay + 8;
+					proto = 0;
+					p->encap = EG_ENCAP_VXLAN;
+					p->udp_encap = 1;
+					continue;
+				}
 			}
-			if (depth == 0 && p->dport == GENEVE_PORT) {
+			if (!(p->flags & PF_NO_UDP_ENCAP) && p->dport == GENEVE_PORT) {
 				__u8 g[4];
-				if (ld(ctx, kind, nfbase, pay, g, sizeof(g)))
-					return 0;
-				if (((g[2] << 8) | g[3]) != P_TEB)
-					return 0;
-				off = pay + 8 + (g[0] & 0x3f) * 4;
-				proto = 0;
-				p->encap = EG_ENCAP_GENEVE;
-				continue;
+				if (!ld(ctx, kind, nfbase, pay, g, sizeof(g)) && !(g[0] >> 6)) {
+					__u16 gp = (g[2] << 8) | g[3];
+					if (gp == P_TEB || gp == P_IP || gp == P_IPV6) {
+						off = pay + 8 + (g[0] & 0x3f) * 4;
+						proto = gp == P_TEB ? 0 : gp;
+						p->encap = EG_ENCAP_GENEVE;
+						p->udp_encap = 1;
+						continue;
+					}
+				}
 			}
-			p->dns_off = pay;
-			p->dns_len = l4_end > pay ? l4_end - pay : 0;
-		} else if (nexthdr == IPPROTO_TCP) {
+			p->pay = pay;
+			p->end = l4_end;
+			return LOC_DNS;
+		}
+		if (nexthdr == IPPROTO_TCP) {
 			struct tcphdr tcp;
 			if (ld(ctx, kind, nfbase, l4_off, &tcp, sizeof(tcp)))
-				return 0;
-			__u32 pay = l4_off + tcp.doff * 4;
-			if (tcp.doff < 5 || pay + 2 + 12 > l4_end)
-				return 0;
-			__be16 mlen;
-			if (ld(ctx, kind, nfbase, pay, &mlen, 2))
-				return 0;
+				return LOC_NONE;
+			if (tcp.doff < 5)
+				return LOC_NONE;
 			p->sport = bpf_ntohs(tcp.source);
 			p->dport = bpf_ntohs(tcp.dest);
 			p->l4 = IPPROTO_TCP;
-			p->tcp = 1;
-			/* DNS over TCP: 2-byte length prefix; at least the first message of a segment */
-			__u32 m = bpf_ntohs(mlen);
-			p->dns_off = pay + 2;
-			p->dns_len = l4_end - p->dns_off;
-			if (m < 17)
-				return 0;
-			if (m < p->dns_len)
-				p->dns_len = m;
-		} else {
-			return 0;
+			p->pay = l4_off + tcp.doff * 4;
+			p->end = l4_end;
+			return LOC_DNS;
 		}
-
-		if (p->dns_len < 17) /* header + root name + qtype + qclass */
-			return 0;
-		if (ld(ctx, kind, nfbase, p->dns_off, &p->h, sizeof(p->h)))
-			return 0;
-		return dns_sane(p, want_response);
+		return LOC_NONE;
 	}
+	/* still encapsulated where the walk ends: what is inside was never read */
+	if (egress) {
+		p->fail = F_DEEP_ENCAP;
+		return LOC_FAIL;
+	}
+	return LOC_NONE;
+}
+
+struct gso_ctx {
+	void *ctx;
+	__u64 base;
+	__u32 off, step, end;
+	__u16 sport, dport;
+	int found;
+};
+
+/* One segment of a UDP GSO super-packet: does it start with a DNS query? */
+static __always_inline long gso_seg(struct gso_ctx *g, int kind)
+{
+	struct dnshdr h;
+	if (g->off + sizeof(h) > g->end)
+		return 1;
+	if (ld(g->ctx, kind, (const void *)g->base, g->off, &h, sizeof(h)))
+		return 1;
+	if (hdr_kind(&h, g->sport, g->dport) != H_NONE) {
+		g->found = 1;
+		return 1;
+	}
+	g->off += g->step;
 	return 0;
 }
 
+#define GSO_STEP(KIND, SUFFIX)                                                                   \
+	static long gso_step_##SUFFIX(__u64 idx, void *data)                                     \
+	{                                                                                        \
+		return gso_seg(data, KIND);                                                      \
+	}
+
+/* Finds the transport payload and sorts it: LOC_DNS with the first DNS message at
+ * dns_off (p->hk says plain or odd), LOC_NONE for what no DNS server would read as a query,
+ * LOC_FAIL for what must not pass unjudged. Port 53 is the only port with a meaning: there,
+ * a payload that is not a DNS query is malformed. No other port is trusted or special. */
+static __always_inline int locate(void *ctx, int kind, const void *nfbase, struct pkt *p,
+				  long (*gso_cb)(__u64, void *), int r)
+{
+	if (r != LOC_DNS)
+		return r;
+	__u32 plen = p->end > p->pay ? p->end - p->pay : 0;
+	__u8 b[14];
+	int have = plen >= 14 && !ld(ctx, kind, nfbase, p->pay, b, 14);
+	int at53 = p->dport == 53;
+
+	if (p->l4 == IPPROTO_UDP) {
+		__u16 segs = p->gso >> 16, size = p->gso & 0xffff;
+		if (segs > 1) {
+			/* every datagram of a GSO send leaves; no DNS client sends this way */
+			if (at53 || segs > EG_GSO_SEGS || !size) {
+				p->fail = F_GSO;
+				return LOC_FAIL;
+			}
+			struct gso_ctx g = { .ctx = ctx, .base = (__u64)nfbase,
+					     .off = p->pay, .step = size, .end = p->end,
+					     .sport = p->sport, .dport = p->dport };
+			bpf_loop(EG_GSO_SEGS, gso_cb, &g, 0);
+			if (g.found) {
+				p->fail = F_GSO;
+				return LOC_FAIL;
+			}
+			return LOC_NONE;
+		}
+		p->hk = H_NONE;
+		if (have) {
+			__builtin_memcpy(&p->h, b, sizeof(p->h));
+			p->hk = hdr_kind(&p->h, p->sport, p->dport);
+		}
+		if (p->frag && (p->hk != H_NONE || at53)) {
+			p->fail = F_FRAG; /* no DNS query needs fragmenting */
+			return LOC_FAIL;
+		}
+		if (p->hk == H_NONE) {
+			if (at53 && plen) {
+				p->fail = F_MALFORMED;
+				return LOC_FAIL;
+			}
+			return LOC_NONE;
+		}
+		p->tcp = 0;
+		p->dns_off = p->pay;
+		p->dns_len = plen;
+		return LOC_DNS;
+	}
+
+	/* TCP: segments of a DNS stream must be runs of whole length-prefixed messages */
+	if (!plen)
+		return LOC_NONE; /* SYN, ACK, FIN */
+	p->hk = H_NONE;
+	int bare = 0;
+	if (have) {
+		__builtin_memcpy(&p->h, &b[2], sizeof(p->h));
+		p->hk = hdr_kind(&p->h, p->sport, p->dport);
+		struct dnshdr h0;
+		__builtin_memcpy(&h0, b, sizeof(h0));
+		bare = hdr_kind(&h0, p->sport, p->dport) != H_NONE;
+	}
+	if (p->frag && (p->hk != H_NONE || bare || at53)) {
+		p->fail = F_FRAG;
+		return LOC_FAIL;
+	}
+	if (p->hk == H_NONE) {
+		/* a message without its length prefix (split off into another segment), or
+		 * a port-53 stream at no message boundary: cannot be judged, does not pass */
+		if (bare || at53) {
+			p->fail = F_TCP;
+			return LOC_FAIL;
+		}
+		return LOC_NONE;
+	}
+	p->tcp = 1;
+	p->dns_off = p->pay + 2;
+	p->dns_len = (b[0] << 8) | b[1];
+	return LOC_DNS;
+}
+
 struct name_info {
-	__u64 full_hash;   /* FNV-1a of the whole lower-cased wire name, read right to left */
+	__u64 full_hash;   /* FNV-1a of the exact wire name (case kept: allow cache, tickets) */
 	__u64 parent_hash; /* same, without the first label */
 	__u64 block_hash;  /* blocklisted suffix that matched, 0 if none */
 	__u32 wire_len;    /* wire bytes before the root label */
-	__u32 labels, max_label, digits, odd;
+	__u32 labels, max_label, digits, odd, upper, lower;
+	__u32 extra;       /* message bytes after the question */
+	__u32 msg_reasons; /* EG_R_ODD_MESSAGE / EG_R_EXTRA_DATA (msg_eval) */
 	__u16 qtype, qclass;
 };
 
 struct fwd_ctx {
 	struct scratch *s;
-	__u64 full;        /* FNV-1a of the whole lower-cased wire name, left to right */
+	__u64 full;        /* FNV-1a of the exact wire name, left to right */
 	__u64 cur;         /* FNV-1a of the current label (length byte + bytes) */
 	__u64 lh[EG_MAX_SUFFIXES]; /* hashes of the last EG_MAX_SUFFIXES labels (ring) */
-	__u32 avail, next, end, labels, max_label, digits, odd;
+	__u32 avail, next, end, labels, max_label, digits, odd, upper, lower;
 	int done;
 };
 
@@ -519,7 +782,8 @@ static long fwd_step(__u64 idx, void *data)
 		return 1;
 	struct scratch *s = f->s;
 	__u8 c = s->name[i];
-	if (i == f->next) {
+	int lenbyte = i == f->next;
+	if (lenbyte) {
 		if (f->labels)
 			f->lh[(f->labels - 1) & (EG_MAX_SUFFIXES - 1)] = f->cur;
 		if (c == 0) {
@@ -534,16 +798,23 @@ static long fwd_step(__u64 idx, void *data)
 			f->max_label = c;
 		f->next = i + c + 1;
 		f->cur = FNV_OFFSET;
-	} else if (c >= 'A' && c <= 'Z') {
-		c += 32;
-		s->name[i] = c;
-	} else if (c >= '0' && c <= '9') {
-		f->digits++;
-	} else if (!(c >= 'a' && c <= 'z') && c != '-' && c != '_') {
-		f->odd++;
+	}
+	/* the exact byte: a case variant is another name to the allow cache */
+	f->full = (f->full ^ c) * FNV_PRIME;
+	if (!lenbyte) {
+		if (c >= 'A' && c <= 'Z') {
+			f->upper++;
+			c += 32;
+			s->name[i] = c;
+		} else if (c >= 'a' && c <= 'z') {
+			f->lower++;
+		} else if (c >= '0' && c <= '9') {
+			f->digits++;
+		} else if (c != '-' && c != '_') {
+			f->odd++;
+		}
 	}
 	f->cur = (f->cur ^ c) * FNV_PRIME;
-	f->full = (f->full ^ c) * FNV_PRIME;
 	return 0;
 }
 
@@ -577,6 +848,8 @@ static __always_inline int walk_name(void *ctx, int kind, const void *nfbase, st
 	ni->max_label = f.max_label;
 	ni->digits = f.digits;
 	ni->odd = f.odd;
+	ni->upper = f.upper;
+	ni->lower = f.lower;
 	ni->wire_len = f.end;
 	ni->full_hash = f.full;
 	__u32 end = f.end & (EG_NAME_MAX - 1);
@@ -588,6 +861,8 @@ static __always_inline int walk_name(void *ctx, int kind, const void *nfbase, st
 		return -1;
 	ni->qtype = bpf_ntohs(qt[0]);
 	ni->qclass = bpf_ntohs(qt[1]);
+	__u32 used = 12 + end + 1 + 4;
+	ni->extra = p->dns_len > used ? p->dns_len - used : 0;
 
 	__u64 h = FNV_OFFSET;
 	__u32 n = f.labels;
@@ -627,7 +902,110 @@ static __always_inline __u32 suspicion(struct eg_config *cfg, struct name_info *
 		r |= EG_R_ODD_CHARS;
 	if (!plain_qtype(ni->qtype))
 		r |= EG_R_RARE_QTYPE;
+	if (cfg->hold_mixed_case && ni->upper && ni->lower)
+		r |= EG_R_MIXED_CASE;
 	return r;
+}
+
+/* What travels outside the question of a plain query. One OPT record with the options stub
+ * resolvers send (COOKIE, ECS, NSID, EXPIRE, TCP keepalive) at their usual sizes passes;
+ * padding (RFC 7830 is for encrypted transports, never seen here), unknown options, other
+ * records, trailing bytes or more than hold_extra_bytes are EXTRA_DATA. */
+static __always_inline int extra_ok(void *ctx, int kind, const void *nfbase, struct pkt *p,
+				    struct name_info *ni, struct eg_config *cfg)
+{
+	if (!ni->extra)
+		return 1;
+	if (bpf_ntohs(p->h.ar) != 1 || ni->extra > cfg->hold_extra_bytes || ni->extra < 11)
+		return 0;
+	__u32 o = p->dns_off + 12 + ni->wire_len + 1 + 4;
+	__u8 rr[11];
+	if (ld(ctx, kind, nfbase, o, rr, sizeof(rr)))
+		return 0;
+	__u32 rdlen = (rr[9] << 8) | rr[10];
+	if (rr[0] || rr[1] || rr[2] != 41 || rdlen != ni->extra - 11)
+		return 0;
+	o += 11;
+	__u32 end = o + rdlen;
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		if (o >= end)
+			return 1;
+		__u8 opt[4];
+		if (o + 4 > end || ld(ctx, kind, nfbase, o, opt, sizeof(opt)))
+			return 0;
+		__u16 code = (opt[0] << 8) | opt[1], len = (opt[2] << 8) | opt[3];
+		if (code == 10) { /* COOKIE: client 8, or client + server 16..40 */
+			if (len != 8 && (len < 16 || len > 40))
+				return 0;
+		} else if (code == 8) { /* client subnet: family, prefixes, address */
+			if (len < 4 || len > 20)
+				return 0;
+		} else if (code == 3 || code == 9 || code == 11) { /* NSID, EXPIRE, keepalive */
+			if (len)
+				return 0;
+		} else {
+			return 0;
+		}
+		o += 4 + len;
+	}
+	return o == end;
+}
+
+/* Judges the message at p->dns_off as a query: the name (walk_name), then what it carries
+ * outside the question. Returns 0, or -1 when no DNS server would take it for a query. */
+static __always_inline int msg_eval(void *ctx, int kind, const void *nfbase, struct pkt *p,
+				    struct name_info *ni)
+{
+	__u32 slot = kind;
+	struct scratch *s = bpf_map_lookup_elem(&eg_scratch, &slot);
+	struct eg_config *cfg = get_config();
+	if (!s || !cfg)
+		return -1;
+	if (walk_name(ctx, kind, nfbase, p, s, ni, 1))
+		return -1;
+	__u32 r = 0;
+	if (p->hk == H_ODD) {
+		/* off port 53 an odd header must at least carry a real class */
+		__u16 c = ni->qclass;
+		if (p->dport != 53 && c != 1 && c != 3 && c != 4 && c != 254 && c != 255)
+			return -1;
+		r |= EG_R_ODD_MESSAGE;
+	} else if (!extra_ok(ctx, kind, nfbase, p, ni, cfg)) {
+		r |= EG_R_EXTRA_DATA;
+	}
+	ni->msg_reasons = r;
+	return 0;
+}
+
+/* FNV-1a of the DNS message, the identity a release ticket is bound to. */
+struct mh_ctx {
+	struct scratch *s;
+	__u32 len;
+	__u64 h;
+};
+
+static long mh_step(__u64 idx, void *data)
+{
+	struct mh_ctx *m = data;
+	if (idx >= m->len)
+		return 1;
+	m->h = (m->h ^ m->s->msg[idx & (EG_PKT_MAX - 1)]) * FNV_PRIME;
+	return 0;
+}
+
+static __always_inline __u64 msg_hash(void *ctx, int kind, const void *nfbase, struct pkt *p)
+{
+	__u32 slot = kind;
+	struct scratch *s = bpf_map_lookup_elem(&eg_scratch, &slot);
+	__u32 n = p->dns_len;
+	if (!s || n < 1 || n > EG_PKT_MAX)
+		return 0;
+	if (ld(ctx, kind, nfbase, p->dns_off, s->msg, ((n - 1) & (EG_PKT_MAX - 1)) + 1))
+		return 0;
+	struct mh_ctx m = { .s = s, .len = n, .h = FNV_OFFSET };
+	bpf_loop(EG_PKT_MAX, mh_step, &m, 0);
+	return m.h;
 }
 
 /* Fills an event's common fields; the packet copy is the caller's. */
@@ -649,6 +1027,10 @@ static __always_inline void fill_event(struct eg_event *ev, struct pkt *p, struc
 	ev->rcode = bpf_ntohs(p->h.flags) & 0xf;
 	ev->ancount = bpf_ntohs(p->h.an);
 	ev->wire_len = p->len;
+	ev->msg_len = p->dns_len;
+	ev->extra_len = ni->extra;
+	ev->msg_hash = 0;
+	ev->frame_l3 = p->l3 != 0;
 	__builtin_memcpy(ev->saddr, p->saddr, 16);
 	__builtin_memcpy(ev->daddr, p->daddr, 16);
 	__builtin_memcpy(ev->name, s->name, EG_NAME_MAX);
@@ -673,15 +1055,16 @@ static __always_inline void fill_event(struct eg_event *ev, struct pkt *p, struc
 	}
 }
 
-/* Copies a passed query (or an NXDOMAIN answer) to the observation ring: best effort. */
-static __always_inline void observe(struct pkt *p, struct scratch *s, struct name_info *ni,
-				    struct eg_proc *proc, __u64 cookie, __u32 ifindex, __u8 kind,
-				    __u8 hook)
+/* Copies a passed query (or an NXDOMAIN answer) to the observation ring. Returns -1 when the
+ * ring is full: the caller decides (a query is then held unless fail_open). */
+static __always_inline int observe(struct pkt *p, struct scratch *s, struct name_info *ni,
+				   struct eg_proc *proc, __u64 cookie, __u32 ifindex, __u8 kind,
+				   __u8 hook)
 {
 	struct eg_event *ev = bpf_ringbuf_reserve(&eg_observe, EG_OBS_SIZE, 0);
 	if (!ev) {
 		stat(EG_S_OBSERVE_FULL);
-		return;
+		return -1;
 	}
 	fill_event(ev, p, s, ni, proc, cookie);
 	ev->ifindex = ifindex;
@@ -692,91 +1075,75 @@ static __always_inline void observe(struct pkt *p, struct scratch *s, struct nam
 	ev->resp_len = kind == EG_KIND_RESPONSE ? p->dns_len : 0;
 	bpf_ringbuf_submit(ev, 0);
 	stat(EG_S_OBSERVED);
+	return 0;
 }
 
-/* Global (non-inlined) entry points: the verifier checks each once, on its own, so the
- * decision code after them is not re-verified for every parse path. */
-#define EG_PARSERS(KIND, CTX_T, SUFFIX)                                                          \
-	__noinline int find_dns_##SUFFIX(CTX_T *ctx, __u64 base, struct pkt *p, int want_resp)  \
-	{                                                                                        \
-		if (!p)                                                                          \
-			return 0;                                                                \
-		if (!p->l3) {                                                                    \
-			int r = find_dns_fast(ctx, KIND, (const void *)base, p, want_resp);      \
-			if (r != FAST_MISS)                                                      \
-				return r;                                                        \
-		}                                                                                \
-		return find_dns(ctx, KIND, (const void *)base, p, 0, p->l3, want_resp);          \
-	}                                                                                        \
-	__noinline int walk_name_##SUFFIX(CTX_T *ctx, __u64 base, struct pkt *p,                 \
-					  struct name_info *ni)                                  \
-	{                                                                                        \
-		__u32 slot = KIND;                                                               \
-		struct scratch *s = bpf_map_lookup_elem(&eg_scratch, &slot);                     \
-		if (!p || !ni || !s)                                                             \
-			return -1;                                                               \
-		return walk_name(ctx, KIND, (const void *)base, p, s, ni, 1);                    \
-	}
+/* Everything egress() needs besides the context (a global function takes at most 5 args). */
+struct eg_in {
+	__u64 cookie;
+	__u32 len, mark, ifindex, l3, hook, gso, flags;
+};
 
-EG_PARSERS(K_SKB, struct __sk_buff, skb)
-EG_PARSERS(K_XDP, struct xdp_md, xdp)
-EG_PARSERS(K_NF, struct bpf_nf_ctx, nf)
+enum verdict { V_PASS = 0, V_DROP = 1, V_ENCAP = 2 /* bit: a UDP tunnel header was read */ };
 
-#define FIND_DNS(kind, ctx, base, p, wr)                                                         \
-	((kind) == K_XDP  ? find_dns_xdp(ctx, (__u64)(base), p, wr)                              \
-	 : (kind) == K_NF ? find_dns_nf(ctx, (__u64)(base), p, wr)                               \
-			  : find_dns_skb(ctx, (__u64)(base), p, wr))
-#define WALK_NAME(kind, ctx, base, p, ni)                                                        \
-	((kind) == K_XDP  ? walk_name_xdp(ctx, (__u64)(base), p, ni)                             \
-	 : (kind) == K_NF ? walk_name_nf(ctx, (__u64)(base), p, ni)                              \
-			  : walk_name_skb(ctx, (__u64)(base), p, ni))
-
-/* ---------------------------------------------------------------- egress decision */
-
-enum verdict { V_PASS = 0, V_DROP = 1 };
-
-static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32 len, __u32 mark,
-				  __u32 ifindex, __u64 cookie, __u16 l3proto)
+static __always_inline int fail_closed(struct eg_config *cfg, struct pkt *p)
 {
-	struct pkt p = {};
-	p.len = len;
-	p.l3 = l3proto;
-	if (!FIND_DNS(kind, ctx, nfbase, &p, 0)) {
-		stat(EG_S_NON_DNS);
+	switch (p->fail) {
+	case F_FRAG:
+		stat(EG_S_FRAG_DROP);
+		break;
+	case F_DEEP_ENCAP:
+		stat(EG_S_DEEP_ENCAP);
+		break;
+	case F_TCP:
+		stat(EG_S_TCP_PARTIAL);
+		break;
+	case F_GSO:
+		stat(EG_S_GSO_DROP);
+		break;
+	default:
+		stat(EG_S_MALFORMED);
+		if (!cfg->drop_malformed53)
+			return V_PASS;
+		stat(EG_S_MALFORMED_DROP);
+		break;
+	}
+	if (cfg->mode != EG_MODE_ENFORCE) {
+		stat(EG_S_REPORT);
 		return V_PASS;
 	}
+	return V_DROP;
+}
+
+/* The decision for one query message (p->dns_off, ni and the scratch name filled by
+ * msg_eval). `judge_only`: several messages in one TCP segment, so the segment is dropped and
+ * the suspicious one handed over without the frame; TCP's retransmission passes once the
+ * agent has cleared it. */
+static __always_inline int decide(void *ctx, int kind, const void *nfbase, struct eg_in *in,
+				  struct pkt *p, struct name_info *ni, int judge_only)
+{
 	struct eg_config *cfg = get_config();
-	if (!cfg)
-		return V_PASS;
 	__u32 slot = kind;
 	struct scratch *s = bpf_map_lookup_elem(&eg_scratch, &slot);
-	if (!s)
-		return V_PASS;
-	stat(EG_S_DNS_QUERIES);
-	if (p.tcp)
-		stat(EG_S_TCP_DNS);
-	if (p.encap == EG_ENCAP_VXLAN)
-		stat(EG_S_VXLAN);
-	if (p.encap == EG_ENCAP_GENEVE)
-		stat(EG_S_GENEVE);
-
+	if (!cfg || !s)
+		return V_DROP;
 	int enforce = cfg->mode == EG_MODE_ENFORCE;
-	struct name_info ni = {};
-	if (WALK_NAME(kind, ctx, nfbase, &p, &ni)) {
-		stat(EG_S_MALFORMED);
-		/* a resolver answers FORMERR to this: only a tunnel endpoint would read it */
-		if (enforce && cfg->drop_malformed53 && p.dport == 53)
-			return V_DROP;
-		return V_PASS;
-	}
+	__u64 cookie = in->cookie;
+	__u8 hook = in->hook;
+	__u32 len = in->len;
 
-	/* a frame the agent released: pass it exactly once */
-	if (mark && mark == cfg->release_mark) {
-		struct eg_ticket t = { .name_hash = ni.full_hash, .dns_id = bpf_ntohs(p.h.id) };
-		if (bpf_map_lookup_elem(&eg_tickets, &t)) {
+	/* a frame the agent released: its ticket names this exact message */
+	if (in->mark && in->mark == cfg->release_mark) {
+		struct eg_ticket t = { .msg_hash = msg_hash(ctx, kind, nfbase, p),
+				       .dns_id = bpf_ntohs(p->h.id),
+				       .msg_len = p->dns_len };
+		__u64 *exp = bpf_map_lookup_elem(&eg_tickets, &t);
+		if (exp) {
+			if (bpf_ktime_get_ns() < *exp) {
+				stat(EG_S_RELEASED);
+				return V_PASS;
+			}
 			bpf_map_delete_elem(&eg_tickets, &t);
-			stat(EG_S_RELEASED);
-			return V_PASS;
 		}
 	}
 
@@ -786,24 +1153,38 @@ static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32
 	if (proc && bpf_map_lookup_elem(&eg_quarantine, &proc->tgid)) {
 		reasons = EG_R_QUARANTINE;
 		action = EG_ACT_QUARANTINE;
-	} else if (ni.block_hash) {
+	} else if (ni->block_hash) {
 		reasons = EG_R_BLOCKLIST;
 		action = EG_ACT_BLOCK;
 	} else {
-		reasons = suspicion(cfg, &ni);
+		reasons = suspicion(cfg, ni) | ni->msg_reasons;
+		if (ni->msg_reasons)
+			stat(EG_S_ODD_MESSAGE);
 		int plain = !reasons;
-		if (plain || bpf_map_lookup_elem(&eg_allow, &ni.full_hash)) {
+		/* the allow cache holds exact names: it never excuses what a message carries
+		 * outside its question */
+		if (plain || (!ni->msg_reasons && bpf_map_lookup_elem(&eg_allow, &ni->full_hash))) {
 			stat(plain ? EG_S_PASS_PLAIN : EG_S_PASS_ALLOW);
 			if (!cfg->report_all) {
-				if (cfg->observe)
-					observe(&p, s, &ni, proc, cookie, ifindex, EG_KIND_QUERY,
-						kind == K_NF ? EG_HOOK_NETFILTER : EG_HOOK_TC);
-				return V_PASS;
+				if (!cfg->observe ||
+				    !observe(p, s, ni, proc, cookie, in->ifindex, EG_KIND_QUERY, hook))
+					return V_PASS;
+				/* unobserved, the analytics would be blind to it */
+				if (cfg->fail_open)
+					return V_PASS;
+				stat(EG_S_OBSERVE_HELD);
+				reasons = EG_R_UNOBSERVED;
+				action = EG_ACT_HOLD;
+			} else {
+				reasons = EG_R_REPORT_ALL;
 			}
-			reasons = EG_R_REPORT_ALL;
 		} else {
 			action = EG_ACT_HOLD;
 		}
+	}
+	if (action == EG_ACT_HOLD && judge_only) {
+		action = EG_ACT_JUDGE;
+		reasons |= EG_R_MULTI;
 	}
 
 	if (!enforce && action != EG_ACT_PASS)
@@ -814,16 +1195,19 @@ static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32
 		stat(EG_S_QUARANTINE);
 	else if (action == EG_ACT_REPORT)
 		stat(EG_S_REPORT);
+	else if (action == EG_ACT_JUDGE)
+		stat(EG_S_JUDGE);
 
 	__u32 drops = 0;
 	struct eg_quiet_key qk = {};
 	if (action == EG_ACT_BLOCK || action == EG_ACT_QUARANTINE) {
 		qk = (struct eg_quiet_key){
-			.hash = action == EG_ACT_BLOCK ? ni.block_hash : (__u64)(proc ? proc->tgid : 0),
+			.hash = action == EG_ACT_BLOCK ? ni->block_hash
+						       : (__u64)(proc ? proc->tgid : 0),
 			.cookie = cookie,
 		};
 		__u32 src[4];
-		__builtin_memcpy(src, p.saddr, 16);
+		__builtin_memcpy(src, p->saddr, 16);
 		qk.src = src[0] ^ src[1] ^ src[2] ^ src[3];
 		__u64 now = bpf_ktime_get_ns();
 		struct eg_quiet *q = bpf_map_lookup_elem(&eg_quiet, &qk);
@@ -842,7 +1226,7 @@ static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32
 	}
 
 	int hold = action == EG_ACT_HOLD;
-	if (hold && !agent_alive()) {
+	if ((hold || action == EG_ACT_JUDGE) && !agent_alive()) {
 		/* nobody will release it: fail_open passes, otherwise it is held and expires */
 		stat(EG_S_AGENT_DOWN);
 		if (cfg->fail_open)
@@ -859,20 +1243,19 @@ static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32
 	struct eg_event *ev = bpf_ringbuf_reserve(&eg_events, sizeof(*ev), 0);
 	if (!ev) {
 		stat(EG_S_RINGBUF_FULL);
-		if (hold) {
+		if (hold || action == EG_ACT_JUDGE) {
 			/* cannot hand it over: fail closed unless told otherwise */
 			stat(EG_S_FAILCLOSED);
 			return cfg->fail_open ? V_PASS : V_DROP;
 		}
 		return (action == EG_ACT_BLOCK || action == EG_ACT_QUARANTINE) ? V_DROP : V_PASS;
 	}
-	fill_event(ev, &p, s, &ni, proc, cookie);
-	ev->ifindex = ifindex;
+	fill_event(ev, p, s, ni, proc, cookie);
+	ev->ifindex = in->ifindex;
 	ev->reasons = reasons;
 	ev->action = action;
 	ev->kind = EG_KIND_QUERY;
-	ev->hook = kind == K_NF ? EG_HOOK_NETFILTER : EG_HOOK_TC;
-	ev->pkt_len = 0;
+	ev->hook = hook;
 	ev->drops = drops;
 	ev->quiet_hash = qk.hash;
 	if (hold) {
@@ -885,9 +1268,10 @@ static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32
 			return cfg->fail_open ? V_PASS : V_DROP;
 		}
 		ev->pkt_len = n;
-		if (kind == K_SKB) {
+		ev->msg_hash = msg_hash(ctx, kind, nfbase, p);
+		if (kind == K_SKB || kind == K_SOCK) {
 			struct sk_buff *k = bpf_cast_to_kern_ctx(ctx);
-			csum_meta(ev, k, k->mac_header);
+			csum_meta(ev, k, p->l3 ? k->network_header : k->mac_header);
 		} else if (kind == K_NF) {
 			struct sk_buff *k = ((struct bpf_nf_ctx *)ctx)->skb;
 			csum_meta(ev, k, k->network_header);
@@ -896,37 +1280,310 @@ static __always_inline int egress(void *ctx, int kind, const void *nfbase, __u32
 	}
 	bpf_ringbuf_submit(ev, 0);
 	if (action == EG_ACT_HOLD || action == EG_ACT_BLOCK || action == EG_ACT_QUARANTINE ||
-	    action == EG_ACT_FAILCLOSED)
+	    action == EG_ACT_FAILCLOSED || action == EG_ACT_JUDGE)
 		return V_DROP;
 	return V_PASS;
+}
+
+/* The name_info of the message being judged, one slot per hook like eg_scratch: kept off
+ * the stack, which three nested global functions would otherwise exceed (512 bytes). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, K_SLOTS);
+	__type(key, __u32);
+	__type(value, struct name_info);
+} eg_ni SEC(".maps");
+
+/* Likewise the packet being judged. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, K_SLOTS);
+	__type(key, __u32);
+	__type(value, struct pkt);
+} eg_pkt SEC(".maps");
+
+static __always_inline struct name_info *ni_slot(int kind)
+{
+	__u32 slot = kind;
+	return bpf_map_lookup_elem(&eg_ni, &slot);
+}
+
+/* Global (non-inlined) pieces: the verifier checks each once, on its own. */
+#define EG_PIECES(KIND, CTX_T, SUFFIX)                                                           \
+	GSO_STEP(KIND, SUFFIX)                                                                       \
+	__noinline int find_l4_##SUFFIX(CTX_T *ctx, __u64 base, struct pkt *p)                   \
+	{                                                                                        \
+		if (!p)                                                                          \
+			return LOC_NONE;                                                         \
+		int r = FAST_MISS;                                                               \
+		if (!p->l3)                                                                      \
+			r = find_l4_fast(ctx, KIND, (const void *)base, p);                      \
+		return r != FAST_MISS ? r : find_l4(ctx, KIND, (const void *)base, p);           \
+	}                                                                                        \
+	__noinline int locate_##SUFFIX(CTX_T *ctx, __u64 base, struct pkt *p, int r)             \
+	{                                                                                        \
+		if (!p)                                                                          \
+			return LOC_NONE;                                                         \
+		return locate(ctx, KIND, (const void *)base, p, gso_step_##SUFFIX, r);           \
+	}                                                                                        \
+	__noinline int msg_eval_##SUFFIX(CTX_T *ctx, __u64 base, struct pkt *p)                  \
+	{                                                                                        \
+		struct name_info *ni = ni_slot(KIND);                                            \
+		if (!p || !ni)                                                                   \
+			return -1;                                                               \
+		__builtin_memset(ni, 0, sizeof(*ni));                                            \
+		return msg_eval(ctx, KIND, (const void *)base, p, ni);                           \
+	}                                                                                        \
+	__noinline int decide_##SUFFIX(CTX_T *ctx, __u64 base, struct eg_in *in, struct pkt *p,  \
+				       __u32 multi)                                              \
+	{                                                                                        \
+		struct name_info *ni = ni_slot(KIND);                                            \
+		if (!in || !p || !ni)                                                            \
+			return V_DROP;                                                           \
+		return decide(ctx, KIND, (const void *)base, in, p, ni, multi);                  \
+	}
+
+EG_PIECES(K_SKB, struct __sk_buff, skb)
+EG_PIECES(K_SOCK, struct __sk_buff, sock)
+EG_PIECES(K_NF, struct bpf_nf_ctx, nf)
+
+/* find_l4 and locate are siblings, not caller and callee: the deepest chain of frames
+ * (program, egress, find_l4) stays within the 512-byte stack */
+#define FIND(kind, ctx, base, p)                                                                 \
+	((kind) == K_NF	    ? find_l4_nf(ctx, base, p)                                           \
+	 : (kind) == K_SOCK ? find_l4_sock(ctx, base, p)                                         \
+			    : find_l4_skb(ctx, base, p))
+#define LOC(kind, ctx, base, p, r)                                                               \
+	((kind) == K_NF	    ? locate_nf(ctx, base, p, r)                                         \
+	 : (kind) == K_SOCK ? locate_sock(ctx, base, p, r)                                       \
+			    : locate_skb(ctx, base, p, r))
+#define EVAL(kind, ctx, base, p)                                                                 \
+	((kind) == K_NF	    ? msg_eval_nf(ctx, base, p)                                          \
+	 : (kind) == K_SOCK ? msg_eval_sock(ctx, base, p)                                        \
+			    : msg_eval_skb(ctx, base, p))
+#define DECIDE(kind, ctx, base, in, p, multi)                                                    \
+	((kind) == K_NF	    ? decide_nf(ctx, base, in, p, multi)                                 \
+	 : (kind) == K_SOCK ? decide_sock(ctx, base, in, p, multi)                               \
+			    : decide_skb(ctx, base, in, p, multi))
+
+/* One packet: locate the DNS message(s), judge each, decide. UDP carries one message; a TCP
+ * segment (or TSO super-packet) a run of up to EG_TCP_MSGS whole ones. */
+static __always_inline int egress(void *ctx, int kind, __u64 base, struct eg_in *in)
+{
+	__u32 slot = kind;
+	struct pkt *p = bpf_map_lookup_elem(&eg_pkt, &slot);
+	if (!p)
+		return V_DROP;
+	__builtin_memset(p, 0, sizeof(*p));
+	p->len = in->len;
+	p->l3 = in->l3;
+	p->flags = in->flags | PF_EGRESS;
+	p->gso = in->gso;
+	int r = FIND(kind, ctx, base, p);
+	r = LOC(kind, ctx, base, p, r);
+	int enc = p->udp_encap ? V_ENCAP : 0;
+	if (r == LOC_NONE) {
+		stat(EG_S_NON_DNS);
+		return V_PASS | enc;
+	}
+	struct eg_config *cfg = get_config();
+	if (!cfg)
+		return V_DROP;
+	if (r == LOC_FAIL)
+		return fail_closed(cfg, p) | enc;
+	stat(EG_S_DNS_QUERIES);
+	if (p->tcp)
+		stat(EG_S_TCP_DNS);
+	if (p->encap == EG_ENCAP_VXLAN)
+		stat(EG_S_VXLAN);
+	else if (p->encap == EG_ENCAP_GENEVE)
+		stat(EG_S_GENEVE);
+	else if (p->encap)
+		stat(EG_S_ENCAP);
+
+	if (!p->tcp) {
+		if (EVAL(kind, ctx, base, p)) {
+			if (p->dport != 53) {
+				stat(EG_S_NON_DNS);
+				return V_PASS | enc;
+			}
+			p->fail = F_MALFORMED;
+			return fail_closed(cfg, p) | enc;
+		}
+		return DECIDE(kind, ctx, base, in, p, 0) | enc;
+	}
+
+	/* TCP: every message whole inside the segment, each judged; the first that needs a
+	 * decision decides (block beats judgement) */
+	struct name_info *ni = ni_slot(kind);
+	if (!ni)
+		return V_DROP;
+	__u32 o = p->pay, pick = 0, picked_block = 0, n = 0, end = p->end;
+	__u8 b[14];
+	for (int i = 0; i < EG_TCP_MSGS; i++) {
+		if (o >= end)
+			break;
+		if (o + 14 > end || ld(ctx, kind, (const void *)base, o, b, 14))
+			goto partial;
+		__u32 mlen = (b[0] << 8) | b[1];
+		if (mlen < 17 || o + 2 + mlen > end)
+			goto partial;
+		__builtin_memcpy(&p->h, &b[2], sizeof(p->h));
+		p->hk = hdr_kind(&p->h, p->sport, p->dport);
+		if (p->hk == H_NONE)
+			goto partial;
+		p->dns_off = o + 2;
+		p->dns_len = mlen;
+		if (EVAL(kind, ctx, base, p))
+			goto partial;
+		n++;
+		if (ni->block_hash && !picked_block) {
+			pick = o;
+			picked_block = 1;
+		} else if (!pick && (suspicion(cfg, ni) | ni->msg_reasons) &&
+			   (ni->msg_reasons || !bpf_map_lookup_elem(&eg_allow, &ni->full_hash))) {
+			pick = o;
+		}
+		o += 2 + mlen;
+	}
+	if (o < end)
+		goto partial; /* more messages than judged here */
+	if (pick && pick + 2 != p->dns_off) {
+		if (ld(ctx, kind, (const void *)base, pick, b, 14))
+			goto partial;
+		__builtin_memcpy(&p->h, &b[2], sizeof(p->h));
+		p->hk = hdr_kind(&p->h, p->sport, p->dport);
+		p->dns_off = pick + 2;
+		p->dns_len = (b[0] << 8) | b[1];
+		if (EVAL(kind, ctx, base, p))
+			goto partial;
+	}
+	/* nothing picked: every message plain or cleared, the last one decides (and is observed) */
+	return DECIDE(kind, ctx, base, in, p, pick && n > 1) | enc;
+partial:
+	p->fail = F_TCP;
+	return fail_closed(cfg, p) | enc;
+}
+
+/* The verdict on a first fragment, for its later fragments. */
+static __always_inline int frag_note(int kind, int v)
+{
+	__u32 slot = kind;
+	struct pkt *p = bpf_map_lookup_elem(&eg_pkt, &slot);
+	if (p && p->frag && p->ipver) {
+		frag_key_of(&p->fk, p);
+		__u64 val = (v & V_DROP) ? 2 : 1;
+		bpf_map_update_elem(&eg_frags, &p->fk, &val, BPF_ANY);
+	}
+	return v;
+}
+
+__noinline int egress_skb(struct __sk_buff *ctx, __u64 base, struct eg_in *in)
+{
+	return frag_note(K_SKB, in ? egress(ctx, K_SKB, base, in) : V_PASS);
+}
+
+__noinline int egress_sock(struct __sk_buff *ctx, __u64 base, struct eg_in *in)
+{
+	return frag_note(K_SOCK, in ? egress(ctx, K_SOCK, base, in) : V_PASS);
+}
+
+__noinline int egress_nf(struct bpf_nf_ctx *ctx, __u64 base, struct eg_in *in)
+{
+	return frag_note(K_NF, in ? egress(ctx, K_NF, base, in) : V_PASS);
+}
+
+/* Runs the decision; a payload on a VXLAN/GENEVE port that passed as a tunnel is judged
+ * again as plain DNS, since a server on that port reads it that way. */
+#define RUN_EGRESS(SUFFIX, ctx, base, in)                                                        \
+	({                                                                                       \
+		int v_ = egress_##SUFFIX(ctx, base, in);                                         \
+		if ((v_ & V_ENCAP) && !(v_ & V_DROP)) {                                          \
+			(in)->flags |= PF_NO_UDP_ENCAP;                                          \
+			v_ = egress_##SUFFIX(ctx, base, in);                                     \
+		}                                                                                \
+		v_ & V_DROP;                                                                     \
+	})
+
+/* The link layer the tc program sees: none on tun, wireguard, ipip, gre (no header_ops). */
+static __always_inline __u16 tc_l3(struct __sk_buff *skb)
+{
+	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+	if (BPF_CORE_READ(k, dev, header_ops))
+		return 0;
+	stat(EG_S_L3_DEV);
+	return bpf_ntohs(skb->protocol);
 }
 
 SEC("tc")
 int eg_tc_egress(struct __sk_buff *skb)
 {
 	stat(EG_S_PACKETS);
-	__u64 cookie = bpf_get_socket_cookie(skb);
-	int v = egress(skb, K_SKB, 0, skb->len, skb->mark, skb->ifindex, cookie, 0);
-	return v == V_DROP ? EG_TC_DROP : EG_TC_NEXT;
+	struct eg_in in = {
+		.cookie = bpf_get_socket_cookie(skb),
+		.len = skb->len,
+		.mark = skb->mark,
+		.ifindex = skb->ifindex,
+		.l3 = tc_l3(skb),
+		.hook = EG_HOOK_TC,
+		.gso = skb->gso_segs > 1 ? (skb->gso_segs << 16) | (skb->gso_size & 0xffff) : 0,
+	};
+	return RUN_EGRESS(skb, skb, 0, &in) ? EG_TC_DROP : EG_TC_NEXT;
+}
+
+/* The socket layer: every packet a local socket sends, in any cgroup, before it meets a
+ * device, a route, a VPN or an encapsulation (cgroup_skb egress runs in ip_finish_output,
+ * ahead of fragmentation and GSO). Return 2 drops without an error to the sender (NET_XMIT_CN
+ * semantics), so a held UDP query looks lost, and TCP retransmits. */
+SEC("cgroup_skb/egress")
+int eg_sock_egress(struct __sk_buff *skb)
+{
+	stat(EG_S_SOCK_PACKETS);
+	struct eg_config *cfg = get_config();
+	if (!cfg || cfg->sock_scope == EG_SCOPE_OFF)
+		return 1;
+	if (cfg->sock_scope == EG_SCOPE_NETNS) {
+		struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+		if (BPF_CORE_READ(k, dev, nd_net.net, net_cookie) != cfg->netns_cookie)
+			return 1;
+	}
+	__u16 l3 = bpf_ntohs(skb->protocol);
+	if (l3 != P_IP && l3 != P_IPV6)
+		return 1;
+	struct eg_in in = {
+		.cookie = bpf_get_socket_cookie(skb),
+		.len = skb->len,
+		.mark = skb->mark,
+		.ifindex = skb->ifindex,
+		.l3 = l3,
+		.hook = EG_HOOK_SOCK,
+		.gso = skb->gso_segs > 1 ? (skb->gso_segs << 16) | (skb->gso_size & 0xffff) : 0,
+	};
+	return RUN_EGRESS(sock, skb, 0, &in) ? 2 : 1;
 }
 
 SEC("netfilter")
 int eg_netfilter(struct bpf_nf_ctx *ctx)
 {
 	struct sk_buff *skb = ctx->skb;
-	__u16 l3 = ctx->state->pf == 10 /* NFPROTO_IPV6 */ ? P_IPV6 : P_IP;
 	const void *base = BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header);
-	__u32 len = BPF_CORE_READ(skb, len);
-	__u32 mark = BPF_CORE_READ(skb, mark);
 	struct sock *sk = BPF_CORE_READ(skb, sk);
-	__u64 cookie = 0;
-	if (sk)
-		cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
 	struct net_device *dev = BPF_CORE_READ(ctx->state, out);
-	__u32 ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0;
+	struct eg_in in = {
+		.cookie = sk ? BPF_CORE_READ(sk, __sk_common.skc_cookie.counter) : 0,
+		.len = BPF_CORE_READ(skb, len),
+		.mark = BPF_CORE_READ(skb, mark),
+		.ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0,
+		.l3 = ctx->state->pf == 10 /* NFPROTO_IPV6 */ ? P_IPV6 : P_IP,
+		.hook = EG_HOOK_NETFILTER,
+	};
 	stat(EG_S_NF_PACKETS);
-	int v = egress(ctx, K_NF, base, len, mark, ifindex, cookie, l3);
-	return v == V_DROP ? EG_NF_DROP : EG_NF_ACCEPT;
+	__u32 zero = 0;
+	__u32 *lin = bpf_map_lookup_elem(&eg_nflin, &zero);
+	if (!lin)
+		return EG_NF_DROP;
+	*lin = in.len - BPF_CORE_READ(skb, data_len);
+	return RUN_EGRESS(nf, ctx, (__u64)base, &in) ? EG_NF_DROP : EG_NF_ACCEPT;
 }
 
 /* ---------------------------------------------------------------- XDP ingress */
@@ -943,13 +1600,50 @@ static __always_inline int over_limit(struct eg_rate *r, __u64 now, __u32 limit)
 	return limit && c > limit;
 }
 
+/* The response at the transport payload: UDP, or the first message of a TCP segment. */
+__noinline int find_resp_xdp(struct xdp_md *ctx, struct pkt *p)
+{
+	if (!p)
+		return 0;
+	int r = find_l4_fast(ctx, K_XDP, 0, p);
+	if (r == FAST_MISS)
+		r = find_l4(ctx, K_XDP, 0, p);
+	if (r != LOC_DNS)
+		return 0;
+	if (p->l4 == IPPROTO_UDP) {
+		p->dns_off = p->pay;
+		p->dns_len = p->end > p->pay ? p->end - p->pay : 0;
+	} else {
+		__be16 mlen;
+		if (p->pay + 2 + 12 > p->end || ld(ctx, K_XDP, 0, p->pay, &mlen, 2))
+			return 0;
+		p->tcp = 1;
+		p->dns_off = p->pay + 2;
+		p->dns_len = p->end - p->dns_off;
+		if (bpf_ntohs(mlen) < p->dns_len)
+			p->dns_len = bpf_ntohs(mlen);
+	}
+	if (p->dns_len < 17 || ld(ctx, K_XDP, 0, p->dns_off, &p->h, sizeof(p->h)))
+		return 0;
+	return resp_sane(&p->h);
+}
+
+__noinline int walk_name_xdp(struct xdp_md *ctx, struct pkt *p, struct name_info *ni)
+{
+	__u32 slot = K_XDP;
+	struct scratch *s = bpf_map_lookup_elem(&eg_scratch, &slot);
+	if (!p || !ni || !s)
+		return -1;
+	return walk_name(ctx, K_XDP, 0, p, s, ni, 1);
+}
+
 SEC("xdp")
 int eg_xdp_ingress(struct xdp_md *ctx)
 {
 	struct pkt p = {};
 	p.len = bpf_xdp_get_buff_len(ctx);
 	stat(EG_S_XDP_PACKETS);
-	if (!find_dns_xdp(ctx, 0, &p, 1))
+	if (!find_resp_xdp(ctx, &p))
 		return XDP_PASS;
 	struct eg_config *cfg = get_config();
 	__u32 slot = K_XDP;
@@ -958,7 +1652,7 @@ int eg_xdp_ingress(struct xdp_md *ctx)
 		return XDP_PASS;
 	stat(EG_S_XDP_RESPONSES);
 	struct name_info ni = {};
-	if (walk_name_xdp(ctx, 0, &p, &ni))
+	if (walk_name_xdp(ctx, &p, &ni))
 		return XDP_PASS;
 	int enforce = cfg->mode == EG_MODE_ENFORCE;
 	__u32 reasons = 0;
@@ -1071,6 +1765,23 @@ SEC("cgroup/connect6")
 int eg_connect6(struct bpf_sock_addr *ctx)
 {
 	return sock_hook(ctx);
+}
+
+/* AF_PACKET with PACKET_QDISC_BYPASS and AF_XDP transmit without passing tc egress (or the
+ * socket layer): only the agent may set them up. Everyone else gets EPERM in enforce mode. */
+SEC("cgroup/setsockopt")
+int eg_setsockopt(struct bpf_sockopt *ctx)
+{
+	int bypass = (ctx->level == 263 /* SOL_PACKET */ && ctx->optname == 20 /* QDISC_BYPASS */) ||
+		     ctx->level == 283 /* SOL_XDP */;
+	if (!bypass)
+		return 1;
+	struct eg_config *cfg = get_config();
+	if (!cfg || cfg->mode != EG_MODE_ENFORCE ||
+	    (cfg->agent_tgid && bpf_get_current_pid_tgid() >> 32 == cfg->agent_tgid))
+		return 1;
+	stat(EG_S_SOCKOPT_DENIED);
+	return 0;
 }
 
 /* An empty classifier: the benchmark measures BPF_PROG_TEST_RUN's own per-run cost with it,

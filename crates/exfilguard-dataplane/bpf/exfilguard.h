@@ -22,6 +22,8 @@ enum eg_action {
 	EG_ACT_QUARANTINE = 4, /* sender's process is quarantined: dropped */
 	EG_ACT_FAILCLOSED = 5, /* could not hold (ring full, frame too large): dropped */
 	EG_ACT_RATELIMIT = 6,  /* ingress NXDOMAIN flood: dropped */
+	EG_ACT_JUDGE = 7,      /* dropped without its frame: the agent judges the name and a
+				* retransmission (TCP, or a retrying stub) passes if it is benign */
 };
 
 /* Why a query looked suspicious (bit set in eg_event.reasons). */
@@ -38,11 +40,26 @@ enum eg_reason {
 	EG_R_BIG_DOWNLINK = 1 << 9,
 	EG_R_MALFORMED = 1 << 10,
 	EG_R_REPORT_ALL = 1 << 11,
+	EG_R_ODD_MESSAGE = 1 << 12, /* not a plain query: opcode, sections, several questions */
+	EG_R_EXTRA_DATA = 1 << 13,  /* bytes after the question beyond an ordinary OPT record */
+	EG_R_MIXED_CASE = 1 << 14,  /* upper- and lower-case letters: case can carry data */
+	EG_R_UNOBSERVED = 1 << 15,  /* would pass, but the observation ring was full */
+	EG_R_MULTI = 1 << 16,       /* one of several messages in a TCP segment */
 };
 
 enum eg_kind { EG_KIND_QUERY = 0, EG_KIND_RESPONSE = 1 };
-enum eg_encap { EG_ENCAP_NONE = 0, EG_ENCAP_VXLAN = 1, EG_ENCAP_GENEVE = 2 };
-enum eg_hook { EG_HOOK_TC = 0, EG_HOOK_XDP = 1, EG_HOOK_NETFILTER = 2 };
+enum eg_encap {
+	EG_ENCAP_NONE = 0,
+	EG_ENCAP_VXLAN = 1,
+	EG_ENCAP_GENEVE = 2,
+	EG_ENCAP_IPIP = 3, /* IPv4/IPv6 in IPv4/IPv6 (IPIP, SIT, ip6tnl) */
+	EG_ENCAP_GRE = 4,
+};
+/* EG_HOOK_SOCK: cgroup_skb egress, the sending socket's packet before any device. */
+enum eg_hook { EG_HOOK_TC = 0, EG_HOOK_XDP = 1, EG_HOOK_NETFILTER = 2, EG_HOOK_SOCK = 3 };
+
+/* Socket-layer scope (eg_config.sock_scope). */
+enum eg_scope { EG_SCOPE_ALL = 0, EG_SCOPE_NETNS = 1, EG_SCOPE_OFF = 2 };
 
 /* Per-CPU counters; index = enum eg_stat. */
 enum eg_stat {
@@ -75,6 +92,19 @@ enum eg_stat {
 	EG_S_OBSERVE_FULL, /* ... lost because that ring was full (the packet is unaffected) */
 	EG_S_AGENT_DOWN,   /* a query to hold while the agent's heartbeat is stale */
 	EG_S_BLOCK_QUIET,  /* drops counted in eg_quiet instead of a record each (floods) */
+	/* fail-closed drops: what the parser cannot follow to the end never passes */
+	EG_S_FRAG_DROP,    /* first fragment of a DNS datagram, or one too small to judge */
+	EG_S_DEEP_ENCAP,   /* more encapsulation layers than the parser follows */
+	EG_S_TCP_PARTIAL,  /* DNS/TCP segment that is not a run of whole messages */
+	EG_S_GSO_DROP,     /* UDP GSO super-packet carrying a DNS query */
+	EG_S_MALFORMED_DROP, /* non-DNS payload to port 53 (drop_malformed53) */
+	EG_S_ODD_MESSAGE,  /* query with data outside the question, or not a plain query */
+	EG_S_ENCAP,        /* DNS found inside IPIP/SIT/GRE */
+	EG_S_L3_DEV,       /* packets on a device without a link-layer header (tun, wg, ipip) */
+	EG_S_SOCK_PACKETS, /* packets seen by the cgroup_skb egress hook */
+	EG_S_SOCKOPT_DENIED, /* PACKET_QDISC_BYPASS / AF_XDP refused */
+	EG_S_OBSERVE_HELD, /* held because the observation ring was full */
+	EG_S_JUDGE,        /* dropped and handed over for judgement without the frame */
 	EG_S_MAX,
 };
 
@@ -93,6 +123,11 @@ struct eg_config {
 	__u32 fail_open;       /* 1: pass what cannot be held (ring full, oversize) */
 	__u32 drop_malformed53;/* 1: drop non-DNS payloads sent to port 53 in enforce mode */
 	__u32 observe;         /* 1: copy passed queries and NXDOMAIN answers to eg_observe */
+	__u32 hold_extra_bytes;/* hold queries with more bytes than this after the question */
+	__u32 hold_mixed_case; /* 1: hold names mixing upper- and lower-case letters */
+	__u32 agent_tgid;      /* the agent: the one process allowed to bypass qdiscs */
+	__u32 sock_scope;      /* enum eg_scope: which namespaces the socket hook judges */
+	__u64 netns_cookie;    /* the agent's network namespace (EG_SCOPE_NETNS) */
 };
 
 /* Who sent it: recorded by the cgroup sock_addr hooks, keyed by socket cookie. */
@@ -105,12 +140,16 @@ struct eg_proc {
 	__u8 comm[EG_COMM_LEN];
 };
 
-/* One-shot permission for a re-injected frame: (name hash, DNS id). */
+/* Permission for a re-injected frame, bound to the whole DNS message it carries (hash, id,
+ * length); the value is its expiry (CLOCK_MONOTONIC ns). Valid at every hook the frame
+ * crosses (socket layer, then tc) until it expires. */
 struct eg_ticket {
-	__u64 name_hash;
-	__u32 dns_id;
+	__u64 msg_hash;
+	__u16 dns_id;
+	__u16 msg_len;
 	__u32 _pad;
 };
+#define EG_TICKET_NS 2000000000ULL
 
 /* NXDOMAIN rate window for one client address or one parent domain. */
 struct eg_rate {
@@ -131,6 +170,7 @@ struct eg_event {
 	__u64 name_hash;
 	__u64 cgroup_id;
 	__u64 quiet_hash; /* eg_quiet_key.hash of a blocked or quarantined query, else 0 */
+	__u64 msg_hash;   /* FNV-1a of the DNS message (held frames: what the ticket binds) */
 	__u32 pid;
 	__u32 tgid;
 	__u32 uid;
@@ -152,16 +192,21 @@ struct eg_event {
 	__u8 hook;   /* enum eg_hook */
 	__u8 ipver;  /* 4 or 6 */
 	__u8 csum_partial; /* 1: L4 checksum left to the device (CHECKSUM_PARTIAL) */
-	__u8 _pad[2];
+	__u8 frame_l3;     /* 1: pkt[] starts at the IP header (socket hook, L3 device, netfilter) */
+	__u8 _pad;
 	__u16 ancount;
 	__u16 resp_len;
 	__u16 csum_start;  /* offset in pkt[] where checksumming starts (if csum_partial) */
 	__u16 csum_offset; /* checksum field, relative to csum_start */
 	__u32 drops; /* blocked/quarantined: drops of this key so far (enum eg_quiet), this one included */
+	__u16 msg_len;   /* bytes of the DNS message */
+	__u16 extra_len; /* bytes after the question (OPT, other records, trailing data) */
+	__u32 _pad2;
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u8 comm[EG_COMM_LEN];
-	__u8 name[EG_NAME_MAX]; /* lower-cased wire-format qname, no root byte */
+	__u8 name[EG_NAME_MAX]; /* lower-cased wire-format qname, no root byte (the exact
+				 * case is in name_hash and, for held frames, in pkt[]) */
 	__u8 pkt[EG_PKT_MAX];
 };
 

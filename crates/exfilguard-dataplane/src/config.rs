@@ -3,8 +3,36 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Mark carried by frames the agent re-injects ("EGRL").
+/// Mark carried by frames the agent re-injects ("EGRL") when no random one is drawn: tests
+/// and `BPF_PROG_TEST_RUN` use it; the agent draws a fresh one at every start.
 pub const DEFAULT_RELEASE_MARK: u32 = 0x4547_524c;
+
+/// A non-zero random release mark: only the agent knows which mark its releases carry.
+pub fn random_release_mark() -> u32 {
+    let mut b = [0u8; 4];
+    loop {
+        // SAFETY: getrandom writes at most b.len() bytes into b.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        let m = u32::from_ne_bytes(b);
+        if n == 4 && m != 0 {
+            return m;
+        }
+    }
+}
+
+/// Which network namespaces the socket-layer hook (cgroup_skb egress at the cgroup root,
+/// which sees every namespace) judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketScope {
+    /// Every process of the host, containers and their namespaces included.
+    #[default]
+    All,
+    /// Only sockets in the agent's own network namespace (labs, several agents on one host).
+    Netns,
+    /// Attached but judging nothing.
+    Off,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -30,6 +58,7 @@ pub struct KernelPolicy {
     pub hold_digits: u32,
     /// Report every DNS query (monitor audits), not only suspicious ones.
     pub report_all: bool,
+    /// Packet mark of released frames; 0 (the default): a random one drawn at every start.
     pub release_mark: u32,
     /// NXDOMAIN answers per client per second before XDP drops them (0: no limit).
     pub nx_limit: u32,
@@ -45,6 +74,21 @@ pub struct KernelPolicy {
     /// observation ring for the behaviour analytics. Set by the agent from `[behaviour]`.
     #[serde(skip)]
     pub observe: bool,
+    /// Hold queries carrying more than this many bytes after the question, or anything there
+    /// but one OPT record with the usual options (cookie, client subnet, NSID …).
+    pub hold_extra_bytes: u32,
+    /// Hold names mixing upper- and lower-case letters: letter case can carry 1 bit per
+    /// letter, and the allow cache keys exact names.
+    pub hold_mixed_case: bool,
+    /// The agent's process id: the one process allowed PACKET_QDISC_BYPASS and AF_XDP.
+    #[serde(skip)]
+    pub agent_tgid: u32,
+    /// What the socket-layer hook judges.
+    #[serde(skip)]
+    pub socket_scope: SocketScope,
+    /// The agent's network namespace cookie (`SocketScope::Netns`).
+    #[serde(skip)]
+    pub netns_cookie: u64,
 }
 
 impl KernelPolicy {
@@ -85,11 +129,29 @@ impl KernelPolicy {
         if odd {
             r.push("odd_chars");
         }
+        let (upper, lower) = mixed_case(name_wire);
+        if self.hold_mixed_case && upper && lower {
+            r.push("mixed_case");
+        }
         if !matches!(qtype, 1 | 2 | 6 | 12 | 28 | 43 | 48 | 64 | 65) {
             r.push("rare_qtype");
         }
         r
     }
+}
+
+/// Whether the labels of a wire name hold upper- and lower-case ASCII letters.
+fn mixed_case(name_wire: &[u8]) -> (bool, bool) {
+    let (mut upper, mut lower, mut i) = (false, false, 0);
+    while i < name_wire.len() {
+        let len = name_wire[i] as usize;
+        for &c in name_wire.iter().skip(i + 1).take(len) {
+            upper |= c.is_ascii_uppercase();
+            lower |= c.is_ascii_lowercase();
+        }
+        i += len + 1;
+    }
+    (upper, lower)
 }
 
 impl Default for KernelPolicy {
@@ -101,19 +163,25 @@ impl Default for KernelPolicy {
             hold_labels: 5,
             hold_digits: 4,
             report_all: false,
-            release_mark: DEFAULT_RELEASE_MARK,
+            release_mark: 0,
             nx_limit: 200,
             nx_domain_limit: 100,
             downlink_bytes: 512,
             fail_open: false,
             drop_malformed53: true,
             observe: false,
+            hold_extra_bytes: 80,
+            hold_mixed_case: true,
+            agent_tgid: 0,
+            socket_scope: SocketScope::All,
+            netns_cookie: 0,
         }
     }
 }
 
 impl KernelPolicy {
-    /// The map value, in the field order of `struct eg_config` (thirteen u32, native endian).
+    /// The map value, in the field order of `struct eg_config` (seventeen u32, padding, one
+    /// u64; native endian).
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let f = [
             match self.mode {
@@ -132,7 +200,18 @@ impl KernelPolicy {
             self.fail_open as u32,
             self.drop_malformed53 as u32,
             self.observe as u32,
+            self.hold_extra_bytes,
+            self.hold_mixed_case as u32,
+            self.agent_tgid,
+            match self.socket_scope {
+                SocketScope::All => 0,
+                SocketScope::Netns => 1,
+                SocketScope::Off => 2,
+            },
+            0, // padding before the u64
         ];
-        f.iter().flat_map(|v| v.to_ne_bytes()).collect()
+        let mut b: Vec<u8> = f.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        b.extend_from_slice(&self.netns_cookie.to_ne_bytes());
+        b
     }
 }

@@ -17,6 +17,9 @@ pub enum Action {
     /// Could not be held (ring buffer full or frame too large) and was dropped.
     FailClosed,
     RateLimit,
+    /// Dropped without its frame (several messages in one TCP segment, one of them
+    /// suspicious): the agent judges the name; a retransmission passes once it is cleared.
+    Judge,
     Unknown,
 }
 
@@ -30,6 +33,7 @@ impl Action {
             4 => Self::Quarantine,
             5 => Self::FailClosed,
             6 => Self::RateLimit,
+            7 => Self::Judge,
             _ => Self::Unknown,
         }
     }
@@ -41,12 +45,14 @@ pub enum Hook {
     Tc,
     Xdp,
     Netfilter,
+    /// cgroup_skb egress: the sending socket's packet, before any device or route.
+    Sock,
     /// Not a kernel hook: the query reached `exfilguard resolve` (the resolver front).
     Resolver,
 }
 
 /// Names of the `enum eg_reason` bits, in bit order.
-pub const REASONS: [&str; 12] = [
+pub const REASONS: [&str; 17] = [
     "long_name",
     "long_label",
     "many_labels",
@@ -59,6 +65,11 @@ pub const REASONS: [&str; 12] = [
     "big_downlink",
     "malformed",
     "report_all",
+    "odd_message",
+    "extra_data",
+    "mixed_case",
+    "unobserved",
+    "multi_message",
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -120,7 +131,8 @@ pub struct Event {
     pub dns_id: u16,
     pub rcode: u8,
     pub ancount: u16,
-    /// Lower-cased wire-format question name (no root byte).
+    /// Lower-cased wire-format question name (no root byte); `name_hash` is of the exact
+    /// bytes (case kept).
     #[serde(skip)]
     pub name_wire: Vec<u8>,
     pub name_hash: u64,
@@ -128,11 +140,22 @@ pub struct Event {
     /// The sending process, when the cgroup hooks saw its socket.
     pub process: Option<Process>,
     pub wire_len: u32,
+    /// Bytes of the DNS message, and of them those after the question (OPT and whatever
+    /// else a query carries outside its name).
+    pub msg_len: u16,
+    pub extra_len: u16,
+    /// The kernel's hash of the whole DNS message (held frames): what a release ticket binds.
+    #[serde(skip)]
+    pub msg_hash: u64,
+    /// The held frame starts at the IP header (socket hook, layer-3 device, netfilter).
+    #[serde(skip)]
+    pub frame_l3: bool,
     /// Blocked or quarantined queries: the kernel's `eg_quiet` key and its running drop total
     /// (this drop included). The kernel hands over one record per key and second of a flood.
     #[serde(skip)]
     pub quiet: Option<(QuietKey, u32)>,
-    /// The held frame (Ethernet for tc, IP for netfilter); empty unless `action == Hold`.
+    /// The held frame (Ethernet for tc on an Ethernet device, IP otherwise: `frame_l3`);
+    /// empty unless `action == Hold`.
     #[serde(skip)]
     pub packet: Vec<u8>,
     /// Where the device would have finished the L4 checksum (CHECKSUM_PARTIAL): (start, offset).
@@ -231,6 +254,7 @@ impl Event {
             hook: match raw.hook {
                 1 => Hook::Xdp,
                 2 => Hook::Netfilter,
+                3 => Hook::Sock,
                 _ => Hook::Tc,
             },
             response: raw.kind == 1,
@@ -244,6 +268,8 @@ impl Event {
             encap: match raw.encap {
                 1 => "vxlan",
                 2 => "geneve",
+                3 => "ipip",
+                4 => "gre",
                 _ => "none",
             },
             qtype: raw.qtype,
@@ -255,6 +281,10 @@ impl Event {
             socket_cookie: raw.cookie,
             process,
             wire_len: raw.wire_len,
+            msg_len: raw.msg_len,
+            extra_len: raw.extra_len,
+            msg_hash: raw.msg_hash,
+            frame_l3: raw.frame_l3 != 0,
             quiet: (raw.drops != 0).then(|| {
                 (
                     QuietKey {

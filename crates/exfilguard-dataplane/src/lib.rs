@@ -16,7 +16,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/exfilguard.skel.rs"));
 }
 
-pub use config::{KernelPolicy, Mode};
+pub use config::{random_release_mark, KernelPolicy, Mode, SocketScope};
 pub use event::{Action, Event, Hook, Process, QuietKey};
 pub use maps::Maps;
 pub use probe::Features;
@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfilguard";
 
 /// Names of the per-CPU counters (`enum eg_stat`), in index order.
-pub const STAT_NAMES: [&str; 29] = [
+pub const STAT_NAMES: [&str; 41] = [
     "packets",
     "non_dns",
     "dns_queries",
@@ -64,6 +64,18 @@ pub const STAT_NAMES: [&str; 29] = [
     "observe_full",
     "agent_down",
     "block_quiet",
+    "frag_drop",
+    "deep_encap",
+    "tcp_partial",
+    "gso_drop",
+    "malformed_drop",
+    "odd_message",
+    "encap",
+    "l3_dev",
+    "sock_packets",
+    "sockopt_denied",
+    "observe_held",
+    "judge",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -254,6 +266,8 @@ pub struct Dataplane {
     opts: LoadOptions,
     policy: KernelPolicy,
     maps: Maps,
+    /// The release mark used when the policy leaves it to chance.
+    mark: u32,
 }
 
 fn mount_bpffs(dir: &Path) -> Result<()> {
@@ -295,6 +309,48 @@ fn drop_outdated_config_pin(dir: &Path) {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// How long a release ticket is valid (`EG_TICKET_NS`).
+const TICKET_NS: u64 = 2_000_000_000;
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The cookie of the caller's network namespace (SO_NETNS_COOKIE, Linux 5.14+).
+pub fn netns_cookie() -> Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); the fd is owned from here on.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).ctx(|| "socket for SO_NETNS_COOKIE".into());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = 8u32;
+    // SAFETY: the out-buffer is a u64 of the length we pass.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            71, /* SO_NETNS_COOKIE */
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).ctx(|| "getsockopt SO_NETNS_COOKIE".into());
+    }
+    Ok(cookie)
 }
 
 fn now_secs() -> u64 {
@@ -366,13 +422,17 @@ impl Dataplane {
             reinject: None,
             opts,
             policy: KernelPolicy::default(),
+            mark: config::random_release_mark(),
         };
         // A pinned config from a previous run is the operator's live policy: keep it.
         let existing = dp.read_policy_raw()?;
         if existing.iter().all(|&b| b == 0) {
             dp.set_policy(&KernelPolicy::default())?;
         } else {
-            dp.policy = KernelPolicy::default();
+            dp.policy = KernelPolicy {
+                release_mark: dp.mark,
+                ..KernelPolicy::default()
+            };
         }
         Ok(dp)
     }
@@ -387,8 +447,14 @@ impl Dataplane {
             .unwrap_or_default())
     }
 
-    /// Rewrites the kernel policy; takes effect on the next packet, no reload.
+    /// Rewrites the kernel policy; takes effect on the next packet, no reload. A release
+    /// mark of 0 means this data plane's random one (drawn once at load).
     pub fn set_policy(&mut self, policy: &KernelPolicy) -> Result<()> {
+        let mut policy = policy.clone();
+        if policy.release_mark == 0 {
+            policy.release_mark = self.mark;
+        }
+        let policy = &policy;
         self.skel
             .maps
             .eg_config
@@ -526,18 +592,36 @@ impl Dataplane {
 
     /// Attaches the four sock_addr hooks to a cgroup v2 directory (normally the root).
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        self.attach_to_cgroup(cgroup, &["sendmsg4", "sendmsg6", "connect4", "connect6"])
+    }
+
+    /// Attaches the socket layer to a cgroup v2 directory (normally the root, which covers
+    /// every process of the host): cgroup_skb egress judges every packet a local socket sends
+    /// before any device, route, VPN or encapsulation sees it; cgroup/setsockopt keeps
+    /// PACKET_QDISC_BYPASS and AF_XDP (sends that skip tc) to the agent.
+    pub fn attach_socket_layer(&mut self, cgroup: &Path) -> Result<()> {
+        self.attach_to_cgroup(cgroup, &["sock-egress", "setsockopt"])
+    }
+
+    /// Attaches cgroup programs by their short names, taking over pinned links of a previous
+    /// agent; all or nothing is kept.
+    fn attach_to_cgroup(&mut self, cgroup: &Path, names: &[&str]) -> Result<()> {
         let dir =
             std::fs::File::open(cgroup).ctx(|| format!("opening cgroup {}", cgroup.display()))?;
         use std::os::fd::AsRawFd;
         let fd = dir.as_raw_fd();
-        let progs = [
-            ("sendmsg4", &self.skel.progs.eg_sendmsg4),
-            ("sendmsg6", &self.skel.progs.eg_sendmsg6),
-            ("connect4", &self.skel.progs.eg_connect4),
-            ("connect6", &self.skel.progs.eg_connect6),
-        ];
         let mut made = Vec::new();
-        for (name, prog) in progs {
+        for &name in names {
+            let p = &self.skel.progs;
+            let prog = match name {
+                "sendmsg4" => &p.eg_sendmsg4,
+                "sendmsg6" => &p.eg_sendmsg6,
+                "connect4" => &p.eg_connect4,
+                "connect6" => &p.eg_connect6,
+                "sock-egress" => &p.eg_sock_egress,
+                "setsockopt" => &p.eg_setsockopt,
+                other => return Err(DataplaneError::Other(format!("no cgroup program {other}"))),
+            };
             let pin = self.link_pin(&format!("cgroup-{name}"));
             if let Some(link) = self.take_over(&pin, prog) {
                 made.push((link, pin));
@@ -674,8 +758,8 @@ impl Dataplane {
         self.maps.quarantine(tgid)
     }
 
-    /// Releases a held query: remembers the name as benign, issues a one-shot ticket and
-    /// re-injects the exact original frame on its interface.
+    /// Releases a held query: remembers the name as benign, issues a ticket bound to the
+    /// whole message and re-injects the exact original frame where it was held.
     pub fn release(&mut self, ev: &Event) -> Result<()> {
         if ev.action != Action::Hold || ev.packet.is_empty() {
             return Err(DataplaneError::Other(
@@ -691,23 +775,42 @@ impl Dataplane {
         }
         let r = self.reinject.as_ref().expect("just set");
         let frame = ev.wire_frame();
-        match ev.hook {
-            Hook::Netfilter => r.send_ip(&frame),
+        match (ev.hook, ev.frame_l3) {
+            // held before routing: routed again, out of the device the kernel had chosen
+            (Hook::Netfilter | Hook::Sock, _) => r.send_ip(&frame, ev.ifindex),
+            // a layer-3 device (tun, wireguard, ipip): no link header to rebuild
+            (_, true) => r.send_l3(ev.ifindex, &frame),
             _ => r.send_frame(ev.ifindex, &frame),
         }
         .ctx(|| format!("re-injecting {} on ifindex {}", ev.name_text(), ev.ifindex))
     }
 
-    /// The map half of `release`: allow-cache entry plus one-shot ticket, no re-injection.
+    /// Lets an exact name pass from now on (a judged query that was dropped without its
+    /// frame: the sender's retransmission passes).
+    pub fn allow_name(&self, ev: &Event) -> Result<()> {
+        self.maps.allow_name_hash(ev.name_hash)
+    }
+
+    /// The map half of `release`: allow-cache entry (unless the message carried data outside
+    /// its question: then only this exact message may pass) plus a ticket for this message,
+    /// valid 2 s at every hook it crosses; no re-injection.
     pub fn release_ticket_only(&self, ev: &Event) -> Result<()> {
-        self.maps.allow_name_hash(ev.name_hash)?;
+        let outside = ev
+            .reasons
+            .iter()
+            .any(|r| matches!(*r, "odd_message" | "extra_data"));
+        if !outside {
+            self.maps.allow_name_hash(ev.name_hash)?;
+        }
         let mut ticket = [0u8; 16];
-        ticket[..8].copy_from_slice(&ev.name_hash.to_ne_bytes());
-        ticket[8..12].copy_from_slice(&(ev.dns_id as u32).to_ne_bytes());
+        ticket[..8].copy_from_slice(&ev.msg_hash.to_ne_bytes());
+        ticket[8..10].copy_from_slice(&ev.dns_id.to_ne_bytes());
+        ticket[10..12].copy_from_slice(&ev.msg_len.to_ne_bytes());
+        let expiry = monotonic_ns() + TICKET_NS;
         self.skel
             .maps
             .eg_tickets
-            .update(&ticket, &ev.ts_ns.to_ne_bytes(), MapFlags::ANY)
+            .update(&ticket, &expiry.to_ne_bytes(), MapFlags::ANY)
             .ctx(|| "writing release ticket".into())
     }
 
@@ -715,13 +818,7 @@ impl Dataplane {
     /// does it every poll. A heartbeat older than 2 s makes `fail_open` pass what would be
     /// held, and counts `agent_down`.
     pub fn heartbeat(&self) -> Result<()> {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes the timespec we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let ns = monotonic_ns();
         self.skel
             .maps
             .eg_heartbeat
@@ -837,6 +934,33 @@ impl Dataplane {
             .test_run(input)
             .ctx(|| "BPF_PROG_TEST_RUN".into())?;
         Ok(out.return_value as i32)
+    }
+
+    /// One tc test run of a GSO super-packet (`__sk_buff.gso_segs` / `gso_size` set).
+    pub fn test_run_tc_gso(&self, frame: &[u8], segs: u32, size: u32) -> Result<i32> {
+        let mut ctx = vec![0u8; std::mem::size_of::<skel::types::__sk_buff>()];
+        let segs_at = std::mem::offset_of!(skel::types::__sk_buff, gso_segs);
+        let size_at = std::mem::offset_of!(skel::types::__sk_buff, gso_size);
+        ctx[segs_at..segs_at + 4].copy_from_slice(&segs.to_ne_bytes());
+        ctx[size_at..size_at + 4].copy_from_slice(&size.to_ne_bytes());
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            context_in: Some(&mut ctx),
+            ..Default::default()
+        };
+        let out = self
+            .skel
+            .progs
+            .eg_tc_egress
+            .test_run(input)
+            .ctx(|| "BPF_PROG_TEST_RUN".into())?;
+        Ok(out.return_value as i32)
+    }
+
+    /// The socket-layer program (cgroup_skb egress) on an Ethernet frame (the harness strips
+    /// the link header, as the stack has none there yet). 1: pass, 0 or 2: dropped.
+    pub fn test_run_sock(&self, frame: &[u8], repeat: u32) -> Result<(i32, Duration)> {
+        self.test_run(&self.skel.progs.eg_sock_egress, frame, repeat)
     }
 
     /// The empty calibration program (harness overhead).

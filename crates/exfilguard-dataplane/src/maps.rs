@@ -106,6 +106,15 @@ impl Maps {
             .ctx(|| "writing eg_allow".into())
     }
 
+    /// Forgets a cleared name (the next query for it is held and judged again).
+    pub fn unallow_name_hash(&self, name_hash: u64) -> Result<()> {
+        match self.allow.delete(&name_hash.to_ne_bytes()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).ctx(|| "deleting from eg_allow".into()),
+        }
+    }
+
     /// Denies all further DNS from a process (socket layer for port 53, tc for any port).
     pub fn quarantine(&self, tgid: u32) -> Result<()> {
         self.quarantine

@@ -1,7 +1,9 @@
 //! Re-injects a released frame exactly as it was held: same bytes, same interface. The frame
-//! carries the release mark so the tc program lets it through once (with the ticket the agent
-//! put in `eg_tickets`). Ethernet frames (tc hook) go out through AF_PACKET on the original
-//! ifindex; IP packets (netfilter hook) through a raw IP socket with IP_HDRINCL.
+//! carries the release mark so the programs let it through (with the ticket the agent put in
+//! `eg_tickets`, bound to the whole message). Ethernet frames (tc hook) go out through
+//! AF_PACKET on the original ifindex, IP packets of layer-3 devices likewise; IP packets held
+//! before routing (socket hook, netfilter) through a raw IP socket with IP_HDRINCL, bound to
+//! the device the kernel had chosen.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -66,32 +68,64 @@ impl Reinjector {
                 "frame shorter than Ethernet",
             ));
         }
+        let proto = u16::from_be_bytes([frame[12], frame[13]]);
+        self.send_ll(ifindex, proto, Some(&frame[..6]), frame)
+    }
+
+    /// Sends an IP packet unchanged out of a layer-3 device (tun, wireguard, ipip: no link
+    /// header), through AF_PACKET like `send_frame`.
+    pub fn send_l3(&self, ifindex: u32, packet: &[u8]) -> io::Result<()> {
+        let proto: u16 = match packet.first().map(|b| b >> 4) {
+            Some(4) => 0x0800,
+            Some(6) => 0x86dd,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not an IP packet",
+                ))
+            }
+        };
+        self.send_ll(ifindex, proto, None, packet)
+    }
+
+    /// One AF_PACKET send of `bytes` as they are, out of `ifindex`.
+    fn send_ll(
+        &self,
+        ifindex: u32,
+        proto: u16,
+        dst: Option<&[u8]>,
+        bytes: &[u8],
+    ) -> io::Result<()> {
         // SAFETY: zeroed sockaddr_ll is valid; fields set below.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_ifindex = ifindex as i32;
-        sll.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: frame and sll outlive the call; lengths are theirs.
+        sll.sll_protocol = proto.to_be();
+        if let Some(mac) = dst {
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(mac);
+        }
+        // SAFETY: bytes and sll outlive the call; lengths are theirs.
         let n = check(unsafe {
             libc::sendto(
                 self.packet.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
+                bytes.as_ptr() as *const libc::c_void,
+                bytes.len(),
                 0,
                 &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             ) as i32
         })?;
-        if n as usize != frame.len() {
-            return Err(io::Error::other(format!("short send {n}/{}", frame.len())));
+        if n as usize != bytes.len() {
+            return Err(io::Error::other(format!("short send {n}/{}", bytes.len())));
         }
         Ok(())
     }
 
-    /// Sends an IP packet (header included) unchanged through the local output path.
-    pub fn send_ip(&self, packet: &[u8]) -> io::Result<()> {
+    /// Sends an IP packet (header included) unchanged through the local output path, bound
+    /// to `ifindex` (the device the kernel had routed it to; 0: any) so that a query held
+    /// before a VPN device is not released around it.
+    pub fn send_ip(&self, packet: &[u8], ifindex: u32) -> io::Result<()> {
         let version = packet.first().map(|b| b >> 4);
         let (fd, storage, len) = match version {
             Some(4) if packet.len() >= 20 => {
@@ -124,6 +158,16 @@ impl Reinjector {
         let fd = fd
             .as_ref()
             .ok_or_else(|| io::Error::other("raw IP socket unavailable"))?;
+        // SAFETY: valid fd, pointer to an int of the stated size (0 unbinds).
+        check(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                62, /* SO_BINDTOIFINDEX */
+                &(ifindex as libc::c_int) as *const libc::c_int as *const libc::c_void,
+                4,
+            )
+        })?;
         // SAFETY: packet and storage outlive the call.
         check(unsafe {
             libc::sendto(

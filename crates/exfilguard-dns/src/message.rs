@@ -3,6 +3,7 @@
 
 use crate::name::{DnsName, NameError};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{Name, RecordType};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +85,102 @@ pub fn parse_message(bytes: &[u8]) -> Result<DnsMessage, MessageError> {
         rcode: u16::from(msg.metadata.response_code),
         questions,
         answers,
+    })
+}
+
+/// What a query carries besides its question, and whether a stub resolver has a reason to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outside {
+    /// Bytes of the message after the (first) question.
+    pub bytes: usize,
+    /// Why the rest is not what clients send (None: explained: an OPT record with the usual
+    /// options and zero padding, a TSIG signature, a NOTIFY's SOA, a small dynamic update).
+    pub unexplained: Option<String>,
+}
+
+/// Largest block a client pads a query to (RFC 8467 recommends 128; 468 is its upper policy).
+const PAD_MAX: usize = 468;
+
+/// The policy on data outside the question of a query (`exfilguard-detect` holds the one on
+/// names). Hickory parses the message; this judges what it found.
+pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
+    if bytes.len() < 12 {
+        return Err(MessageError::TruncatedHeader(bytes.len()));
+    }
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+    let mut decoder = BinDecoder::new(bytes);
+    let msg = Message::read(&mut decoder).map_err(|e| MessageError::Malformed(e.to_string()))?;
+    let trailing = bytes.len().saturating_sub(decoder.index());
+    let first = msg.queries.first().ok_or(MessageError::NoQuestion)?;
+    let qname_len: usize = first.name().iter().map(|l| l.len() + 1).sum::<usize>() + 1;
+    let used = (12 + qname_len + 4).min(bytes.len());
+    let mut why: Vec<String> = Vec::new();
+    let small = |r: &hickory_proto::rr::Record| {
+        use hickory_proto::serialize::binary::BinEncodable;
+        r.data.to_bytes().map(|d| d.len()).unwrap_or(usize::MAX) <= 64
+    };
+    if msg.metadata.message_type == MessageType::Response {
+        why.push("a response sent to a server".into());
+    }
+    if trailing > 0 {
+        why.push(format!("{trailing} bytes after the end of the message"));
+    }
+    if msg.queries.len() > 1 {
+        why.push(format!("{} questions", msg.queries.len()));
+    }
+    match msg.metadata.op_code {
+        OpCode::Query => {
+            if !msg.answers.is_empty() || !msg.authorities.is_empty() {
+                why.push(format!(
+                    "{} answer and {} authority records in a query",
+                    msg.answers.len(),
+                    msg.authorities.len()
+                ));
+            }
+        }
+        OpCode::Notify => {
+            let soa_only = msg.answers.len() <= 1
+                && msg
+                    .answers
+                    .iter()
+                    .all(|r| r.record_type() == RecordType::SOA)
+                && msg.authorities.is_empty();
+            if !soa_only {
+                why.push("a NOTIFY carrying more than its SOA".into());
+            }
+        }
+        OpCode::Update => {
+            let records = msg.answers.len() + msg.authorities.len();
+            if records > 4 || !msg.answers.iter().chain(&msg.authorities).all(small) {
+                why.push(format!("a dynamic update of {records} records"));
+            }
+        }
+        other => why.push(format!("opcode {}", u8::from(other))),
+    }
+    if !msg.additionals.is_empty() {
+        why.push(format!("{} additional records", msg.additionals.len()));
+    }
+    if let Some(edns) = &msg.edns {
+        for (code, opt) in &edns.options().options {
+            let code = u16::from(*code);
+            let ok = match opt {
+                EdnsOption::Subnet(_) | EdnsOption::NSID(_) => true,
+                // COOKIE: client 8, with the server's 16..40
+                EdnsOption::Unknown(10, d) => d.len() == 8 || (16..=40).contains(&d.len()),
+                // PADDING: zero bytes up to a block boundary
+                EdnsOption::Unknown(12, d) => d.len() < PAD_MAX && d.iter().all(|&b| b == 0),
+                // EXPIRE, TCP keepalive: empty in queries
+                EdnsOption::Unknown(9 | 11, d) => d.is_empty(),
+                _ => false,
+            };
+            if !ok {
+                why.push(format!("EDNS option {code} of {} bytes", opt.len()));
+            }
+        }
+    }
+    Ok(Outside {
+        bytes: bytes.len() - used,
+        unexplained: (!why.is_empty()).then(|| why.join(", ")),
     })
 }
 
@@ -202,5 +299,65 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
         ));
         assert!(!looks_like_dns(&[0xff; 40]));
+    }
+}
+
+#[cfg(test)]
+mod outside_tests {
+    use super::*;
+
+    fn q(name: &str) -> Vec<u8> {
+        build_query(&DnsName::parse(name).unwrap(), 1, 7).unwrap()
+    }
+
+    fn with_opt(mut m: Vec<u8>, code: u16, data: &[u8]) -> Vec<u8> {
+        m[11] = 1;
+        m.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+        m.extend_from_slice(&((data.len() + 4) as u16).to_be_bytes());
+        m.extend_from_slice(&code.to_be_bytes());
+        m.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        m.extend_from_slice(data);
+        m
+    }
+
+    #[test]
+    fn what_clients_send_is_explained() {
+        let plain = outside_question(&q("www.example.com")).unwrap();
+        assert_eq!((plain.bytes, plain.unexplained), (0, None));
+        let cookie = outside_question(&with_opt(q("www.example.com"), 10, &[1; 8])).unwrap();
+        assert_eq!((cookie.bytes, cookie.unexplained), (23, None));
+        let pad = outside_question(&with_opt(q("www.example.com"), 12, &[0; 80])).unwrap();
+        assert_eq!(pad.unexplained, None, "zero padding");
+    }
+
+    #[test]
+    fn data_outside_the_question_is_named() {
+        let cases = [
+            (
+                with_opt(q("www.example.com"), 12, &[0x61; 80]),
+                "EDNS option 12",
+            ),
+            (
+                with_opt(q("www.example.com"), 65001, &[0x61; 200]),
+                "EDNS option 65001",
+            ),
+            (
+                with_opt(q("www.example.com"), 10, &[1; 64]),
+                "EDNS option 10",
+            ),
+            (
+                {
+                    let mut m = with_opt(q("www.example.com"), 10, &[1; 8]);
+                    m.extend_from_slice(&[0x61; 200]);
+                    m
+                },
+                "200 bytes after the end",
+            ),
+        ];
+        for (msg, want) in cases {
+            let o = outside_question(&msg).unwrap();
+            let why = o.unexplained.unwrap_or_default();
+            assert!(why.contains(want), "{want}: {why}");
+        }
     }
 }

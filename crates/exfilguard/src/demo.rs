@@ -505,6 +505,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "--pin-dir",
         &pin,
         "--report-all",
+        // the lab's agent judges the lab's namespace, not the host around it
+        "--socket-scope",
+        "netns",
     ];
     if args.monitor {
         agent_args.push("--monitor");

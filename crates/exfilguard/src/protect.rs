@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use exfilguard_agent::config::{AttachPoint, Config};
-use exfilguard_dataplane::Mode;
+use exfilguard_dataplane::{Mode, SocketScope};
 use exfilguard_events::Format;
 use std::io::Write;
 use std::path::PathBuf;
@@ -50,9 +50,20 @@ pub struct ProtectArgs {
     /// No behaviour analytics (information rate, beacons, DGA bots).
     #[arg(long)]
     no_behaviour: bool,
+    /// Which namespaces the socket-layer hook judges: all (every process of the host), netns
+    /// (this agent's network namespace), off.
+    #[arg(long, value_enum, default_value = "all")]
+    socket_scope: Scope,
     /// Information-rate alarm threshold in bytes (`behaviour.info_alarm_bytes`).
     #[arg(long, value_name = "BYTES")]
     info_alarm_bytes: Option<f64>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Scope {
+    All,
+    Netns,
+    Off,
 }
 
 pub fn run(brain: &crate::BrainArgs, args: &ProtectArgs) -> Result<()> {
@@ -67,6 +78,11 @@ pub fn run(brain: &crate::BrainArgs, args: &ProtectArgs) -> Result<()> {
     cfg.dataplane.cgroup = args.cgroup.clone().unwrap_or_default();
     cfg.dataplane.pin_dir = args.pin_dir.clone();
     cfg.dataplane.persist = args.persist;
+    cfg.dataplane.socket_scope = match args.socket_scope {
+        Scope::All => SocketScope::All,
+        Scope::Netns => SocketScope::Netns,
+        Scope::Off => SocketScope::Off,
+    };
     cfg.kernel.mode = if args.monitor {
         Mode::Monitor
     } else {

@@ -200,3 +200,101 @@ pub fn malformed_corpus() -> Vec<(String, Vec<u8>)> {
     }
     out
 }
+
+/// An Ethernet frame around an IPv4 header of protocol `proto` (no options) and `payload`;
+/// `frag` is the raw flags/offset field (0x2000: more fragments).
+pub fn ipv4_frame(proto: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34]);
+    ip.extend_from_slice(&frag.to_be_bytes());
+    ip.extend_from_slice(&[64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    let c = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The IP packet of an Ethernet frame (what an IP-in-IP or GRE tunnel carries).
+pub fn ip_packet(frame: &[u8]) -> &[u8] {
+    &frame[14..]
+}
+
+/// GRE (RFC 2784/2890) around `inner` with ethertype `proto`, optionally keyed.
+pub fn gre_payload(proto: u16, key: Option<u32>, inner: &[u8]) -> Vec<u8> {
+    let mut g = vec![if key.is_some() { 0x20 } else { 0 }, 0];
+    g.extend_from_slice(&proto.to_be_bytes());
+    if let Some(k) = key {
+        g.extend_from_slice(&k.to_be_bytes());
+    }
+    g.extend_from_slice(inner);
+    g
+}
+
+/// The UDP payload of a UDP/IPv4 Ethernet frame with its UDP header, split as IPv4
+/// fragments: the first carries `first` bytes of the UDP datagram, the second the rest.
+pub fn ipv4_fragments(udp_frame_v4: &[u8], first: usize) -> (Vec<u8>, Vec<u8>) {
+    // every datagram its own IP id, as a sender numbers them
+    static NEXT_ID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0x2000);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let datagram = &udp_frame_v4[34..];
+    let first = first.min(datagram.len()) & !7;
+    let mut a = ipv4_frame(17, 0x2000, &datagram[..first]);
+    let mut b = ipv4_frame(17, (first / 8) as u16, &datagram[first..]);
+    for f in [&mut a, &mut b] {
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        f[24..26].fill(0);
+        let c = ipv4_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+    (a, b)
+}
+
+/// A TCP/IPv4 Ethernet frame with an arbitrary payload (no length prefix added).
+pub fn tcp_frame(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(payload);
+    ipv4_frame(6, 0x4000, &t)
+}
+
+/// `msg` with its 2-byte DNS-over-TCP length prefix.
+pub fn prefixed(msg: &[u8]) -> Vec<u8> {
+    let mut v = (msg.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(msg);
+    v
+}
+
+/// A query whose additional section is one OPT record carrying `options` (code, data).
+pub fn query_with_opt(name: &str, id: u16, options: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let mut m = query(name, 1, id);
+    m[11] = 1; // ARCOUNT
+    let rdata: Vec<u8> = options
+        .iter()
+        .flat_map(|(code, d)| {
+            let mut o = code.to_be_bytes().to_vec();
+            o.extend_from_slice(&(d.len() as u16).to_be_bytes());
+            o.extend_from_slice(d);
+            o
+        })
+        .collect();
+    m.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+    m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    m.extend_from_slice(&rdata);
+    m
+}
+
+/// A query that also carries one TXT answer record of `data` (answer count 1).
+pub fn query_with_answer(name: &str, id: u16, data: &[u8]) -> Vec<u8> {
+    let mut m = query(name, 1, id);
+    m[7] = 1; // ANCOUNT
+    m.extend_from_slice(&[0xc0, 12, 0, 16, 0, 1, 0, 0, 0, 60]);
+    m.extend_from_slice(&((data.len() + 1) as u16).to_be_bytes());
+    m.push(data.len() as u8);
+    m.extend_from_slice(data);
+    m
+}

@@ -1,0 +1,548 @@
+//! Evasions of the data plane's parser, sent through the real programs with
+//! BPF_PROG_TEST_RUN: one attack and one benign control per class. Each attack here passed the
+//! kernel before the fail-closed parser (issue 21); each control must still pass. The live
+//! counterparts (sockets, devices, namespaces) are in crates/exfilguard/tests/evasion.rs.
+
+mod common;
+
+use common::*;
+use exfilguard_dataplane::{Action, Dataplane, Hook, KernelPolicy, LoadOptions};
+use exfilguard_dns::packet::build::{tcp_dns_frame, udp_frame, vxlan_frame};
+use std::collections::HashMap;
+
+const PASS: i32 = -1;
+const DROP: i32 = 2;
+
+const TUNNEL: &str = "mfrggzdfmztwq2lknnwg23tpobyxe43uov3ho6dzpjzgs2dsmv.t.tunnel.test";
+const BENIGN: &str = "www.example.com";
+
+fn load() -> Option<Dataplane> {
+    if !kernel_tests_possible() {
+        return None;
+    }
+    let dp = Dataplane::load(LoadOptions {
+        pin_dir: None,
+        ..Default::default()
+    })
+    .expect("loading the BPF programs (verifier)");
+    dp.heartbeat().unwrap();
+    Some(dp)
+}
+
+fn tc(dp: &Dataplane, frame: &[u8]) -> i32 {
+    dp.test_run_tc(frame, 1).expect("BPF_PROG_TEST_RUN").0
+}
+
+fn stats(dp: &Dataplane) -> HashMap<&'static str, u64> {
+    dp.stats().unwrap().into_iter().collect()
+}
+
+fn udp53(payload: &[u8]) -> Vec<u8> {
+    udp_frame(sa("10.0.0.1:40000"), sa("10.0.0.2:53"), payload)
+}
+
+/// Attack dropped (with the counter named growing), control passed.
+fn expect(dp: &Dataplane, class: &str, attack: &[u8], control: &[u8], counter: &str) {
+    let before = stats(dp)[counter];
+    assert_eq!(tc(dp, attack), DROP, "{class}: the attack passed");
+    assert!(
+        stats(dp)[counter] > before,
+        "{class}: counter {counter} did not move"
+    );
+    assert_eq!(
+        tc(dp, control),
+        PASS,
+        "{class}: the benign control was dropped"
+    );
+    let _ = dp.drain_events().unwrap();
+}
+
+#[test]
+fn dns_on_a_tunnel_port_without_a_tunnel_header_is_plain_dns() {
+    let Some(dp) = load() else { return };
+    for port in [4789, 6081] {
+        let to = sa(&format!("10.0.0.2:{port}"));
+        let attack = udp_frame(sa("10.0.0.1:40000"), to, &query(TUNNEL, 16, 1));
+        let control = udp_frame(sa("10.0.0.1:40000"), to, &query(BENIGN, 1, 2));
+        expect(&dp, &format!("udp/{port}"), &attack, &control, "hold");
+    }
+    // a real VXLAN frame still has its inner frame judged, and passes when benign
+    let inner = |name: &str| {
+        udp_frame(
+            sa("192.168.1.1:5000"),
+            sa("192.168.1.2:53"),
+            &query(name, 1, 3),
+        )
+    };
+    let v = |name: &str| vxlan_frame(sa("10.0.0.1:40000"), sa("10.0.0.2:0"), 42, &inner(name));
+    expect(&dp, "vxlan", &v(TUNNEL), &v(BENIGN), "vxlan");
+}
+
+#[test]
+fn non_dns_to_port_53_is_dropped() {
+    let Some(dp) = load() else { return };
+    let raw: Vec<u8> = (0..200u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    expect(
+        &dp,
+        "udp/53 raw",
+        &udp53(&raw),
+        &udp53(&query(BENIGN, 1, 1)),
+        "malformed_drop",
+    );
+    // elsewhere, the same bytes are not DNS: passed
+    let other = udp_frame(sa("10.0.0.1:40000"), sa("10.0.0.2:5000"), &raw);
+    assert_eq!(tc(&dp, &other), PASS);
+    let tcp_raw = tcp_frame(40000, 53, &raw);
+    expect(
+        &dp,
+        "tcp/53 raw",
+        &tcp_raw,
+        &tcp_frame(40000, 53, &prefixed(&query(BENIGN, 1, 2))),
+        "tcp_partial",
+    );
+    // the operator can turn the drop off (a resolver host relaying odd protocols on 53)
+    let mut dp = dp;
+    dp.set_policy(&KernelPolicy {
+        drop_malformed53: false,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(tc(&dp, &udp53(&raw)), PASS);
+}
+
+#[test]
+fn fragments_of_dns_are_dropped() {
+    let Some(dp) = load() else { return };
+    let q = udp53(&query(TUNNEL, 16, 1));
+    // a tiny first fragment: the UDP header alone, the question in the next fragment
+    let (first, rest) = ipv4_fragments(&q, 8);
+    let big_benign = udp_frame(sa("10.0.0.1:40000"), sa("10.0.0.2:443"), &[0x42; 1400]);
+    let (big_first, big_rest) = ipv4_fragments(&big_benign, 1200);
+    expect(&dp, "tiny first fragment", &first, &big_first, "frag_drop");
+    // later fragments follow the verdict on their first one: the question bytes they carry
+    // do not leave, the rest of a passed datagram does
+    expect(
+        &dp,
+        "later fragment of a dropped datagram",
+        &rest,
+        &big_rest,
+        "frag_drop",
+    );
+    // a later fragment whose first one never passed here: nothing judged it
+    let orphan = udp_frame(sa("10.0.0.1:40000"), sa("10.0.0.2:443"), &[0x43; 1400]);
+    let (_, orphan_rest) = ipv4_fragments(&orphan, 1200);
+    let mut orphan_rest = orphan_rest;
+    orphan_rest[18..20].copy_from_slice(&[0x55, 0x66]); // another IP id
+    assert_eq!(tc(&dp, &orphan_rest), DROP, "orphan later fragment");
+    // a first fragment that holds a whole DNS header: no query needs fragmenting
+    let mut padded = query(TUNNEL, 16, 2);
+    padded.resize(600, 0);
+    let (first, _) = ipv4_fragments(&udp53(&padded), 512);
+    expect(
+        &dp,
+        "first fragment of a DNS datagram",
+        &first,
+        &big_first,
+        "frag_drop",
+    );
+}
+
+#[test]
+fn data_outside_the_question_is_held() {
+    let Some(dp) = load() else { return };
+    let cookie = query_with_opt(BENIGN, 1, &[(10, vec![7; 8])]);
+    let plain_opt = query_with_opt(BENIGN, 2, &[]);
+    assert_eq!(tc(&dp, &udp53(&plain_opt)), PASS, "OPT without options");
+    let attacks: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "large EDNS option",
+            query_with_opt(BENIGN, 3, &[(65001, vec![0x61; 200])]),
+            "extra_data",
+        ),
+        (
+            "EDNS padding",
+            query_with_opt(BENIGN, 4, &[(12, vec![0x61; 40])]),
+            "extra_data",
+        ),
+        (
+            "oversized cookie",
+            query_with_opt(BENIGN, 5, &[(10, vec![7; 64])]),
+            "extra_data",
+        ),
+        (
+            "answer record in a query",
+            query_with_answer(BENIGN, 6, &[0x61; 100]),
+            "odd_message",
+        ),
+        (
+            "trailing bytes",
+            {
+                let mut m = query(BENIGN, 1, 7);
+                m.extend_from_slice(&[0x61; 40]);
+                m
+            },
+            "extra_data",
+        ),
+        (
+            "NOTIFY opcode",
+            {
+                let mut m = query(BENIGN, 6, 8);
+                m[2] = 0x20;
+                m
+            },
+            "odd_message",
+        ),
+        (
+            "two questions",
+            {
+                let mut m = query(BENIGN, 1, 9);
+                let q2 = query(TUNNEL, 1, 9);
+                m[5] = 2;
+                m.extend_from_slice(&q2[12..]);
+                m
+            },
+            "odd_message",
+        ),
+    ];
+    for (what, msg, reason) in attacks {
+        expect(&dp, what, &udp53(&msg), &udp53(&cookie), "odd_message");
+        // the event says why
+        assert_eq!(tc(&dp, &udp53(&msg)), DROP);
+        let ev = dp.drain_events().unwrap();
+        assert_eq!(ev[0].action, Action::Hold, "{what}");
+        assert!(
+            ev[0].reasons.contains(&reason),
+            "{what}: {:?}",
+            ev[0].reasons
+        );
+        assert_eq!(ev[0].name_text(), BENIGN, "{what}");
+        // the allow cache holds names: clearing the name does not excuse the message
+        dp.maps().allow_name_hash(ev[0].name_hash).unwrap();
+        assert_eq!(
+            tc(&dp, &udp53(&msg)),
+            DROP,
+            "{what}: passed on the allow cache"
+        );
+        let _ = dp.drain_events().unwrap();
+    }
+}
+
+#[test]
+fn encapsulations_sent_from_the_host_are_opened() {
+    let Some(dp) = load() else { return };
+    let inner_v4 = |name: &str| {
+        udp_frame(
+            sa("192.168.1.1:5000"),
+            sa("192.168.1.2:53"),
+            &query(name, 1, 1),
+        )
+    };
+    let inner_v6 =
+        |name: &str| udp_frame(sa("[fd00::1]:5000"), sa("[fd00::2]:53"), &query(name, 1, 1));
+    let ipip = |name: &str| ipv4_frame(4, 0, ip_packet(&inner_v4(name)));
+    let sit = |name: &str| ipv4_frame(41, 0, ip_packet(&inner_v6(name)));
+    let gre = |name: &str| {
+        ipv4_frame(
+            47,
+            0,
+            &gre_payload(0x0800, None, ip_packet(&inner_v4(name))),
+        )
+    };
+    let gre_key = |name: &str| {
+        ipv4_frame(
+            47,
+            0,
+            &gre_payload(0x86dd, Some(7), ip_packet(&inner_v6(name))),
+        )
+    };
+    let gretap = |name: &str| ipv4_frame(47, 0, &gre_payload(0x6558, Some(9), &inner_v4(name)));
+    for (what, f) in [
+        ("ipip", &ipip as &dyn Fn(&str) -> Vec<u8>),
+        ("sit", &sit),
+        ("gre", &gre),
+        ("gre with key", &gre_key),
+        ("gretap", &gretap),
+    ] {
+        expect(&dp, what, &f(TUNNEL), &f(BENIGN), "encap");
+        assert_eq!(tc(&dp, &f(TUNNEL)), DROP);
+        let ev = dp.drain_events().unwrap();
+        assert_eq!(ev[0].name_text(), TUNNEL, "{what}");
+    }
+    // more layers than the parser follows: nothing inside was read, nothing passes
+    let deep = ipv4_frame(4, 0, ip_packet(&ipv4_frame(4, 0, ip_packet(&ipip(BENIGN)))));
+    expect(
+        &dp,
+        "ipip in ipip in ipip",
+        &deep,
+        &ipip(BENIGN),
+        "deep_encap",
+    );
+}
+
+#[test]
+fn tcp_dns_must_be_whole_messages() {
+    let Some(dp) = load() else { return };
+    let t = query(TUNNEL, 16, 1);
+    let b = query(BENIGN, 1, 2);
+    let control = tcp_frame(40000, 53, &prefixed(&b));
+    let whole = prefixed(&t);
+    // the length prefix alone, then the message without it
+    expect(
+        &dp,
+        "length prefix alone",
+        &tcp_frame(40000, 53, &whole[..2]),
+        &control,
+        "tcp_partial",
+    );
+    expect(
+        &dp,
+        "message without its prefix",
+        &tcp_frame(40000, 53, &whole[2..]),
+        &control,
+        "tcp_partial",
+    );
+    expect(
+        &dp,
+        "message without its prefix, port 8053",
+        &tcp_frame(40000, 8053, &whole[2..]),
+        &control,
+        "tcp_partial",
+    );
+    // a message cut mid-name
+    expect(
+        &dp,
+        "message split mid-name",
+        &tcp_frame(40000, 53, &whole[..30]),
+        &control,
+        "tcp_partial",
+    );
+    // several messages in one segment: a plain one first, the tunnel after it
+    let mut two = prefixed(&b);
+    two.extend_from_slice(&prefixed(&t));
+    expect(
+        &dp,
+        "tunnel after a plain message",
+        &tcp_frame(40000, 53, &two),
+        &control,
+        "judge",
+    );
+    let ev = dp.drain_events().unwrap();
+    assert!(ev.is_empty() || ev.iter().all(|e| e.packet.is_empty()));
+    assert_eq!(tc(&dp, &tcp_frame(40000, 53, &two)), DROP);
+    let ev = dp.drain_events().unwrap();
+    assert_eq!(
+        (ev[0].action, ev[0].name_text().as_str()),
+        (Action::Judge, TUNNEL)
+    );
+    // cleared by the agent: the retransmission passes
+    dp.maps().allow_name_hash(ev[0].name_hash).unwrap();
+    assert_eq!(
+        tc(&dp, &tcp_frame(40000, 53, &two)),
+        PASS,
+        "retransmission after clearing"
+    );
+    // several plain messages on one connection (dig +tcp, +keepopen) pass
+    let mut many = Vec::new();
+    for i in 0..5 {
+        many.extend_from_slice(&prefixed(&query(BENIGN, 1, 10 + i)));
+    }
+    assert_eq!(
+        tc(&dp, &tcp_frame(40000, 53, &many)),
+        PASS,
+        "pipelined plain queries"
+    );
+    // more messages than one segment is judged for: dropped, never passed unread
+    let mut lots = Vec::new();
+    for i in 0..20 {
+        lots.extend_from_slice(&prefixed(&query(BENIGN, 1, 30 + i)));
+    }
+    expect(
+        &dp,
+        "more messages than judged",
+        &tcp_frame(40000, 53, &lots),
+        &control,
+        "tcp_partial",
+    );
+    // ordinary TCP elsewhere is untouched
+    assert_eq!(tc(&dp, &tcp_frame(40000, 443, &[0x17; 300])), PASS);
+    assert_eq!(
+        tc(
+            &dp,
+            &tcp_dns_frame(sa("10.0.0.1:40000"), sa("10.0.0.2:53"), &b)
+        ),
+        PASS
+    );
+}
+
+#[test]
+fn every_segment_of_a_gso_send_is_judged() {
+    let Some(dp) = load() else { return };
+    let seg = 96usize;
+    let pad = |m: Vec<u8>| {
+        let mut m = m;
+        m.resize(seg, 0);
+        m
+    };
+    let mut payload = pad(query(BENIGN, 1, 1));
+    payload.extend_from_slice(&pad(query(TUNNEL, 16, 2)));
+    payload.extend_from_slice(&pad(query(TUNNEL, 16, 3)));
+    let attack = udp_frame(sa("10.0.0.1:40000"), sa("10.0.0.2:5300"), &payload);
+    let before = stats(&dp)["gso_drop"];
+    assert_eq!(
+        dp.test_run_tc_gso(&attack, 3, seg as u32).unwrap(),
+        DROP,
+        "GSO with DNS segments"
+    );
+    assert_eq!(stats(&dp)["gso_drop"], before + 1);
+    // QUIC-like GSO of non-DNS segments passes
+    let quic: Vec<u8> = (0..3 * 1200u32).map(|i| 0xc0 | (i as u8 & 0x3f)).collect();
+    let control = udp_frame(sa("10.0.0.1:40000"), sa("10.0.0.2:443"), &quic);
+    assert_eq!(
+        dp.test_run_tc_gso(&control, 3, 1200).unwrap(),
+        PASS,
+        "non-DNS GSO"
+    );
+}
+
+#[test]
+fn letter_case_is_kept_as_evidence() {
+    let Some(dp) = load() else { return };
+    let name = "documentation-portal.example.com";
+    let f = |n: &str, id| udp53(&query(n, 1, id));
+    assert_eq!(tc(&dp, &f(name, 1)), DROP, "a long name is held");
+    let ev = dp.drain_events().unwrap();
+    dp.maps().allow_name_hash(ev[0].name_hash).unwrap();
+    assert_eq!(tc(&dp, &f(name, 2)), PASS, "cleared: passes");
+    // every case variant is another name: held and judged, not passed on the cache
+    for (i, v) in [
+        "Documentation-portal.example.com",
+        "dOcUmEnTaTiOn-PoRtAl.example.com",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(tc(&dp, &f(v, 3 + i as u16)), DROP, "{v}");
+        let ev = dp.drain_events().unwrap();
+        assert!(ev[0].reasons.contains(&"mixed_case"), "{:?}", ev[0].reasons);
+        assert_eq!(
+            ev[0].name_text(),
+            name,
+            "the brain sees the lower-cased name"
+        );
+    }
+    // short names: mixed case is held, one case is not
+    expect(
+        &dp,
+        "mixed case in a short name",
+        &f("wWw.ExAmple.com", 9),
+        &f("WWW.EXAMPLE.COM", 10),
+        "hold",
+    );
+}
+
+#[test]
+fn release_tickets_bind_the_whole_message() {
+    let Some(dp) = load() else { return };
+    let msg = query_with_opt(TUNNEL, 77, &[(10, vec![1; 8])]);
+    let frame = udp53(&msg);
+    assert_eq!(tc(&dp, &frame), DROP);
+    let ev = dp.drain_events().unwrap().remove(0);
+    assert_ne!(ev.msg_hash, 0);
+    // the ticket only: the name is not in the allow cache in this test
+    dp.release_ticket_only(&ev).unwrap();
+    dp.maps().unallow_name_hash(ev.name_hash).unwrap();
+    let mark = dp.policy().release_mark;
+    assert_ne!(
+        mark,
+        exfilguard_dataplane::config::DEFAULT_RELEASE_MARK,
+        "a random mark per start"
+    );
+    assert_eq!(
+        dp.test_run_tc_marked(&frame, mark).unwrap(),
+        PASS,
+        "the released frame"
+    );
+    // the same name and id carrying other bytes does not ride the ticket
+    let other = udp53(&query_with_opt(TUNNEL, 77, &[(10, vec![2; 8])]));
+    assert_eq!(
+        dp.test_run_tc_marked(&other, mark).unwrap(),
+        DROP,
+        "other bytes, same name and id"
+    );
+    let other_id = udp53(&query_with_opt(TUNNEL, 78, &[(10, vec![1; 8])]));
+    assert_eq!(
+        dp.test_run_tc_marked(&other_id, mark).unwrap(),
+        DROP,
+        "another id"
+    );
+    assert_eq!(
+        dp.test_run_tc_marked(&frame, mark ^ 1).unwrap(),
+        DROP,
+        "another mark"
+    );
+    let released = stats(&dp)["released"];
+    // tickets expire (2 s)
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    dp.heartbeat().unwrap();
+    assert_eq!(
+        dp.test_run_tc_marked(&frame, mark).unwrap(),
+        DROP,
+        "expired ticket"
+    );
+    assert_eq!(stats(&dp)["released"], released);
+}
+
+#[test]
+fn the_socket_layer_judges_before_any_device() {
+    let Some(dp) = load() else { return };
+    let attack = udp53(&query(TUNNEL, 16, 1));
+    let control = udp53(&query(BENIGN, 1, 2));
+    let (v, _) = dp.test_run_sock(&attack, 1).unwrap();
+    assert_eq!(v, 2, "dropped without an error to the sender");
+    let ev = dp.drain_events().unwrap();
+    assert_eq!((ev[0].action, ev[0].hook), (Action::Hold, Hook::Sock));
+    assert!(ev[0].frame_l3, "held at the IP header");
+    assert_eq!(ev[0].packet, ip_packet(&attack), "the exact IP packet");
+    assert_eq!(dp.test_run_sock(&control, 1).unwrap().0, 1);
+    assert!(stats(&dp)["sock_packets"] >= 2);
+}
+
+#[test]
+fn a_full_observation_ring_holds_instead_of_passing_unseen() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut dp = Dataplane::load(LoadOptions {
+        pin_dir: None,
+        observe_bytes: 4096,
+        ..Default::default()
+    })
+    .unwrap();
+    dp.heartbeat().unwrap();
+    dp.set_policy(&KernelPolicy {
+        observe: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut held = 0;
+    for i in 0..40u16 {
+        if tc(&dp, &udp53(&query(BENIGN, 1, i))) == DROP {
+            held += 1;
+        }
+    }
+    let s = stats(&dp);
+    assert!(s["observe_full"] > 0 && s["observe_held"] == held, "{s:?}");
+    assert!(held > 0, "a blind analytics must not pass queries silently");
+    let ev = dp.drain_events().unwrap();
+    assert!(ev.iter().all(|e| e.reasons.contains(&"unobserved")));
+    // fail_open is the operator's explicit choice to pass (counted)
+    dp.set_policy(&KernelPolicy {
+        observe: true,
+        fail_open: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(tc(&dp, &udp53(&query(BENIGN, 1, 99))), PASS);
+}
