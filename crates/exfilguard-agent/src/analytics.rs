@@ -74,10 +74,25 @@ impl Analytics {
         self.tracker.pairs()
     }
 
-    /// A query (held or observed): the sender's address is the client.
+    /// A query (held or observed): the sender's address is the client, and so is the
+    /// sending process beside it (state per address and per process: a leak split over
+    /// processes still sums at the address, one process is told apart from its neighbours).
+    /// An alarm the process-level state raises for a domain the address-level one did not is
+    /// added.
     pub fn query(&mut self, ev: &Event, name: &DnsName) -> Vec<Alarm> {
-        self.tracker
-            .observe_query(crate::pipeline::now_ms(), ev.src, name)
+        let now = crate::pipeline::now_ms();
+        let mut alarms = self.tracker.observe_query(now, ev.src, name);
+        if let Some(p) = ev.process.as_ref().filter(|p| p.tgid != 0) {
+            for a in self.tracker.observe_query_from(now, ev.src, p.tgid, name) {
+                if !alarms
+                    .iter()
+                    .any(|b| b.kind == a.kind && b.domain == a.domain)
+                {
+                    alarms.push(a);
+                }
+            }
+        }
+        alarms
     }
 
     /// An NXDOMAIN answer: its destination is the client; `score` is the name's model score.

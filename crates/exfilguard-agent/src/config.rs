@@ -88,8 +88,8 @@ pub enum AttachPoint {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataplaneConfig {
-    /// Interfaces to protect; empty: every device of the namespace but lo (tc egress, new
-    /// devices within 2 s), with XDP on the default-route one.
+    /// Interfaces to protect; empty: every device of the namespace, lo included (tc egress,
+    /// new devices within 2 s), with XDP on the default-route one.
     pub interfaces: Vec<String>,
     pub attach: AttachPoint,
     /// XDP response inspection (NXDOMAIN limiter, downlink report) on the same interfaces.

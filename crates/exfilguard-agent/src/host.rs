@@ -39,8 +39,9 @@ pub fn default_route_interface() -> Option<String> {
     None
 }
 
-/// Every interface of this network namespace but loopback, as (name, ifindex): what the
-/// agent guards at tc egress when `dataplane.interfaces` is empty. From if_nameindex(3),
+/// Every interface of this network namespace, loopback included (AF_PACKET on lo reaches a
+/// local stub resolver), as (name, ifindex): what the agent guards at tc egress when
+/// `dataplane.interfaces` is empty. From if_nameindex(3),
 /// which asks the kernel in the caller's namespace (/sys may show another one's).
 pub fn egress_interfaces() -> Vec<(String, u32)> {
     let mut out = Vec::new();
@@ -56,9 +57,7 @@ pub fn egress_interfaces() -> Vec<(String, u32)> {
             let name = std::ffi::CStr::from_ptr((*p).if_name)
                 .to_string_lossy()
                 .into_owned();
-            if name != "lo" {
-                out.push((name, (*p).if_index));
-            }
+            out.push((name, (*p).if_index));
             p = p.add(1);
         }
         libc::if_freenameindex(list);

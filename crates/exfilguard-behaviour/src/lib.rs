@@ -342,6 +342,19 @@ impl Tracker {
     /// One query from `client` at `ts_ms`. A pair alarms again only after a fresh
     /// `info_alarm_bytes` (information) or a fresh run of regular arrivals (beacon).
     pub fn observe_query(&mut self, ts_ms: u64, client: IpAddr, name: &DnsName) -> Vec<Alarm> {
+        self.observe_query_from(ts_ms, client, 0, name)
+    }
+
+    /// Like `observe_query`, with the pair kept per `origin` as well as per address: the agent
+    /// passes the sending process (tgid), so processes behind one address are told apart
+    /// (0: the address alone).
+    pub fn observe_query_from(
+        &mut self,
+        ts_ms: u64,
+        client: IpAddr,
+        origin: u32,
+        name: &DnsName,
+    ) -> Vec<Alarm> {
         let mut out = Vec::new();
         let split = name.split();
         let Some(first) = split.registrable_label() else {
@@ -355,7 +368,7 @@ impl Tracker {
         // case can carry data (iodine's base64 does), so the estimate sees it; novelty is
         // case-blind, so a resolver's 0x20 case randomisation does not make old names new
         let sub: Vec<u8> = name.labels().take(n_sub).flatten().copied().collect();
-        let key = hash_of(&self.hasher, &(client, rd.as_str()));
+        let key = hash_of(&self.hasher, &(client, origin, rd.as_str()));
         let sub_h = hash_of(&self.hasher, &sub.to_ascii_lowercase());
 
         let window_ms = self.s.window_secs * 1000;

@@ -112,14 +112,16 @@ fn main() {
         (
             "benign DNS over TCP, 5 messages in one segment",
             {
+                // one segment: the first message, then four more appended (IPv4 length fixed)
                 let q = query("www.example.com", 1);
-                let mut many = Vec::new();
-                for _ in 0..5 {
-                    many.extend_from_slice(&(q.len() as u16).to_be_bytes());
-                    many.extend_from_slice(&q);
+                let mut f = tcp_dns_frame(c, sa("10.0.0.2:53"), &q);
+                for _ in 0..4 {
+                    f.extend_from_slice(&(q.len() as u16).to_be_bytes());
+                    f.extend_from_slice(&q);
                 }
-                // tcp_dns_frame prefixes the first length itself
-                tcp_dns_frame(c, sa("10.0.0.2:53"), &many[2..])
+                let ip_len = (f.len() - 14) as u16;
+                f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+                f
             },
             TOTAL,
             0,

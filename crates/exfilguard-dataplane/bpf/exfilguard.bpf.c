@@ -26,6 +26,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define P_8021AD 0x88A8
 #define P_TEB 0x6558
 #define VXLAN_PORT 4789
+#define VXLAN_LINUX_PORT 8472 /* the kernel's default, flannel's and Cilium's */
 #define GENEVE_PORT 6081
 #define EG_TC_NEXT -1 /* TCX_NEXT / TC_ACT_UNSPEC: let the next program or the stack decide */
 #define EG_TC_DROP 2  /* TCX_DROP / TC_ACT_SHOT */
@@ -252,6 +253,7 @@ struct pkt {
 	__u8 fail;      /* enum fail_why, when locate() says LOC_FAIL */
 	__u8 udp_encap; /* a VXLAN/GENEVE header was decoded (the payload has two readings) */
 	__u8 hk;        /* enum hdr_kind of the message at dns_off */
+	__u8 urg, _p[3]; /* TCP URG: the receiver takes a byte out of the stream */
 	__u8 saddr[16], daddr[16];
 	struct dnshdr h;
 	__u32 frag_id;    /* IP identification of a first fragment (p->frag) */
@@ -302,7 +304,7 @@ static __always_inline int hdr_kind(const struct dnshdr *h, __u16 sport, __u16 d
 		return H_PLAIN;
 	if (qd < 1)
 		return H_NONE;
-	if (dport == 53)
+	if (dport == 53 || (opcode == 0 && qd == 1))
 		return H_ODD;
 	if (qd <= 4 && an <= 8 && ns <= 8 && ar <= 8 && opcode <= 6 && opcode != 3)
 		return H_ODD;
@@ -372,7 +374,8 @@ static __always_inline int find_l4_fast(void *ctx, int kind, const void *nfbase,
 	p->dport = (t[2] << 8) | t[3];
 	if (proto == IPPROTO_UDP) {
 		if (!(p->flags & PF_NO_UDP_ENCAP) &&
-		    (p->dport == VXLAN_PORT || p->dport == GENEVE_PORT))
+		    (p->dport == VXLAN_PORT || p->dport == VXLAN_LINUX_PORT ||
+		     p->dport == GENEVE_PORT))
 			return FAST_MISS;
 		p->l4 = IPPROTO_UDP;
 		p->pay = l4 + 8;
@@ -380,6 +383,7 @@ static __always_inline int find_l4_fast(void *ctx, int kind, const void *nfbase,
 		if ((t[12] >> 4) < 5)
 			return LOC_NONE;
 		p->l4 = IPPROTO_TCP;
+		p->urg = !!(t[13] & 0x20);
 		p->pay = l4 + (t[12] >> 4) * 4;
 	}
 	p->end = end;
@@ -571,8 +575,11 @@ static __always_inline int find_l4(void *ctx, int kind, const void *nfbase, stru
 				proto = 0;
 			else if (gp == P_IP || gp == P_IPV6)
 				proto = gp;
-			else
-				return LOC_NONE; /* MPLS, ERSPAN, PPP: not followed */
+			else if (egress) {
+				p->fail = F_DEEP_ENCAP; /* MPLS, ERSPAN, PPP: not followed, not passed */
+				return LOC_FAIL;
+			} else
+				return LOC_NONE;
 			continue;
 		}
 		if (nexthdr == IPPROTO_UDP) {
@@ -585,10 +592,12 @@ static __always_inline int find_l4(void *ctx, int kind, const void *nfbase, stru
 			__u32 pay = l4_off + 8;
 			/* a tunnel port only means a tunnel when the header says so; even then the
 			 * payload is also read as plain DNS (egress runs twice, PF_NO_UDP_ENCAP) */
-			if (!(p->flags & PF_NO_UDP_ENCAP) && p->dport == VXLAN_PORT) {
+			if (!(p->flags & PF_NO_UDP_ENCAP) &&
+			    (p->dport == VXLAN_PORT || p->dport == VXLAN_LINUX_PORT)) {
 				__u8 v[8];
-				if (!ld(ctx, kind, nfbase, pay, v, sizeof(v)) && v[0] == 0x08 &&
-				    !(v[1] | v[2] | v[3] | v[7])) {
+				/* the I flag; group-policy (GBP) flags and fields may be set */
+				if (!ld(ctx, kind, nfbase, pay, v, sizeof(v)) && (v[0] & 0x08) &&
+				    !v[7]) {
 					off = pay + 8;
 					proto = 0;
 					p->encap = EG_ENCAP_VXLAN;
@@ -622,6 +631,7 @@ static __always_inline int find_l4(void *ctx, int kind, const void *nfbase, stru
 			p->sport = bpf_ntohs(tcp.source);
 			p->dport = bpf_ntohs(tcp.dest);
 			p->l4 = IPPROTO_TCP;
+			p->urg = tcp.urg;
 			p->pay = l4_off + tcp.doff * 4;
 			p->end = l4_end;
 			return LOC_DNS;
@@ -720,7 +730,13 @@ static __always_inline int locate(void *ctx, int kind, const void *nfbase, struc
 		return LOC_DNS;
 	}
 
-	/* TCP: segments of a DNS stream must be runs of whole length-prefixed messages */
+	/* TCP: segments of a DNS stream must be runs of whole length-prefixed messages. Urgent
+	 * data is taken out of the stream by the receiver (no DNS server reads it inline): on a
+	 * DNS stream it would shift what the server reads against what was judged. */
+	if (p->urg && at53) {
+		p->fail = F_TCP;
+		return LOC_FAIL;
+	}
 	if (!plen)
 		return LOC_NONE; /* SYN, ACK, FIN */
 	p->hk = H_NONE;
@@ -736,10 +752,11 @@ static __always_inline int locate(void *ctx, int kind, const void *nfbase, struc
 		p->fail = F_FRAG;
 		return LOC_FAIL;
 	}
-	if (p->hk == H_NONE) {
-		/* a message without its length prefix (split off into another segment), or
-		 * a port-53 stream at no message boundary: cannot be judged, does not pass */
-		if (bare || at53) {
+	if (p->hk == H_NONE || p->urg) {
+		/* a message without its length prefix (split off into another segment), a
+		 * port-53 stream at no message boundary, urgent data in a DNS-looking segment:
+		 * cannot be judged, does not pass */
+		if (bare || at53 || p->urg) {
 			p->fail = F_TCP;
 			return LOC_FAIL;
 		}
@@ -971,6 +988,8 @@ static __always_inline int msg_eval(void *ctx, int kind, const void *nfbase, str
 		if (p->dport != 53 && c != 1 && c != 3 && c != 4 && c != 254 && c != 255)
 			return -1;
 		r |= EG_R_ODD_MESSAGE;
+	} else if (ni->qclass != 1 && ni->qclass != 3 && ni->qclass != 255) {
+		r |= EG_R_ODD_MESSAGE; /* a free 16-bit field: IN, CH, ANY are what clients ask */
 	} else if (!extra_ok(ctx, kind, nfbase, p, ni, cfg)) {
 		r |= EG_R_EXTRA_DATA;
 	}
@@ -1084,7 +1103,11 @@ struct eg_in {
 	__u32 len, mark, ifindex, l3, hook, gso, flags;
 };
 
-enum verdict { V_PASS = 0, V_DROP = 1, V_ENCAP = 2 /* bit: a UDP tunnel header was read */ };
+enum verdict {
+	V_PASS = 0,
+	V_DROP = 1,
+	V_ENCAP = 2, /* bit: a UDP tunnel header was read */
+};
 
 static __always_inline int fail_closed(struct eg_config *cfg, struct pkt *p)
 {
@@ -1374,7 +1397,8 @@ static __always_inline int egress(void *ctx, int kind, __u64 base, struct eg_in 
 	struct pkt *p = bpf_map_lookup_elem(&eg_pkt, &slot);
 	if (!p)
 		return V_DROP;
-	__builtin_memset(p, 0, sizeof(*p));
+	/* fk is written whole before each use: only what comes before it is cleared */
+	__builtin_memset(p, 0, __builtin_offsetof(struct pkt, fk));
 	p->len = in->len;
 	p->l3 = in->l3;
 	p->flags = in->flags | PF_EGRESS;
@@ -1403,7 +1427,9 @@ static __always_inline int egress(void *ctx, int kind, __u64 base, struct eg_in 
 
 	if (!p->tcp) {
 		if (EVAL(kind, ctx, base, p)) {
-			if (p->dport != 53) {
+			/* a plain query header whose question this walk cannot read (compression
+			 * pointers, bad labels): a server may still read it, so it does not pass */
+			if (p->dport != 53 && p->hk != H_PLAIN) {
 				stat(EG_S_NON_DNS);
 				return V_PASS | enc;
 			}
@@ -1512,7 +1538,12 @@ static __always_inline __u16 tc_l3(struct __sk_buff *skb)
 	if (BPF_CORE_READ(k, dev, header_ops))
 		return 0;
 	stat(EG_S_L3_DEV);
-	return bpf_ntohs(skb->protocol);
+	/* the version nibble, not the protocol the sender declared: a userspace VPN routes
+	 * by the nibble, and AF_PACKET lets the sender declare anything */
+	__u8 v = 0;
+	if (bpf_skb_load_bytes(skb, 0, &v, 1))
+		return bpf_ntohs(skb->protocol);
+	return (v >> 4) == 6 ? P_IPV6 : (v >> 4) == 4 ? P_IP : bpf_ntohs(skb->protocol);
 }
 
 SEC("tc")

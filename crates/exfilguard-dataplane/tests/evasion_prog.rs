@@ -546,3 +546,98 @@ fn a_full_observation_ring_holds_instead_of_passing_unseen() {
     .unwrap();
     assert_eq!(tc(&dp, &udp53(&query(BENIGN, 1, 99))), PASS);
 }
+
+/// What an attacker's review of the fail-closed parser found next: urgent data shifting a
+/// DNS/TCP stream, compression pointers off port 53, the query class as a free field, GRE
+/// carrying what the walk does not follow, VXLAN on the kernel's own port.
+#[test]
+fn reviewed_evasions_fail_closed() {
+    let Some(dp) = load() else { return };
+    let b = query(BENIGN, 1, 2);
+    // urgent data: the server drops a byte the kernel judged, the stream shifts
+    let mut urg = tcp_frame(40000, 53, &prefixed(&b));
+    urg[14 + 20 + 13] |= 0x20;
+    expect(
+        &dp,
+        "TCP URG on a DNS stream",
+        &urg,
+        &tcp_frame(40000, 53, &prefixed(&b)),
+        "tcp_partial",
+    );
+    // a plain query header whose name ends in a compression pointer, on another port
+    let mut ptr = query("www.example", 1, 3);
+    let at = ptr.len() - 5; // the root byte of the question name
+    ptr[at] = 0xc0;
+    ptr.insert(at + 1, 12);
+    let to = |m: &[u8]| udp_frame(sa("10.0.0.1:40000"), sa("10.0.0.2:5353"), m);
+    expect(
+        &dp,
+        "compression pointer off port 53",
+        &to(&ptr),
+        &to(&b),
+        "malformed",
+    );
+    // the query class as a data field
+    let mut class = query(BENIGN, 1, 4);
+    let n = class.len();
+    class[n - 2..].copy_from_slice(&[0x12, 0x34]);
+    expect(
+        &dp,
+        "odd query class",
+        &udp53(&class),
+        &udp53(&b),
+        "odd_message",
+    );
+    // GRE carrying MPLS: not followed, not passed
+    let inner = udp_frame(
+        sa("192.168.1.1:5000"),
+        sa("192.168.1.2:53"),
+        &query(TUNNEL, 1, 5),
+    );
+    let mpls = ipv4_frame(47, 0, &gre_payload(0x8847, None, ip_packet(&inner)));
+    let gre_ok = ipv4_frame(
+        47,
+        0,
+        &gre_payload(
+            0x0800,
+            None,
+            ip_packet(&udp_frame(sa("192.168.1.1:5000"), sa("192.168.1.2:53"), &b)),
+        ),
+    );
+    expect(&dp, "GRE with MPLS inside", &mpls, &gre_ok, "deep_encap");
+    // VXLAN on 8472 (the kernel's default port) is opened like 4789
+    let v = |m: &[u8]| {
+        let f = vxlan_frame(
+            sa("10.0.0.1:40000"),
+            sa("10.0.0.2:0"),
+            42,
+            &udp_frame(sa("192.168.1.1:5000"), sa("192.168.1.2:53"), m),
+        );
+        let mut f = f;
+        f[36..38].copy_from_slice(&8472u16.to_be_bytes()); // UDP destination port
+        f
+    };
+    expect(
+        &dp,
+        "VXLAN on 8472",
+        &v(&query(TUNNEL, 1, 6)),
+        &v(&b),
+        "vxlan",
+    );
+}
+
+/// Benign traffic the fail-closed egress must not break on the way in: the fragments of a
+/// large EDNS answer pass XDP (responses are not judged by fragments), first and later alike.
+#[test]
+fn fragments_of_large_answers_pass_on_ingress() {
+    let Some(dp) = load() else { return };
+    let mut answer = query("big.example.com", 16, 9);
+    answer[2] |= 0x80; // QR: a response
+    answer.resize(3000, 0x41);
+    let resp = udp_frame(sa("10.0.0.2:53"), sa("10.0.0.1:40000"), &answer);
+    let (first, rest) = ipv4_fragments(&resp, 1472);
+    for (what, f) in [("first fragment", &first), ("later fragment", &rest)] {
+        let (v, _) = dp.test_run_xdp(f, 1).unwrap();
+        assert_eq!(v, 2 /* XDP_PASS */, "{what} of a large answer");
+    }
+}
