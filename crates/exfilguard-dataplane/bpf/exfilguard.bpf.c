@@ -304,7 +304,7 @@ static __always_inline int hdr_kind(const struct dnshdr *h, __u16 sport, __u16 d
 		return H_PLAIN;
 	if (qd < 1)
 		return H_NONE;
-	if (dport == 53 || (opcode == 0 && qd == 1))
+	if (dport == 53 || (opcode == 0 && qd == 1 && !an && !ns))
 		return H_ODD;
 	if (qd <= 4 && an <= 8 && ns <= 8 && ar <= 8 && opcode <= 6 && opcode != 3)
 		return H_ODD;
@@ -753,18 +753,22 @@ static __always_inline int locate(void *ctx, int kind, const void *nfbase, struc
 		return LOC_FAIL;
 	}
 	if (p->hk == H_NONE || p->urg) {
-		/* a message without its length prefix (split off into another segment), a
-		 * port-53 stream at no message boundary, urgent data in a DNS-looking segment:
-		 * cannot be judged, does not pass */
-		if (bare || at53 || p->urg) {
+		/* a port-53 stream at no message boundary, urgent data in a DNS-looking segment:
+		 * cannot be judged, does not pass. Off port 53 a bare header alone is not enough
+		 * to call a stream DNS (Kafka, for one, looks like it): such streams pass */
+		if (at53 || (p->urg && (bare || p->hk != H_NONE))) {
 			p->fail = F_TCP;
 			return LOC_FAIL;
 		}
 		return LOC_NONE;
 	}
+	__u32 mlen = (b[0] << 8) | b[1];
+	/* off port 53 a stream is DNS only when its segment opens with a whole message */
+	if (!at53 && (mlen < 17 || 2 + mlen > plen))
+		return LOC_NONE;
 	p->tcp = 1;
 	p->dns_off = p->pay + 2;
-	p->dns_len = (b[0] << 8) | b[1];
+	p->dns_len = mlen;
 	return LOC_DNS;
 }
 
@@ -1460,8 +1464,14 @@ static __always_inline int egress(void *ctx, int kind, __u64 base, struct eg_in 
 			goto partial;
 		p->dns_off = o + 2;
 		p->dns_len = mlen;
-		if (EVAL(kind, ctx, base, p))
+		if (EVAL(kind, ctx, base, p)) {
+			/* off port 53, a first message that is no query: not a DNS stream */
+			if (!n && p->dport != 53) {
+				stat(EG_S_NON_DNS);
+				return V_PASS | enc;
+			}
 			goto partial;
+		}
 		n++;
 		if (ni->block_hash && !picked_block) {
 			pick = o;

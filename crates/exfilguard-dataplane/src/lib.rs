@@ -920,29 +920,25 @@ impl Dataplane {
 
     /// One tc test run with `skb->mark` set (how a re-injected frame arrives).
     pub fn test_run_tc_marked(&self, frame: &[u8], mark: u32) -> Result<i32> {
-        let mut ctx = vec![0u8; std::mem::size_of::<skel::types::__sk_buff>()];
-        ctx[8..12].copy_from_slice(&mark.to_ne_bytes()); // __sk_buff.mark
-        let input = libbpf_rs::ProgramInput {
-            data_in: Some(frame),
-            context_in: Some(&mut ctx),
-            ..Default::default()
-        };
-        let out = self
-            .skel
-            .progs
-            .eg_tc_egress
-            .test_run(input)
-            .ctx(|| "BPF_PROG_TEST_RUN".into())?;
-        Ok(out.return_value as i32)
+        self.test_run_tc_ctx(frame, |ctx| {
+            ctx[8..12].copy_from_slice(&mark.to_ne_bytes()); // __sk_buff.mark
+        })
     }
 
     /// One tc test run of a GSO super-packet (`__sk_buff.gso_segs` / `gso_size` set).
     pub fn test_run_tc_gso(&self, frame: &[u8], segs: u32, size: u32) -> Result<i32> {
+        self.test_run_tc_ctx(frame, |ctx| {
+            let segs_at = std::mem::offset_of!(skel::types::__sk_buff, gso_segs);
+            let size_at = std::mem::offset_of!(skel::types::__sk_buff, gso_size);
+            ctx[segs_at..segs_at + 4].copy_from_slice(&segs.to_ne_bytes());
+            ctx[size_at..size_at + 4].copy_from_slice(&size.to_ne_bytes());
+        })
+    }
+
+    /// One tc test run with a `__sk_buff` context the caller fills in.
+    fn test_run_tc_ctx(&self, frame: &[u8], fill: impl FnOnce(&mut [u8])) -> Result<i32> {
         let mut ctx = vec![0u8; std::mem::size_of::<skel::types::__sk_buff>()];
-        let segs_at = std::mem::offset_of!(skel::types::__sk_buff, gso_segs);
-        let size_at = std::mem::offset_of!(skel::types::__sk_buff, gso_size);
-        ctx[segs_at..segs_at + 4].copy_from_slice(&segs.to_ne_bytes());
-        ctx[size_at..size_at + 4].copy_from_slice(&size.to_ne_bytes());
+        fill(&mut ctx);
         let input = libbpf_rs::ProgramInput {
             data_in: Some(frame),
             context_in: Some(&mut ctx),

@@ -303,12 +303,13 @@ fn tcp_dns_must_be_whole_messages() {
         &control,
         "tcp_partial",
     );
-    expect(
-        &dp,
-        "message without its prefix, port 8053",
-        &tcp_frame(40000, 8053, &whole[2..]),
-        &control,
-        "tcp_partial",
+    // off port 53 a bare header does not make a stream DNS (Kafka's requests look like one):
+    // a documented residual risk, docs/dataplane.md
+    let kafka = [0, 0, 0, 0x24, 0, 1, 0, 4, 0, 0, 0, 1, 0, 10];
+    assert_eq!(
+        tc(&dp, &tcp_frame(40000, 9092, &kafka)),
+        PASS,
+        "Kafka request header"
     );
     // a message cut mid-name
     expect(
