@@ -271,6 +271,7 @@ struct {
 
 #define PF_EGRESS 1       /* judging queries: fragments and deep encapsulation fail closed */
 #define PF_NO_UDP_ENCAP 2 /* read UDP 4789/6081 payloads as plain payloads */
+#define PF_FOREIGN 4      /* socket layer, another network namespace than the agent's */
 
 enum loc { LOC_NONE = 0, LOC_DNS = 1, LOC_FAIL = 2 };
 enum fail_why {
@@ -1212,6 +1213,10 @@ static __always_inline int decide(void *ctx, int kind, const void *nfbase, struc
 	if (action == EG_ACT_HOLD && judge_only) {
 		action = EG_ACT_JUDGE;
 		reasons |= EG_R_MULTI;
+	} else if (action == EG_ACT_HOLD && (in->flags & PF_FOREIGN)) {
+		/* the agent cannot re-send into another namespace: judged without the frame,
+		 * the client's retry passes once the exact name is cleared */
+		action = EG_ACT_JUDGE;
 	}
 
 	if (!enforce && action != EG_ACT_PASS)
@@ -1583,10 +1588,14 @@ int eg_sock_egress(struct __sk_buff *skb)
 	struct eg_config *cfg = get_config();
 	if (!cfg || cfg->sock_scope == EG_SCOPE_OFF)
 		return 1;
-	if (cfg->sock_scope == EG_SCOPE_NETNS) {
+	__u32 flags = 0;
+	if (cfg->netns_cookie) {
 		struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
-		if (BPF_CORE_READ(k, dev, nd_net.net, net_cookie) != cfg->netns_cookie)
-			return 1;
+		if (BPF_CORE_READ(k, dev, nd_net.net, net_cookie) != cfg->netns_cookie) {
+			if (cfg->sock_scope == EG_SCOPE_NETNS)
+				return 1;
+			flags = PF_FOREIGN;
+		}
 	}
 	__u16 l3 = bpf_ntohs(skb->protocol);
 	if (l3 != P_IP && l3 != P_IPV6)
@@ -1599,6 +1608,7 @@ int eg_sock_egress(struct __sk_buff *skb)
 		.l3 = l3,
 		.hook = EG_HOOK_SOCK,
 		.gso = skb->gso_segs > 1 ? (skb->gso_segs << 16) | (skb->gso_size & 0xffff) : 0,
+		.flags = flags,
 	};
 	return RUN_EGRESS(sock, skb, 0, &in) ? 2 : 1;
 }

@@ -508,6 +508,23 @@ fn the_socket_layer_judges_before_any_device() {
     assert_eq!(ev[0].packet, ip_packet(&attack), "the exact IP packet");
     assert_eq!(dp.test_run_sock(&control, 1).unwrap().0, 1);
     assert!(stats(&dp)["sock_packets"] >= 2);
+    // a send in another namespace (a container's): the agent cannot re-send there, so the
+    // query is judged without its frame and the client's retry passes once cleared
+    let mut dp = dp;
+    let foreign = |scope| KernelPolicy {
+        netns_cookie: 0xdead_beef,
+        socket_scope: scope,
+        ..Default::default()
+    };
+    dp.set_policy(&foreign(exfilguard_dataplane::SocketScope::All))
+        .unwrap();
+    assert_eq!(dp.test_run_sock(&attack, 1).unwrap().0, 2);
+    let ev = dp.drain_events().unwrap();
+    assert_eq!((ev[0].action, ev[0].packet.len()), (Action::Judge, 0));
+    // scope netns: another namespace's sends are not this agent's to judge
+    dp.set_policy(&foreign(exfilguard_dataplane::SocketScope::Netns))
+        .unwrap();
+    assert_eq!(dp.test_run_sock(&attack, 1).unwrap().0, 1);
 }
 
 #[test]
