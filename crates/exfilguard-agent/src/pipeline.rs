@@ -539,11 +539,7 @@ impl Pipeline {
 /// flagged it (`odd_message`, `extra_data`). A frame that does not parse is unexplained; a
 /// judged record without its frame cannot be explained.
 fn outside_question(ev: &Event) -> Option<String> {
-    if !ev
-        .reasons
-        .iter()
-        .any(|r| matches!(*r, "odd_message" | "extra_data"))
-    {
+    if !ev.outside_question() {
         return None;
     }
     use exfilguard_dns::packet::{dns_payloads, LinkType};

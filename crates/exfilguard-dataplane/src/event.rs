@@ -324,6 +324,14 @@ impl Event {
         f
     }
 
+    /// Whether the kernel flagged data outside the question (`odd_message`, `extra_data`):
+    /// such a message is never cleared by name alone.
+    pub fn outside_question(&self) -> bool {
+        self.reasons
+            .iter()
+            .any(|r| matches!(*r, "odd_message" | "extra_data"))
+    }
+
     /// The question name's labels, or `None` if the kernel sent a malformed name.
     pub fn labels(&self) -> Option<Vec<&[u8]>> {
         crate::hash::labels(&self.name_wire)

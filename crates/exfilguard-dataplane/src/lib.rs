@@ -795,11 +795,7 @@ impl Dataplane {
     /// its question: then only this exact message may pass) plus a ticket for this message,
     /// valid 2 s at every hook it crosses; no re-injection.
     pub fn release_ticket_only(&self, ev: &Event) -> Result<()> {
-        let outside = ev
-            .reasons
-            .iter()
-            .any(|r| matches!(*r, "odd_message" | "extra_data"));
-        if !outside {
+        if !ev.outside_question() {
             self.maps.allow_name_hash(ev.name_hash)?;
         }
         let mut ticket = [0u8; 16];
