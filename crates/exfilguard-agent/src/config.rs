@@ -31,6 +31,7 @@ pub struct Config {
     pub rpz: exfilguard_rpz::RpzSettings,
     pub runtime: exfilguard_runtime::RuntimeSettings,
     pub behaviour: exfilguard_behaviour::Settings,
+    pub convict: exfilguard_convict::Settings,
     pub hardening: HardeningConfig,
 }
 
@@ -257,10 +258,52 @@ pub struct ResolveConfig {
     /// Verdicts cached per name (entries, seconds).
     pub cache_entries: usize,
     pub cache_secs: u64,
-    /// A malicious verdict blocks its whole registered domain for this long (0: the name only).
+    /// A zone blocked for everyone (`[convict]`) is refused this long (0: no blocks for
+    /// everyone; the sending client is still blocked).
     pub block_secs: u64,
     /// Worker threads (0: one per core).
     pub workers: usize,
+    /// Opcodes other than QUERY relayed unjudged to the upstreams (notify, update, iquery,
+    /// status, dso, or a number 1..=15); every other one gets NOTIMP.
+    pub forward_opcodes: Vec<String>,
+    /// Client networks served; others get REFUSED over UDP and TCP connections closed.
+    #[serde(deserialize_with = "cidrs")]
+    pub allow_from: Vec<ipnet::IpNet>,
+    /// Per-client query rate (token bucket; 0: off) and burst, UDP only.
+    pub rate_limit_qps: u32,
+    pub rate_limit_burst: u32,
+    /// Clients the rate limit does not apply to.
+    #[serde(deserialize_with = "cidrs")]
+    pub rate_limit_exempt: Vec<ipnet::IpNet>,
+    /// Clients tracked by the rate limit (least recently seen forgotten first).
+    pub rate_limit_clients: usize,
+    /// IPv6 clients share one bucket per prefix of this length.
+    pub rate_limit_ipv6_prefix: u8,
+    /// Every n-th query over the limit gets an empty TC=1 answer (0: none).
+    pub rrl_slip: u32,
+    /// TCP connections open at once, in total and per client.
+    pub tcp_max_connections: usize,
+    pub tcp_max_per_client: usize,
+    /// TCP: longest wait for the next message, and longest life of a connection.
+    pub tcp_idle_ms: u64,
+    pub tcp_lifetime_secs: u64,
+}
+
+/// CIDR networks; a bare address is its own /32 or /128. The error names the bad entry (figment
+/// adds the key).
+fn cidrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{s:?} is not a CIDR network (e.g. \"10.0.0.0/8\", \"fd00::/8\")"
+                    ))
+                })
+        })
+        .collect()
 }
 
 impl Default for ResolveConfig {
@@ -276,7 +319,46 @@ impl Default for ResolveConfig {
             cache_secs: 300,
             block_secs: 3600,
             workers: 0,
+            forward_opcodes: Vec::new(),
+            allow_from: [
+                "127.0.0.0/8",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+                "::1/128",
+                "fc00::/7",
+                "fe80::/10",
+            ]
+            .iter()
+            .map(|n| n.parse().expect("static"))
+            .collect(),
+            rate_limit_qps: 200,
+            rate_limit_burst: 400,
+            rate_limit_exempt: vec![
+                "127.0.0.0/8".parse().expect("static"),
+                "::1/128".parse().expect("static"),
+            ],
+            rate_limit_clients: 100_000,
+            rate_limit_ipv6_prefix: 56,
+            rrl_slip: 2,
+            tcp_max_connections: 512,
+            tcp_max_per_client: 16,
+            tcp_idle_ms: 10_000,
+            tcp_lifetime_secs: 120,
         }
+    }
+}
+
+/// The opcode a `resolve.forward_opcodes` entry names (QUERY, 0, is always judged).
+pub fn opcode_number(name: &str) -> Option<u8> {
+    match name.to_ascii_lowercase().as_str() {
+        "iquery" => Some(1),
+        "status" => Some(2),
+        "notify" => Some(4),
+        "update" => Some(5),
+        "dso" => Some(6),
+        n => n.parse().ok().filter(|o| (1..=15).contains(o)),
     }
 }
 
@@ -368,6 +450,54 @@ impl Config {
             1 << 26,
         );
         range("resolve.workers", self.resolve.workers as u64, 0, 256);
+        let r = &self.resolve;
+        range(
+            "resolve.rate_limit_qps",
+            r.rate_limit_qps as u64,
+            0,
+            10_000_000,
+        );
+        if r.rate_limit_qps > 0 {
+            range(
+                "resolve.rate_limit_burst",
+                r.rate_limit_burst as u64,
+                1,
+                100_000_000,
+            );
+        }
+        range(
+            "resolve.rate_limit_clients",
+            r.rate_limit_clients as u64,
+            16,
+            1 << 24,
+        );
+        range(
+            "resolve.rate_limit_ipv6_prefix",
+            r.rate_limit_ipv6_prefix as u64,
+            16,
+            128,
+        );
+        range("resolve.rrl_slip", r.rrl_slip as u64, 0, 100);
+        range(
+            "resolve.tcp_max_connections",
+            r.tcp_max_connections as u64,
+            1,
+            1_000_000,
+        );
+        range(
+            "resolve.tcp_max_per_client",
+            r.tcp_max_per_client as u64,
+            1,
+            r.tcp_max_connections.max(1) as u64,
+        );
+        range("resolve.tcp_idle_ms", r.tcp_idle_ms, 100, 3_600_000);
+        range("resolve.tcp_lifetime_secs", r.tcp_lifetime_secs, 1, 86_400);
+        if r.allow_from.is_empty() {
+            errs.push(
+                "resolve.allow_from is empty: no client could query (\"0.0.0.0/0\" and \"::/0\" allow everyone)"
+                    .into(),
+            );
+        }
         if self.metrics.listen.parse::<SocketAddr>().is_err() {
             errs.push(format!(
                 "metrics.listen = {:?}: not an ip:port address",
@@ -414,6 +544,14 @@ impl Config {
         errs.extend(self.rpz.problems());
         errs.extend(self.runtime.problems());
         errs.extend(self.behaviour.problems());
+        errs.extend(self.convict.problems());
+        for o in &self.resolve.forward_opcodes {
+            if opcode_number(o).is_none() {
+                errs.push(format!(
+                    "resolve.forward_opcodes: {o:?} is not notify, update, iquery, status, dso or 1..=15"
+                ));
+            }
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -482,6 +620,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dataplane.ringbuf_mib = 3"), "{e}");
+    }
+
+    #[test]
+    fn resolve_limits_are_checked() {
+        let e = Config::from_toml("[resolve]\nallow_from = [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("allow_from") && e.contains("10.0.0.0/33"), "{e}");
+        let e = Config::from_toml("[resolve]\nrate_limit_exempt = [\"nowhere\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rate_limit_exempt"), "{e}");
+        let e = Config::from_toml("[resolve]\nallow_from = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resolve.allow_from is empty"), "{e}");
+        let e = Config::from_toml("[resolve]\ntcp_max_connections = 8\ntcp_max_per_client = 9\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resolve.tcp_max_per_client = 9"), "{e}");
+        let e = Config::from_toml("[resolve]\nrate_limit_ipv6_prefix = 129\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resolve.rate_limit_ipv6_prefix = 129"), "{e}");
+        let c = Config::from_toml(
+            "[resolve]\nallow_from = [\"0.0.0.0/0\", \"::/0\"]\nrate_limit_qps = 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.resolve.allow_from.len(), 2);
+        let c = Config::from_toml("[resolve]\nallow_from = [\"192.0.2.7\"]\n").unwrap();
+        assert_eq!(c.resolve.allow_from[0].to_string(), "192.0.2.7/32");
     }
 
     #[test]

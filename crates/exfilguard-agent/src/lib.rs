@@ -20,11 +20,9 @@ use exfilguard_dns::DnsName;
 use exfilguard_kafka::fleet::FleetUpdate;
 use pipeline::Pipeline;
 use services::{FleetApply, Services};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// What a finished run reports (printed by `protect`, logged by `run`).
 #[derive(Debug, serde::Serialize)]
@@ -73,15 +71,15 @@ pub fn host_name(cfg: &Config) -> String {
     }
 }
 
-/// Applies the fleet blocklist to the kernel: entries block, tombstones and expiries unblock.
-/// The local allowlist wins over the fleet; the local static blocklist is never unblocked.
+/// Applies the fleet blocklist to the kernel through the conviction policy (shared with the
+/// decision loop): entries block unless allowlisted here or protected, tombstones and
+/// expiries unblock; the local static blocklist is never unblocked.
 struct FleetApplier {
     maps: Maps,
     allow: NameList,
-    pinned_block: Vec<String>,
-    expiries: HashMap<String, u64>,
+    pinned_block: std::collections::HashSet<String>,
+    convictions: Arc<std::sync::Mutex<exfilguard_convict::Convictions>>,
     metrics: metrics::Metrics,
-    last_sweep: std::time::Instant,
 }
 
 impl FleetApplier {
@@ -93,55 +91,40 @@ impl FleetApplier {
     }
 
     fn apply(&mut self, u: Option<FleetUpdate>) {
+        use exfilguard_convict::FleetAction;
+        let Some(u) = u else { return };
         let now = exfilguard_kafka::fleet::now_ms();
-        match u {
-            Some(FleetUpdate::Block(e)) if e.expired(now) => self.unblock(&e.domain),
-            Some(FleetUpdate::Block(e)) => {
-                let allowed = DnsName::parse(&e.domain)
-                    .ok()
-                    .and_then(|n| self.allow.lookup(&n))
-                    .is_some();
-                if allowed {
-                    tracing::warn!(domain = %e.domain, from = %e.host, "fleet entry for an allowlisted domain not applied");
-                    self.count("skipped");
-                    return;
+        let action = self
+            .convictions
+            .lock()
+            .expect("lock")
+            .fleet(u, &self.allow, now);
+        match action {
+            FleetAction::Block { zone, evicted, .. } => {
+                for d in &evicted {
+                    self.unblock(d);
                 }
-                match self.maps.block_domain(&e.domain) {
+                match self.maps.block_domain(&zone) {
                     Ok(_) => {
-                        tracing::info!(domain = %e.domain, from = %e.host, source = %e.source, class = %e.class, "fleet blocklist: blocked");
-                        if e.expires_ms != 0 {
-                            self.expiries.insert(e.domain.clone(), e.expires_ms);
-                        } else {
-                            self.expiries.remove(&e.domain);
-                        }
+                        tracing::info!(domain = %zone, "fleet blocklist: blocked");
                         self.count("block");
                     }
                     Err(err) => {
-                        tracing::warn!(domain = %e.domain, "fleet entry not applied: {err}");
+                        tracing::warn!(domain = %zone, "fleet entry not applied: {err}");
                         self.count("skipped");
                     }
                 }
             }
-            Some(FleetUpdate::Unblock(d)) => self.unblock(&d),
-            None => {}
-        }
-        if self.last_sweep.elapsed() > Duration::from_secs(5) {
-            self.last_sweep = std::time::Instant::now();
-            let due: Vec<String> = self
-                .expiries
-                .iter()
-                .filter(|(_, &t)| t <= now)
-                .map(|(d, _)| d.clone())
-                .collect();
-            for d in due {
-                self.unblock(&d);
+            FleetAction::Unblock { zone, .. } => self.unblock(&zone),
+            FleetAction::Skipped { zone, why } => {
+                tracing::warn!(domain = %zone, "fleet entry not applied: {why}");
+                self.count("skipped");
             }
         }
     }
 
     fn unblock(&mut self, domain: &str) {
-        self.expiries.remove(domain);
-        if self.pinned_block.iter().any(|d| d == domain) {
+        if self.pinned_block.contains(domain) {
             return;
         }
         match self.maps.unblock_domain(domain) {
@@ -315,14 +298,15 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
         maps: Some(dp.maps().try_clone()?),
         ..Default::default()
     };
+    // one set of conviction tables for the decision loop and the fleet follower
+    let convictions = Arc::new(std::sync::Mutex::new(pipeline::convictions_for(&cfg)));
     let fleet: Option<FleetApply> = if cfg.kafka.enabled() && cfg.kafka.follow_blocklist {
         let mut applier = FleetApplier {
             maps: dp.maps().try_clone()?,
             allow: name_list(&cfg.detect.allow)?,
-            pinned_block: cfg.detect.block.clone(),
-            expiries: HashMap::new(),
+            pinned_block: pipeline::pinned(&cfg.detect.block),
+            convictions: convictions.clone(),
             metrics: metrics.clone(),
-            last_sweep: std::time::Instant::now(),
         };
         Some(Box::new(move |u| applier.apply(u)))
     } else {
@@ -340,6 +324,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
         convictions_tx,
         cg_root,
     );
+    pipe.convictions = convictions;
     lock_down(&cfg.hardening)?;
     metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(
@@ -547,10 +532,8 @@ fn reload_config(
     if new.behaviour != current.behaviour || new.detect.block != current.detect.block {
         // new thresholds start from empty tables; behaviour blocks in force still lapse
         match &mut pipe.analytics {
-            Some(an) => an.reconfigure(&new.behaviour, &new.detect.block),
-            None => {
-                pipe.analytics = Some(analytics::Analytics::new(&new.behaviour, &new.detect.block))
-            }
+            Some(an) => an.reconfigure(&new.behaviour),
+            None => pipe.analytics = Some(analytics::Analytics::new(&new.behaviour)),
         }
     }
     let info = pipe.detector.model().info();

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub hold_release_seconds: Histogram,
     pub events_written: Family<Labels, Counter>,
     pub events_dropped: Counter,
+    /// Records held back by the per-client / per-(client, domain) rate limit.
+    pub events_suppressed: Counter,
     pub sink_queue_depth: Gauge,
     pub fleet_updates: Family<Labels, Counter>,
     pub errors: Family<Labels, Counter>,
@@ -188,6 +190,7 @@ impl Metrics {
             hold_release_seconds: Histogram::new(exponential_buckets(10e-6, 2.0, 18)),
             events_written: Family::default(),
             events_dropped: Counter::default(),
+            events_suppressed: Counter::default(),
             sink_queue_depth: Gauge::default(),
             fleet_updates: Family::default(),
             errors: Family::default(),
@@ -225,6 +228,11 @@ impl Metrics {
             "exfilguard_events_dropped",
             "Events dropped because the sink queue was full",
             m.events_dropped.clone(),
+        );
+        registry.register(
+            "exfilguard_events_suppressed",
+            "Event records held back by the per-client and per-(client, domain) rate limit (the next record of the pair carries their count)",
+            m.events_suppressed.clone(),
         );
         registry.register(
             "exfilguard_sink_queue_depth",
@@ -274,7 +282,155 @@ impl Metrics {
     }
 }
 
+/// Bounds of the HTTP endpoint. It answers whoever can reach `metrics.listen`, so a client that
+/// opens connections and never finishes a request must not take the process's fds or the
+/// scraper's turn (docs/threat-model.md, "Hostile clients of the metrics and RPZ endpoints").
+pub mod limits {
+    use std::time::Duration;
+    /// Connections served at once; one over the cap is closed at once, not queued.
+    pub const MAX_CONNECTIONS: usize = 64;
+    /// Per client address, so one host cannot take the whole cap from the scraper.
+    pub const MAX_CONNECTIONS_PER_PEER: usize = 8;
+    /// From accept (or the end of the previous response on a kept-alive connection) to the
+    /// end of the request head: the slow-loris and the idle keep-alive bound.
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+    /// A connection's whole life, every request and response on it (a client that sends a
+    /// request and never reads the answer); then it is asked to close, and cut after `GRACE`.
+    pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+    pub const GRACE: Duration = Duration::from_secs(2);
+    /// Request heads above this get 431: bounds the memory of a connection.
+    pub const MAX_BUF: usize = 16 * 1024;
+    /// Longest pause of the accept loop after an accept error (EMFILE, ENFILE, ENOBUFS).
+    pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+}
+
+/// Connections held, in total and per client address (IPv4-mapped IPv6 counted as IPv4).
+#[derive(Default)]
+struct Slots {
+    held: Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// One held connection; gives its place back when the connection task ends.
+struct Slot {
+    slots: Arc<Slots>,
+    ip: std::net::IpAddr,
+}
+
+impl Slots {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let mut g = self.held.lock().expect("slots lock");
+        let (total, peers) = &mut *g;
+        let mine = peers.entry(ip).or_default();
+        if *total >= limits::MAX_CONNECTIONS || *mine >= limits::MAX_CONNECTIONS_PER_PEER {
+            if *mine == 0 {
+                peers.remove(&ip);
+            }
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+
+    fn held(&self) -> usize {
+        self.held.lock().expect("slots lock").0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.slots.held.lock().expect("slots lock");
+        let (total, peers) = &mut *g;
+        *total -= 1;
+        if let Some(n) = peers.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The connection's socket, noting whether the last thing that happened on it was a response
+/// written (true) or request bytes read (false).
+struct Watched {
+    inner: tokio::net::TcpStream,
+    answered: Arc<AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.answered.store(false, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.answered.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.answered.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Serves the registry until `stop`. Runs its own small runtime on the calling thread.
+///
+/// hyper's HTTP/1 connection builder rather than `axum::serve`: the latter sets no timer, so a
+/// connection that never completes its request head is kept for ever (1 030 of them took every
+/// fd of the agent). Bounds: [`limits`]. Connections are counted in
+/// `exfilguard_metrics_connections_total{result}`: `accepted`, `rejected` (over a cap, closed
+/// at once), `timed_out` (header timeout or connection deadline), `accept_error`.
 pub fn serve(
     listener: std::net::TcpListener,
     registry: Arc<Mutex<Registry>>,
@@ -283,6 +439,20 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let conns: Family<Labels, Counter> = Family::default();
+    registry.lock().expect("registry lock").register(
+        "exfilguard_metrics_connections",
+        "Connections to the metrics endpoint by result (accepted, rejected over a cap, timed_out, accept_error)",
+        conns.clone(),
+    );
+    let count = move |result: &'static str| {
+        conns
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -334,13 +504,94 @@ pub fn serve(
             );
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits::HEADER_TIMEOUT)
+            .max_buf_size(limits::MAX_BUF);
+        let slots = Arc::new(Slots::default());
+        // tells every connection to finish its response and close
+        let (closing, _) = tokio::sync::watch::channel(false);
+        let stop = &stop;
+        let stopped = move || async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let mut backoff = Duration::ZERO;
+        loop {
+            let accepted = tokio::select! {
+                _ = stopped() => break,
+                r = listener.accept() => r,
+            };
+            let (sock, peer) = match accepted {
+                Ok(a) => a,
+                // the peer gave up while queued: nothing to back off from
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // EMFILE and friends leave the connection queued: retrying at once spins
+                    if backoff.is_zero() {
+                        tracing::warn!("metrics endpoint: accept failed ({e}); retrying with back-off up to {:?} until it succeeds", limits::MAX_ACCEPT_BACKOFF);
+                    }
+                    count("accept_error");
+                    backoff = (backoff * 2).clamp(
+                        Duration::from_millis(10),
+                        limits::MAX_ACCEPT_BACKOFF,
+                    );
+                    tokio::select! {
+                        _ = stopped() => break,
+                        _ = tokio::time::sleep(backoff) => continue,
+                    }
                 }
-            })
-            .await?;
+            };
+            if !backoff.is_zero() {
+                tracing::info!("metrics endpoint: accepting again");
+                backoff = Duration::ZERO;
+            }
+            let Some(slot) = slots.take(peer.ip()) else {
+                count("rejected");
+                drop(sock);
+                continue;
+            };
+            count("accepted");
+            let answered = Arc::new(AtomicBool::new(false));
+            let io = TokioIo::new(Watched {
+                inner: sock,
+                answered: answered.clone(),
+            });
+            let conn = http.serve_connection(io, TowerToHyperService::new(app.clone()));
+            let mut closing = closing.subscribe();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                tokio::pin!(conn);
+                let cut = tokio::select! {
+                    r = conn.as_mut() => {
+                        // a header timeout right after a response is an idle keep-alive
+                        // connection closed, not a client that never finished its request
+                        if r.is_err_and(|e| e.is_timeout()) && !answered.load(Ordering::Relaxed) {
+                            count("timed_out");
+                        }
+                        false
+                    }
+                    _ = tokio::time::sleep(limits::CONNECTION_DEADLINE) => {
+                        count("timed_out");
+                        true
+                    }
+                    _ = closing.wait_for(|c| *c) => true,
+                };
+                if cut {
+                    // finishes a response in flight; a client that does not read it is cut
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(limits::GRACE, conn).await;
+                }
+            });
+        }
+        // stopping: open connections get `GRACE` to finish, then the runtime drops them
+        closing.send_replace(true);
+        let end = tokio::time::Instant::now() + limits::GRACE + Duration::from_millis(100);
+        while slots.held() > 0 && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(())
     })
 }

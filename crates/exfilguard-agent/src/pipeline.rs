@@ -5,15 +5,23 @@
 use crate::analytics::{verdict_of, Analytics};
 use crate::metrics::Metrics;
 use exfilguard_behaviour::Alarm;
+use exfilguard_convict::{AlarmAction, Client, Convictions, Evidence, Outcome, Scope};
 use exfilguard_dataplane::{Action, Dataplane, Event};
-use exfilguard_detect::{Detector, Source, Verdict};
+use exfilguard_detect::{Detector, Verdict};
 use exfilguard_dns::DnsName;
 use exfilguard_events::{Decision, Detection};
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub use exfilguard_dataplane::monotonic_ns;
+
+/// Event records per second per sender (process, or address), and per (sender, registered
+/// domain), in the long run with bursts of ten seconds' worth: every distinct finding gets
+/// through, a flood cannot rotate the audit trail away (docs/threat-model.md).
+pub const EVENTS_PER_CLIENT: f64 = 50.0;
+pub const EVENTS_PER_PAIR: f64 = 1.0;
 
 pub fn now_ms() -> u64 {
     exfilguard_kafka::fleet::now_ms()
@@ -25,6 +33,8 @@ pub struct Conviction {
     pub domain: String,
     pub verdict: Verdict,
     pub name: String,
+    /// What the block for everyone rests on (exfilguard-convict's evidence line).
+    pub evidence: String,
 }
 
 /// Hold latencies for the p50/p99 summary: a reservoir sample of bounded size.
@@ -97,15 +107,26 @@ pub struct Pipeline {
     pub emit_released: bool,
     /// Boxed so the bounded channel preallocates pointers, not whole records.
     pub sink: SyncSender<Box<Detection>>,
-    pub convictions: Option<SyncSender<Conviction>>,
+    pub convictions_tx: Option<SyncSender<Conviction>>,
     pub released: u64,
     pub convicted: u64,
     pub expired: u64,
     pub hold_latency: Reservoir,
     /// Behaviour analytics (`[behaviour] enabled`).
     pub analytics: Option<Analytics>,
+    /// The conviction policy's tables, shared with the fleet applier.
+    pub convictions: Arc<Mutex<Convictions>>,
+    /// How long a model verdict's block for everyone lasts (as long as its fleet entry).
+    pub everyone_for: Duration,
+    /// How long a behaviour alarm's block for everyone lasts.
+    pub alarm_everyone_for: Duration,
+    pub behaviour_block: bool,
+    /// `detect.allow`: alarms for these zones are not blocked.
+    pub allow: exfilguard_detect::NameList,
+    /// `detect.block` entries: loaded at start, never lifted by a lapse or an eviction.
+    pub pinned: HashSet<String>,
     per_process: HashMap<u32, u32>,
-    published: HashSet<String>,
+    throttle: exfilguard_events::throttle::Throttle,
     ifnames: HashMap<u32, Option<String>>,
     cgroups: crate::host::CgroupNames,
     floods: crate::floods::Floods,
@@ -134,7 +155,7 @@ impl Pipeline {
             quarantine_after: cfg.detect.quarantine_after,
             emit_released: cfg.events.released,
             sink,
-            convictions,
+            convictions_tx: convictions,
             released: 0,
             convicted: 0,
             expired: 0,
@@ -142,9 +163,18 @@ impl Pipeline {
             analytics: cfg
                 .behaviour
                 .enabled
-                .then(|| Analytics::new(&cfg.behaviour, &cfg.detect.block)),
+                .then(|| Analytics::new(&cfg.behaviour)),
+            convictions: Arc::new(Mutex::new(convictions_for(cfg))),
+            everyone_for: ttl(cfg.kafka.conviction_ttl_secs),
+            alarm_everyone_for: ttl(cfg.behaviour.block_secs.max(1)),
+            behaviour_block: cfg.behaviour.block,
+            allow: crate::name_list(&cfg.detect.allow).unwrap_or_default(),
+            pinned: pinned(&cfg.detect.block),
             per_process: HashMap::new(),
-            published: HashSet::new(),
+            throttle: exfilguard_events::throttle::Throttle::new(
+                EVENTS_PER_CLIENT,
+                EVENTS_PER_PAIR,
+            ),
             ifnames: HashMap::new(),
             cgroups: crate::host::CgroupNames::new(cgroup_root),
             floods: Default::default(),
@@ -164,6 +194,8 @@ impl Pipeline {
         self.observe(dp, observed);
         if self.last_sweep.elapsed() >= std::time::Duration::from_millis(500) {
             self.sweep_floods(dp);
+            let lapsed = self.convictions.lock().expect("lock").sweep(Instant::now());
+            self.lift(dp, &lapsed, "block lapsed");
         }
     }
 
@@ -217,12 +249,6 @@ impl Pipeline {
                 );
             }
         }
-        for d in an.lapsed() {
-            match dp.unblock_domain(&d) {
-                Ok(()) => tracing::info!(domain = %d, "behaviour block lapsed"),
-                Err(e) => tracing::warn!("unblocking {d}: {e}"),
-            }
-        }
         self.metrics.behaviour_pairs.set(an.pairs() as i64);
         for (a, ev) in alarms {
             self.on_alarm(dp, a, ev);
@@ -245,40 +271,31 @@ impl Pipeline {
         if let Some(c) = &container {
             a.reason.push_str(&format!(" in {c}"));
         }
-        let verdict = verdict_of(&a);
+        let mut verdict = verdict_of(&a);
         let name = parse(&ev);
-        let block = !self.monitor && self.analytics.as_ref().is_some_and(|x| x.settings().block);
+        let block = !self.monitor && self.behaviour_block;
         let mut decision = Decision::Reported;
-        match (&a.domain, block) {
-            (Some(domain), true) => {
-                let allowed = DnsName::parse(domain)
-                    .ok()
-                    .and_then(|d| self.detector.list_verdict(&d))
-                    .is_some_and(|v| v.source == Source::Allowlist);
-                if allowed {
-                    tracing::warn!(%domain, "behaviour alarm for an allowlisted domain, not blocking: {}", a.reason);
-                } else {
-                    tracing::warn!(%domain, kind = a.kind.as_str(), "blocked by behaviour: {}", a.reason);
-                    // a block the model (or the operator) made is not made to lapse; one of
-                    // ours is extended: the leak goes on
-                    let ours = self.analytics.as_ref().is_some_and(|x| x.owns(domain));
-                    let timed = ours || !dp.is_blocked(domain).unwrap_or(false);
-                    match dp.block_domain(domain) {
-                        Ok(_) => {
-                            decision = Decision::Blocked;
-                            if let (true, Some(an)) = (timed, &mut self.analytics) {
-                                an.blocked(domain);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!("blocking {domain}: {e}");
-                            self.metrics.error("blocklist");
-                        }
-                    }
-                    self.publish(domain, &verdict, &ev.name_text());
+        let action = self.convictions.lock().expect("lock").alarm(
+            Instant::now(),
+            &client_of(&ev),
+            &a,
+            block,
+            &self.allow,
+            Some(self.alarm_everyone_for),
+        );
+        match action {
+            AlarmAction::Convicted(o) => {
+                tracing::warn!(zone = ?o.zone, kind = a.kind.as_str(), scope = o.scope.as_str(), "convicted by behaviour: {} ({})", a.reason, o.evidence);
+                verdict.reasons.push(blocks_line(&o));
+                if o.scope != Scope::Name {
+                    decision = Decision::Blocked;
                 }
+                self.enforce(dp, &o, &verdict, &ev.name_text());
             }
-            _ => {
+            AlarmAction::Allowlisted(domain) => {
+                tracing::warn!(%domain, "behaviour alarm for an allowlisted domain, not blocking: {}", a.reason);
+            }
+            AlarmAction::Report => {
                 tracing::warn!(client = %a.client, kind = a.kind.as_str(), "behaviour alarm: {}", a.reason)
             }
         }
@@ -310,9 +327,26 @@ impl Pipeline {
             .clone()
     }
 
-    /// Hands records to the sinks without ever blocking the decision loop.
+    /// Hands records to the sinks without ever blocking the decision loop. A sender's records
+    /// about one zone are rate limited (a flood must not rotate the audit trail away); the
+    /// next record of the pair counts those held back. Flood summaries carry their own count.
     fn send(&mut self, records: Vec<Detection>) {
-        for r in records {
+        let now = Instant::now();
+        for mut r in records {
+            if r.count.is_none() {
+                let client = match r.kernel.process.as_ref().filter(|p| p.tgid != 0) {
+                    Some(p) => format!("pid {}", p.tgid),
+                    None => r.kernel.src.to_string(),
+                };
+                let zone = r.registered_domain.as_deref().unwrap_or(&r.name);
+                match self.throttle.admit(now, &client, zone) {
+                    None => {
+                        self.metrics.events_suppressed.inc();
+                        continue;
+                    }
+                    Some(n) => r.count = (n > 1).then_some(n),
+                }
+            }
             match self.sink.try_send(Box::new(r)) {
                 Ok(()) => {
                     self.metrics.sink_queue_depth.inc();
@@ -389,8 +423,30 @@ impl Pipeline {
                 (false, Action::Hold | Action::Judge) => {
                     // a name the agent cannot even parse is not released
                     let malicious = verdict.as_ref().is_none_or(|v| v.class.is_malicious());
-                    if malicious {
-                        self.convict(dp, &ev, &text, registered.as_deref(), verdict.as_ref());
+                    let blocked = name.as_ref().and_then(|n| {
+                        self.convictions.lock().expect("lock").blocked(
+                            Instant::now(),
+                            Some(&client_of(&ev)),
+                            n,
+                        )
+                    });
+                    if let Some(b) = blocked.filter(|_| !malicious) {
+                        // this sender (or everyone) is blocked from the zone already: even a
+                        // name the model finds benign stays dropped
+                        if let Some(v) = verdict.as_mut() {
+                            v.reasons.insert(
+                                0,
+                                format!(
+                                    "convicted domain {} for {}: {}",
+                                    b.zone,
+                                    b.scope.as_str(),
+                                    b.evidence
+                                ),
+                            );
+                        }
+                        Decision::Blocked
+                    } else if malicious {
+                        self.convict(dp, &ev, &text, name.as_ref(), verdict.as_mut());
                         Decision::Blocked
                     } else if let Some(why) = outside_question(&ev) {
                         // a benign name carrying data elsewhere: this message stays dropped,
@@ -485,20 +541,28 @@ impl Pipeline {
         }
     }
 
+    /// A malicious held query: evidence against its zone from its sender; whom that blocks
+    /// is the conviction policy's call. The process is quarantined after `quarantine_after`.
     fn convict(
         &mut self,
         dp: &mut Dataplane,
         ev: &Event,
         text: &str,
-        registered: Option<&str>,
-        verdict: Option<&Verdict>,
+        name: Option<&DnsName>,
+        verdict: Option<&mut Verdict>,
     ) {
-        let target = registered.unwrap_or(text);
-        if let Err(e) = dp.block_domain(target) {
-            tracing::warn!("blocking {target}: {e}");
-            self.metrics.error("blocklist");
-        }
         self.convicted += 1;
+        if let (Some(n), Some(v)) = (name, verdict) {
+            let o = self.convictions.lock().expect("lock").convict(
+                Instant::now(),
+                &client_of(ev),
+                n,
+                Evidence::Verdict(v.class.as_str()),
+                Some(self.everyone_for),
+            );
+            v.reasons.push(blocks_line(&o));
+            self.enforce(dp, &o, v, text);
+        }
         if let (Some(p), true) = (&ev.process, self.quarantine_after > 0) {
             let n = self.per_process.entry(p.tgid).or_default();
             *n += 1;
@@ -511,28 +575,87 @@ impl Pipeline {
                 }
             }
         }
-        if let Some(an) = &mut self.analytics {
-            an.convicted(target);
-        }
-        if let (Some(v), Some(domain)) = (verdict, registered) {
-            self.publish(domain, v, text);
-        }
     }
 
-    /// Offers a conviction to the fleet topic, once per domain.
-    fn publish(&mut self, domain: &str, verdict: &Verdict, name: &str) {
-        let Some(tx) = &self.convictions else { return };
-        if self.published.len() > 100_000 {
-            self.published.clear();
+    /// A conviction's effect on this host: a new block for everyone goes into the kernel's
+    /// blocklist and onto the fleet topic; evicted ones leave the kernel. A client block
+    /// needs nothing in the kernel: the sender's suspicious queries are held and dropped here.
+    fn enforce(&mut self, dp: &mut Dataplane, o: &Outcome, verdict: &Verdict, name: &str) {
+        self.lift(dp, &o.evicted, "block evicted (convict.max_zones)");
+        let (Some(zone), Scope::Everyone) = (&o.zone, o.scope) else {
+            return;
+        };
+        if let Err(e) = dp.block_domain(zone) {
+            tracing::warn!("blocking {zone}: {e}");
+            self.metrics.error("blocklist");
         }
-        if self.published.insert(domain.to_string()) {
+        if let (true, Some(tx)) = (o.newly_everyone, &self.convictions_tx) {
             let _ = tx.try_send(Conviction {
-                domain: domain.to_string(),
+                domain: zone.clone(),
                 verdict: verdict.clone(),
                 name: name.to_string(),
+                evidence: o.evidence.clone(),
             });
         }
     }
+
+    /// Zones no longer blocked for everyone leave the kernel's blocklist (operator entries stay).
+    fn lift(&mut self, dp: &mut Dataplane, zones: &[String], why: &str) {
+        for z in zones.iter().filter(|z| !self.pinned.contains(*z)) {
+            match dp.unblock_domain(z) {
+                Ok(()) => tracing::info!(domain = %z, "{why}"),
+                Err(e) => tracing::warn!("unblocking {z}: {e}"),
+            }
+        }
+    }
+}
+
+/// The conviction tables for `cfg` (the built-in popularity list if the file cannot be read:
+/// validation already named it).
+pub fn convictions_for(cfg: &crate::config::Config) -> Convictions {
+    Convictions::new(cfg.convict.clone()).unwrap_or_else(|e| {
+        tracing::error!("convict.protected_file: {e}; using the built-in list");
+        Convictions::new(exfilguard_convict::Settings {
+            protected_file: None,
+            ..cfg.convict.clone()
+        })
+        .expect("built-in list")
+    })
+}
+
+/// `detect.block` as the zones the kernel blocklist holds.
+pub fn pinned(block: &[String]) -> HashSet<String> {
+    block
+        .iter()
+        .map(|d| d.trim_start_matches('=').to_ascii_lowercase())
+        .collect()
+}
+
+fn ttl(secs: u64) -> Duration {
+    // 0: no end; ten years stands for that without overflowing an Instant
+    Duration::from_secs(if secs == 0 { 10 * 365 * 86_400 } else { secs })
+}
+
+/// The sender of a kernel record as the conviction policy sees it: its process when the
+/// kernel attributed one, else its source address.
+fn client_of(ev: &Event) -> Client {
+    match ev.process.as_ref().filter(|p| p.tgid != 0) {
+        Some(p) => Client::Process {
+            tgid: p.tgid,
+            uid: p.uid,
+            cgroup: p.cgroup_id,
+        },
+        None => Client::Addr(ev.src),
+    }
+}
+
+fn blocks_line(o: &Outcome) -> String {
+    format!(
+        "blocks {} for {}: {}",
+        o.zone.as_deref().unwrap_or("this name"),
+        o.scope.as_str(),
+        o.evidence
+    )
 }
 
 /// Why a held query's data outside its question is not what clients send, if the kernel

@@ -313,7 +313,12 @@ fn conviction_loop(rx: Receiver<Conviction>, spool: Arc<Spool>, host: String, tt
             } else {
                 now + ttl_secs * 1000
             },
-            reason: format!("{}: {}", c.name, c.verdict.reasons.join("; ")),
+            reason: format!(
+                "{}: {}; evidence: {}",
+                c.name,
+                c.verdict.reasons.join("; "),
+                c.evidence
+            ),
         };
         let v = serde_json::to_string(&entry).expect("entry serialises");
         if let Err(e) = spool.append([(c.domain.as_str(), Some(v.as_str()))]) {

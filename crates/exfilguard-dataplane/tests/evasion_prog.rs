@@ -229,6 +229,43 @@ fn data_outside_the_question_is_held() {
     }
 }
 
+/// Issue 22: a plain name in any opcode but QUERY (IQUERY, STATUS, NOTIFY, UPDATE, DSO,
+/// unassigned) is held for the agent, never passed as plainly benign; a tunnel name in any
+/// opcode is held too. The QUERY control passes.
+#[test]
+fn every_opcode_but_query_is_held() {
+    let Some(dp) = load() else { return };
+    let with_op = |name: &str, op: u8, id: u16| {
+        let mut m = query(name, 1, id);
+        m[2] = (m[2] & 0x87) | (op << 3);
+        m
+    };
+    assert_eq!(
+        tc(&dp, &udp53(&with_op(BENIGN, 0, 1))),
+        PASS,
+        "QUERY control"
+    );
+    let _ = dp.drain_events().unwrap();
+    for op in 1u8..16 {
+        for name in [BENIGN, TUNNEL] {
+            let m = with_op(name, op, 100 + op as u16);
+            assert_eq!(tc(&dp, &udp53(&m)), DROP, "opcode {op} {name}: passed");
+            let ev = dp.drain_events().unwrap();
+            assert!(
+                ev.iter().any(|e| e.action == Action::Hold),
+                "opcode {op} {name}: not held for the agent: {ev:?}"
+            );
+            if name == BENIGN {
+                assert!(
+                    ev[0].reasons.contains(&"odd_message"),
+                    "opcode {op}: {:?}",
+                    ev[0].reasons
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn encapsulations_sent_from_the_host_are_opened() {
     let Some(dp) = load() else { return };

@@ -5,6 +5,7 @@
 
 pub mod jsonl;
 pub mod ocsf;
+pub mod throttle;
 
 use exfilguard_dataplane::Event;
 use exfilguard_detect::Verdict;

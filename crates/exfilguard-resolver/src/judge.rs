@@ -1,11 +1,12 @@
 //! The resolver front's policy: operator lists, convicted domains, the kernel's "plainly
 //! benign" prefilter, a per-name verdict cache and the brain — in that order, cheapest first.
 
+use exfilguard_convict::{AlarmAction, Client, Convictions, Evidence, FleetAction, Outcome};
 use exfilguard_dataplane::KernelPolicy;
 use exfilguard_detect::{Class, Detector, NameList, Source, Verdict};
 use exfilguard_dns::DnsName;
+use exfilguard_kafka::fleet::FleetUpdate;
 use lru::LruCache;
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -17,18 +18,12 @@ pub enum Judgement {
     Pass,
     /// Judged by the model (or taken from the cache): forward; `fresh` = the model ran now.
     Benign { verdict: Verdict, fresh: bool },
-    /// Refuse. `convicted` is set when this query's verdict convicted its registered domain.
+    /// Refuse. `convicted` is set when this query's verdict was evidence against its zone
+    /// (whom the conviction blocks, on what evidence).
     Refuse {
         verdict: Verdict,
-        convicted: Option<String>,
+        convicted: Option<Outcome>,
     },
-}
-
-/// A convicted registered domain: refused until `until` (None: until unblocked).
-#[derive(Debug, Clone)]
-struct Conviction {
-    until: Option<Instant>,
-    reason: String,
 }
 
 pub struct Judge {
@@ -36,7 +31,8 @@ pub struct Judge {
     policy: KernelPolicy,
     allow: NameList,
     block: NameList,
-    convicted: RwLock<HashMap<String, Conviction>>,
+    /// The shared conviction policy's tables (exfilguard-convict).
+    convictions: Mutex<Convictions>,
     cache: Option<Mutex<LruCache<String, (Instant, Verdict)>>>,
     cache_ttl: Duration,
     block_for: Option<Duration>,
@@ -51,6 +47,7 @@ fn wire(name: &DnsName) -> Vec<u8> {
 }
 
 impl Judge {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         detector: Detector,
         policy: KernelPolicy,
@@ -59,13 +56,14 @@ impl Judge {
         cache_entries: usize,
         cache_ttl: Duration,
         block_for: Duration,
+        convictions: Convictions,
     ) -> Self {
         Self {
             detector: RwLock::new(std::sync::Arc::new(detector)),
             policy,
             allow,
             block,
-            convicted: RwLock::new(HashMap::new()),
+            convictions: Mutex::new(convictions),
             cache: NonZeroUsize::new(cache_entries).map(|n| Mutex::new(LruCache::new(n))),
             cache_ttl,
             block_for: (!block_for.is_zero()).then_some(block_for),
@@ -116,27 +114,66 @@ impl Judge {
             .clone()
     }
 
-    /// Refuses `domain` and every name below it (fleet entries, operator blocks).
-    /// Refuses `domain` and every name below it until `until` (None: until unblocked). An
-    /// existing conviction keeps the later expiry: a fleet or operator block without one is
-    /// not shortened by a timed conviction. The RPZ changes under the same lock as the map,
-    /// so the two never disagree.
-    pub fn convict(&self, domain: &str, until: Option<Instant>, reason: String) {
-        let mut map = self.convicted.write().expect("lock");
-        let until = match map.get(domain) {
-            Some(old) if old.until.is_none() || until.is_none() => None,
-            Some(old) => until.max(old.until),
-            None => until,
-        };
-        map.insert(domain.to_string(), Conviction { until, reason });
-        self.rpz_change(&[domain], &[]);
+    /// The RPZ follows blocks for everyone: added, evicted, lapsed, released. Called under
+    /// the tables' lock, so the two never disagree.
+    fn mirror(&self, add: Option<&str>, removed: &[String]) {
+        let rem: Vec<&str> = removed.iter().map(|d| d.as_str()).collect();
+        if add.is_some() || !rem.is_empty() {
+            self.rpz_change(add.as_slice(), &rem);
+        }
     }
 
+    /// A fleet update (entry, tombstone, expiry) through the conviction policy.
+    pub fn fleet(&self, u: FleetUpdate) -> FleetAction {
+        let mut c = self.convictions.lock().expect("lock");
+        let a = c.fleet(u, &self.allow, exfilguard_kafka::fleet::now_ms());
+        match &a {
+            FleetAction::Block { zone, evicted, .. } => self.mirror(Some(zone), evicted),
+            FleetAction::Unblock { zone, was: true } => {
+                self.mirror(None, std::slice::from_ref(zone))
+            }
+            _ => {}
+        }
+        a
+    }
+
+    /// A behaviour alarm from `client` through the conviction policy; `everyone_for`: how
+    /// long a block for everyone lasts.
+    pub fn alarm(
+        &self,
+        client: &Client,
+        alarm: &exfilguard_behaviour::Alarm,
+        block: bool,
+        everyone_for: Duration,
+    ) -> AlarmAction {
+        let mut c = self.convictions.lock().expect("lock");
+        let a = c.alarm(
+            Instant::now(),
+            client,
+            alarm,
+            block,
+            &self.allow,
+            Some(everyone_for),
+        );
+        if let AlarmAction::Convicted(o) = &a {
+            self.mirror(o.zone.as_deref().filter(|_| o.newly_everyone), &o.evicted);
+        }
+        a
+    }
+
+    /// Lifts a block for everyone; true if there was one.
     pub fn acquit(&self, domain: &str) -> bool {
-        let mut map = self.convicted.write().expect("lock");
-        let was = map.remove(domain).is_some();
-        self.rpz_change(&[], &[domain]);
+        let mut c = self.convictions.lock().expect("lock");
+        let was = c.acquit(domain);
+        if was {
+            self.mirror(None, &[domain.to_string()]);
+        }
         was
+    }
+
+    /// Entries evicted from the full conviction tables since start.
+    pub fn evictions(&self) -> u64 {
+        self.convictions.lock().expect("lock").evictions()
     }
 
     pub fn is_allowed(&self, name: &DnsName) -> bool {
@@ -152,44 +189,16 @@ impl Judge {
             .map(|(_, v)| v.score)
     }
 
+    /// Zones blocked for everyone.
     pub fn convicted_domains(&self) -> usize {
-        self.convicted.read().expect("lock").len()
+        self.convictions.lock().expect("lock").zones()
     }
 
-    /// The convicted domain `name` falls under, walking from the full name up.
-    fn convicted_match(&self, name: &DnsName) -> Option<(String, String)> {
-        let map = self.convicted.read().expect("lock");
-        if map.is_empty() {
-            return None;
-        }
-        let now = Instant::now();
-        for first in 0..name.label_count() {
-            let suffix = name.normalized_from(first);
-            if let Some(c) = map.get(&suffix) {
-                if c.until.is_none_or(|t| t > now) {
-                    return Some((suffix, c.reason.clone()));
-                }
-            }
-        }
-        None
-    }
-
-    /// Drops expired convictions; returns the domains released.
+    /// Drops lapsed blocks; returns the zones no longer blocked for everyone.
     pub fn sweep(&self) -> Vec<String> {
-        let now = Instant::now();
-        let mut map = self.convicted.write().expect("lock");
-        let due: Vec<String> = map
-            .iter()
-            .filter(|(_, c)| c.until.is_some_and(|t| t <= now))
-            .map(|(d, _)| d.clone())
-            .collect();
-        for d in &due {
-            map.remove(d);
-        }
-        if !due.is_empty() {
-            let refs: Vec<&str> = due.iter().map(|d| d.as_str()).collect();
-            self.rpz_change(&[], &refs);
-        }
+        let mut c = self.convictions.lock().expect("lock");
+        let due = c.sweep(Instant::now());
+        self.mirror(None, &due);
         due
     }
 
@@ -199,6 +208,7 @@ impl Judge {
         &self,
         name: &DnsName,
         qtype: u16,
+        client: &Client,
     ) -> Result<Judgement, exfilguard_detect::ModelError> {
         if let Some(m) = self.block.lookup(name) {
             return Ok(Judgement::Refuse {
@@ -213,12 +223,21 @@ impl Judge {
         if self.allow.lookup(name).is_some() {
             return Ok(Judgement::Pass);
         }
-        if let Some((domain, reason)) = self.convicted_match(name) {
+        let blocked =
+            self.convictions
+                .lock()
+                .expect("lock")
+                .blocked(Instant::now(), Some(client), name);
+        if let Some(b) = blocked {
+            let whom = match b.scope {
+                exfilguard_convict::Scope::Everyone => "for everyone".to_string(),
+                _ => format!("for {client}"),
+            };
             return Ok(Judgement::Refuse {
                 verdict: list_verdict(
                     Class::Blocked,
                     Source::Blocklist,
-                    format!("convicted domain {domain}: {reason}"),
+                    format!("convicted domain {} {whom}: {}", b.zone, b.evidence),
                 ),
                 convicted: None,
             });
@@ -259,17 +278,26 @@ impl Judge {
         if !verdict.class.is_malicious() {
             return Ok(Judgement::Benign { verdict, fresh });
         }
-        let convicted = match (self.block_for, name.registered_domain()) {
-            (Some(d), Some(rd)) => {
-                self.convict(
-                    &rd,
-                    Some(Instant::now() + d),
-                    format!("{} ({})", verdict.class.as_str(), key),
-                );
-                Some(rd)
-            }
-            _ => None,
+        let outcome = {
+            let mut c = self.convictions.lock().expect("lock");
+            let o = c.convict(
+                Instant::now(),
+                client,
+                name,
+                Evidence::Verdict(verdict.class.as_str()),
+                self.block_for,
+            );
+            self.mirror(o.zone.as_deref().filter(|_| o.newly_everyone), &o.evicted);
+            o
         };
+        let mut verdict = verdict;
+        verdict.reasons.push(format!(
+            "blocks {} for {}: {}",
+            outcome.zone.as_deref().unwrap_or("this name"),
+            outcome.scope.as_str(),
+            outcome.evidence
+        ));
+        let convicted = Some(outcome);
         Ok(Judgement::Refuse { verdict, convicted })
     }
 }
@@ -296,11 +324,19 @@ mod tests {
             1000,
             Duration::from_secs(60),
             Duration::from_secs(60),
+            Convictions::new(Default::default()).unwrap(),
         )
     }
 
+    const A: &str = "10.0.0.1";
+
     fn j(judge: &Judge, n: &str, t: u16) -> Judgement {
-        judge.judge(&DnsName::parse(n).unwrap(), t).unwrap()
+        jc(judge, n, t, A)
+    }
+
+    fn jc(judge: &Judge, n: &str, t: u16, client: &str) -> Judgement {
+        let c = Client::Addr(client.parse().unwrap());
+        judge.judge(&DnsName::parse(n).unwrap(), t, &c).unwrap()
     }
 
     #[test]
@@ -313,15 +349,37 @@ mod tests {
         ));
         let t = "mfzwizltoq2dknbvgy3tqojqgezdgnbvgy3tqojqgezdgnbv.nbswy3dpeb3w64tmmq.tun.test.com";
         assert!(matches!(j(&g, t, 16), Judgement::Refuse { .. }));
-        // the conviction covers the whole registered domain, even plainly benign names
+        // one client's evidence blocks that client from the whole zone, even plainly benign
+        // names, and nobody else
         match j(&g, "www.test.com", 1) {
-            Judgement::Refuse { verdict, .. } => {
-                assert!(verdict.reasons[0].contains("convicted domain test.com"))
-            }
+            Judgement::Refuse { verdict, .. } => assert!(
+                verdict.reasons[0].contains("convicted domain test.com for client 10.0.0.1"),
+                "{:?}",
+                verdict.reasons
+            ),
             other => panic!("{other:?}"),
         }
+        assert!(matches!(
+            jc(&g, "www.test.com", 1, "10.0.0.2"),
+            Judgement::Pass
+        ));
+        assert_eq!(g.convicted_domains(), 0);
+        // a second client's evidence blocks it for everyone
+        match jc(&g, &format!("x{t}"), 16, "10.0.0.2") {
+            Judgement::Refuse {
+                convicted: Some(o), ..
+            } => assert!(o.newly_everyone, "{o:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            jc(&g, "www.test.com", 1, "10.0.0.3"),
+            Judgement::Refuse { .. }
+        ));
         assert!(g.acquit("test.com"));
-        assert!(matches!(j(&g, "www.test.com", 1), Judgement::Pass));
+        assert!(matches!(
+            jc(&g, "www.test.com", 1, "10.0.0.3"),
+            Judgement::Pass
+        ));
         // allowlist beats the model
         assert!(matches!(
             j(&g, &format!("{t}.corp.example"), 16),

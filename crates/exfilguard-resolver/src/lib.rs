@@ -8,6 +8,7 @@
 pub mod answer;
 pub mod behaviour;
 pub mod judge;
+pub mod limits;
 pub mod upstream;
 
 use anyhow::{bail, Context, Result};
@@ -15,11 +16,11 @@ use exfilguard_agent::config::Config;
 use exfilguard_agent::metrics::{Live, Metrics};
 use exfilguard_agent::pipeline::{monotonic_ns, now_ms, Conviction};
 use exfilguard_agent::services::{FleetApply, Services};
+use exfilguard_convict::{AlarmAction, Client, FleetAction};
 use exfilguard_dataplane::{Action, Event, Hook};
 use exfilguard_detect::Verdict;
 use exfilguard_dns::DnsName;
 use exfilguard_events::{Decision, Detection};
-use exfilguard_kafka::fleet::FleetUpdate;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use judge::{Judge, Judgement};
 use prometheus_client::metrics::counter::Counter;
@@ -36,6 +37,8 @@ use tokio::net::{TcpListener, UdpSocket};
 use upstream::{Reply, Upstreams};
 
 type Labels = Vec<(&'static str, String)>;
+
+use exfilguard_agent::pipeline::{EVENTS_PER_CLIENT, EVENTS_PER_PAIR};
 
 /// Re-applies command-line settings to a re-read config.
 pub type Reapply = dyn Fn(&mut Config) -> anyhow::Result<()> + Send;
@@ -57,6 +60,8 @@ pub struct FrontMetrics {
     /// `proto` (udp, tcp) × `result` (forwarded, refused, formerr, servfail, dropped).
     pub queries: Family<Labels, Counter>,
     pub convicted_domains: prometheus_client::metrics::gauge::Gauge,
+    /// Conviction-table entries evicted to stay within `convict.max_*`.
+    pub evicted: Counter,
 }
 
 impl FrontMetrics {
@@ -67,7 +72,14 @@ impl FrontMetrics {
         let m = Self {
             queries: Family::default(),
             convicted_domains: Default::default(),
+            evicted: Counter::default(),
         };
+
+        reg.register(
+            "exfilguard_convictions_evicted",
+            "Conviction-table entries evicted (least recently used) to stay within convict.max_zones / max_client_blocks",
+            m.evicted.clone(),
+        );
         reg.register(
             "exfilguard_resolve_queries",
             "Queries the resolver front handled, by transport and result",
@@ -92,6 +104,16 @@ impl FrontMetrics {
             "exfilguard_resolve_upstream_send_errors",
             "Queries that could not be sent upstream (or were shed)",
             up.send_errors.clone(),
+        );
+        reg.register(
+            "exfilguard_resolve_upstream_spoof_nearmiss",
+            "Datagrams from an upstream's address and query port that were not the answer (wrong id or question): forgery attempts, mostly",
+            up.spoof_nearmiss.clone(),
+        );
+        reg.register(
+            "exfilguard_resolve_upstream_case_fallbacks",
+            "Upstreams that changed the case of query names (0x20 randomisation turned off for them)",
+            up.case_fallbacks.clone(),
         );
         reg.register(
             "exfilguard_resolve_upstream_seconds",
@@ -122,6 +144,11 @@ struct Front {
     sink: SyncSender<Box<Detection>>,
     convictions: Option<SyncSender<Conviction>>,
     behaviour: Option<Arc<behaviour::Behaviour>>,
+    limits: limits::Limits,
+    /// `resolve.forward_opcodes` as numbers.
+    forward_ops: Vec<u8>,
+    /// A flood of hostile queries must not overwrite the audit trail with itself.
+    throttle: std::sync::Mutex<exfilguard_events::throttle::Throttle>,
 }
 
 /// What to do with one client message.
@@ -158,10 +185,18 @@ impl Front {
             self.front.count(proto, "dropped");
             return Step::Drop;
         }
-        if req.metadata.op_code != OpCode::Query {
-            // NOTIFY/UPDATE carry no lookup to judge: relay them
-            self.front.count(proto, "forwarded");
+        let op = (bytes[2] >> 3) & 0x0f;
+        if op != 0 && self.forward_ops.contains(&op) {
+            // the operator relays this opcode (resolve.forward_opcodes): unjudged
+            self.front.count(proto, "forwarded_opcode");
             return Step::Forward;
+        }
+        if req.metadata.op_code != OpCode::Query {
+            // IQUERY, STATUS, NOTIFY, UPDATE, DSO and unassigned opcodes carry names the
+            // judge would not see, and an UPDATE relayed from here passes the upstream's
+            // address ACLs: refused like Unbound and PowerDNS Recursor do
+            self.front.count(proto, "notimp");
+            return answer::error_for(bytes, ResponseCode::NotImp).map_or(Step::Drop, Step::Answer);
         }
         let Some(q) = req.queries.first().filter(|_| req.queries.len() == 1) else {
             self.front.count(proto, "formerr");
@@ -177,6 +212,7 @@ impl Front {
             }
         };
         let qtype = u16::from(q.query_type());
+        let who = client_of(client);
         if let Some(b) = &self.behaviour {
             // before the judge: an alarm convicts the domain, so this query is refused too
             for a in b.query(now_ms(), client.ip(), &name) {
@@ -195,9 +231,9 @@ impl Front {
         let t0 = Instant::now();
         let judged = if self.judge.has_remote() {
             // an HTTP call: let this worker's other tasks move to another thread meanwhile
-            tokio::task::block_in_place(|| self.judge.judge(&name, qtype))
+            tokio::task::block_in_place(|| self.judge.judge(&name, qtype, &who))
         } else {
-            self.judge.judge(&name, qtype)
+            self.judge.judge(&name, qtype, &who)
         };
         let record = |decision: Decision, verdict: Option<Verdict>| {
             self.metrics
@@ -252,18 +288,11 @@ impl Front {
                 Step::Forward
             }
             Ok(Judgement::Refuse { verdict, convicted }) => {
-                if let Some(domain) = convicted {
+                if let Some(o) = convicted {
                     self.metrics
                         .inference_seconds
                         .observe(t0.elapsed().as_secs_f64());
-                    tracing::info!(%domain, name = %name.normalized(), class = verdict.class.as_str(), "convicted");
-                    if let Some(tx) = &self.convictions {
-                        let _ = tx.try_send(Conviction {
-                            domain,
-                            verdict: verdict.clone(),
-                            name: name.normalized(),
-                        });
-                    }
+                    self.convicted(&o, &verdict, &name);
                 }
                 self.front.count(proto, "refused");
                 record(Decision::Blocked, Some(verdict));
@@ -300,52 +329,45 @@ impl Front {
         len: usize,
     ) {
         let verdict = exfilguard_agent::analytics::verdict_of(&a);
-        let Some(domain) = a.domain.clone() else {
-            tracing::warn!(client = %a.client, kind = a.kind.as_str(), "{}", a.reason);
-            self.emit(
-                dns_id,
-                name,
-                qtype,
-                client,
-                local,
-                proto,
-                Decision::Reported,
-                Some(verdict),
-                len,
-            );
-            return;
-        };
-        if DnsName::parse(&domain).is_ok_and(|d| self.judge.is_allowed(&d)) {
-            tracing::warn!(%domain, "behaviour alarm for an allowlisted domain, not blocking: {}", a.reason);
-            return;
+        let block = self.cfg.behaviour.block;
+        let everyone_for = Duration::from_secs(self.cfg.behaviour.block_secs.max(1));
+        match self
+            .judge
+            .alarm(&client_of(client), &a, block, everyone_for)
+        {
+            AlarmAction::Convicted(o) => {
+                tracing::warn!(client = %a.client, kind = a.kind.as_str(), zone = ?o.zone, scope = o.scope.as_str(), "convicted by behaviour: {} ({})", a.reason, o.evidence);
+                self.convicted(&o, &verdict, name);
+            }
+            AlarmAction::Allowlisted(domain) => {
+                tracing::warn!(%domain, "behaviour alarm for an allowlisted domain, not blocking: {}", a.reason);
+            }
+            AlarmAction::Report => {
+                tracing::warn!(client = %a.client, kind = a.kind.as_str(), domain = ?a.domain, "behaviour alarm (report only): {}", a.reason);
+                self.emit(
+                    dns_id,
+                    name,
+                    qtype,
+                    client,
+                    local,
+                    proto,
+                    Decision::Reported,
+                    Some(verdict),
+                    len,
+                );
+            }
         }
-        if !self.cfg.behaviour.block {
-            tracing::warn!(%domain, client = %a.client, kind = a.kind.as_str(), "behaviour alarm (report only): {}", a.reason);
-            self.emit(
-                dns_id,
-                name,
-                qtype,
-                client,
-                local,
-                proto,
-                Decision::Reported,
-                Some(verdict),
-                len,
-            );
-            return;
-        }
-        tracing::warn!(%domain, client = %a.client, kind = a.kind.as_str(), "convicted by behaviour: {}", a.reason);
-        // no single name to refuse: a behaviour conviction lasts behaviour.block_secs
-        self.judge.convict(
-            &domain,
-            Some(Instant::now() + Duration::from_secs(self.cfg.behaviour.block_secs.max(1))),
-            a.reason.clone(),
-        );
-        if let Some(tx) = &self.convictions {
+    }
+
+    /// A conviction made: logged; a new block for everyone goes to the fleet topic.
+    fn convicted(&self, o: &exfilguard_convict::Outcome, verdict: &Verdict, name: &DnsName) {
+        tracing::info!(zone = ?o.zone, scope = o.scope.as_str(), name = %name.normalized(), class = verdict.class.as_str(), "convicted: {}", o.evidence);
+        if let (Some(zone), true, Some(tx)) = (&o.zone, o.newly_everyone, &self.convictions) {
             let _ = tx.try_send(Conviction {
-                domain,
-                verdict,
+                domain: zone.clone(),
+                verdict: verdict.clone(),
                 name: name.normalized(),
+                evidence: o.evidence.clone(),
             });
         }
     }
@@ -392,6 +414,18 @@ impl Front {
         verdict: Option<Verdict>,
         len: usize,
     ) {
+        let zone = name
+            .registered_domain()
+            .unwrap_or_else(|| name.normalized());
+        let count = self.throttle.lock().expect("lock").admit(
+            Instant::now(),
+            &client.ip().to_string(),
+            &zone,
+        );
+        let Some(count) = count else {
+            self.metrics.events_suppressed.inc();
+            return;
+        };
         let name_wire = exfilguard_dataplane::hash::wire(name.labels());
         let ev = Event {
             ts_ns: monotonic_ns(),
@@ -434,7 +468,7 @@ impl Front {
             registered_domain: name.registered_domain(),
             verdict,
             kernel: ev,
-            count: None,
+            count: (count > 1).then_some(count),
             hold_us: None,
             time_ms: now_ms(),
             host: self.host.clone(),
@@ -454,6 +488,16 @@ impl Front {
     }
 }
 
+/// A front client as the conviction policy sees it (IPv4-mapped addresses as IPv4).
+fn client_of(a: SocketAddr) -> Client {
+    Client::Addr(match a.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        ip => ip,
+    })
+}
+
 fn udp_socket(addr: SocketAddr) -> Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -471,40 +515,158 @@ fn udp_socket(addr: SocketAddr) -> Result<UdpSocket> {
 
 async fn udp_worker(front: Arc<Front>, sock: Arc<UdpSocket>) {
     let local = sock.local_addr().expect("bound");
+    let lim = &front.limits;
     let mut buf = vec![0u8; 65535];
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(_) => continue,
         };
-        match front.decide(&buf[..n], peer, local, "udp") {
-            Step::Answer(a) => {
-                let _ = sock.send_to(&a, peer).await;
+        let query = &buf[..n];
+        // before any parsing: a flood costs one bucket lookup per packet
+        let admit = lim.admit_udp(peer.ip());
+        if !lim.allowed(peer.ip()) {
+            front.front.count("udp", "denied");
+            if admit == limits::Admit::Pass {
+                if let Some(a) = limits::refused(query) {
+                    let _ = sock.send_to(&a, peer).await;
+                }
             }
+            continue;
+        }
+        match admit {
+            limits::Admit::Pass => {}
+            limits::Admit::Slip => {
+                match limits::slip_answer(query) {
+                    Some(a) => {
+                        front.front.count("udp", "slipped");
+                        let _ = sock.send_to(&a, peer).await;
+                    }
+                    None => front.front.count("udp", "ratelimited"),
+                }
+                continue;
+            }
+            limits::Admit::Drop => {
+                front.front.count("udp", "ratelimited");
+                continue;
+            }
+        }
+        let answer = match front.decide(query, peer, local, "udp") {
+            Step::Answer(a) => a,
+            // judged like any query, but never relayed: ANY is the classic amplifier
+            Step::Forward if limits::is_any(query) => match limits::any_answer(query) {
+                Some(a) => {
+                    lim.metrics.any_minimal.inc();
+                    a
+                }
+                None => continue,
+            },
             Step::Forward => {
                 let reply = Reply::Udp {
                     sock: sock.clone(),
                     peer,
                 };
-                front.upstreams.forward_udp(&buf[..n], reply).await;
+                front.upstreams.forward_udp(query, reply).await;
+                continue;
             }
-            Step::Drop => {}
+            Step::Drop => continue,
+        };
+        let out = limits::fit_udp(query, &answer);
+        if out.len() < answer.len() {
+            lim.metrics.truncated.inc();
+        }
+        let _ = sock.send_to(&out, peer).await;
+    }
+}
+
+/// Accepts TCP clients: outside the ACL or over a cap they are closed at once; accept errors
+/// (out of descriptors) back off instead of spinning, with one warning per 10 s.
+async fn tcp_accept(front: Arc<Front>, tcp: TcpListener) {
+    let (min, max) = limits::ACCEPT_BACKOFF;
+    let mut backoff = min;
+    let mut warned: Option<Instant> = None;
+    let mut failed = 0u64;
+    loop {
+        match tcp.accept().await {
+            Ok((s, peer)) => {
+                backoff = min;
+                // Err: dropped here, so closed before any read (counted by reason)
+                if let Ok(slot) = front.limits.admit_tcp(peer) {
+                    tokio::spawn(tcp_conn(front.clone(), s, peer, slot));
+                }
+            }
+            Err(e) => {
+                front.limits.metrics.accept_errors.inc();
+                if limits::transient_accept_error(&e) {
+                    continue;
+                }
+                failed += 1;
+                if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, failed, backoff_ms = backoff.as_millis() as u64, "accepting TCP clients failed: backing off");
+                    warned = Some(Instant::now());
+                    failed = 0;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max);
+            }
         }
     }
 }
 
-async fn tcp_conn(front: Arc<Front>, mut s: tokio::net::TcpStream, peer: SocketAddr) {
+/// Why a TCP connection stopped waiting for its next message.
+enum Wait {
+    Ready,
+    Closed,
+    Expired(&'static str),
+}
+
+async fn tcp_conn(
+    front: Arc<Front>,
+    mut s: tokio::net::TcpStream,
+    peer: SocketAddr,
+    _slot: limits::Slot,
+) {
     let local = match s.local_addr() {
         Ok(a) => a,
         Err(_) => return,
     };
-    // idle clients are cut off; a slow or hostile one cannot pin a task forever
-    let idle = Duration::from_secs(10);
+    let lim = &front.limits;
+    // idle clients are cut off, and every connection ends at its lifetime: a client trickling
+    // queries cannot pin a slot forever
+    let idle = lim.tcp_idle;
+    let end = tokio::time::Instant::now() + lim.tcp_lifetime;
+    let mut last = tokio::time::Instant::now();
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(idle, s.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
+        let wait = {
+            let (deadline, why) = if last + idle < end {
+                (last + idle, "idle")
+            } else {
+                (end, "lifetime")
+            };
+            let read = s.read_exact(&mut len);
+            tokio::pin!(read);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = tokio::time::sleep_until(deadline) => break Wait::Expired(why),
+                    // a full table: connections idle for a while make room
+                    _ = lim.tcp.pressure.notified() => {
+                        if last.elapsed() >= limits::PRESSURE_IDLE {
+                            break Wait::Expired("pressure");
+                        }
+                    }
+                    r = &mut read => break if r.is_ok() { Wait::Ready } else { Wait::Closed },
+                }
+            }
+        };
+        match wait {
+            Wait::Ready => {}
+            Wait::Closed => return,
+            Wait::Expired(why) => {
+                lim.metrics.tcp_closed(why);
+                return;
+            }
         }
         let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
         match tokio::time::timeout(idle, s.read_exact(&mut msg)).await {
@@ -513,6 +675,13 @@ async fn tcp_conn(front: Arc<Front>, mut s: tokio::net::TcpStream, peer: SocketA
         }
         let out = match front.decide(&msg, peer, local, "tcp") {
             Step::Answer(a) => a,
+            Step::Forward if limits::is_any(&msg) => match limits::any_answer(&msg) {
+                Some(a) => {
+                    lim.metrics.any_minimal.inc();
+                    a
+                }
+                None => return,
+            },
             Step::Forward => match front.upstreams.exchange_tcp(&msg).await {
                 Some(a) => {
                     if a.len() >= 12 && a[3] & 0x0f == 3 {
@@ -533,35 +702,31 @@ async fn tcp_conn(front: Arc<Front>, mut s: tokio::net::TcpStream, peer: SocketA
         let mut framed = Vec::with_capacity(out.len() + 2);
         framed.extend((out.len() as u16).to_be_bytes());
         framed.extend(out);
-        if s.write_all(&framed).await.is_err() {
-            return;
+        // a client that stops reading would block the write forever
+        match tokio::time::timeout(idle, s.write_all(&framed)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
+        last = tokio::time::Instant::now();
     }
 }
 
-/// The fleet blocklist applied to the front: entries refuse, tombstones and expiries release.
-fn fleet_applier(judge: Arc<Judge>, allow: exfilguard_detect::NameList) -> FleetApply {
+/// The fleet blocklist applied to the front through the conviction policy: entries refuse
+/// (unless allowlisted here or protected), tombstones and expiries release.
+fn fleet_applier(judge: Arc<Judge>) -> FleetApply {
     Box::new(move |u| match u {
-        Some(FleetUpdate::Block(e)) => {
-            let now = exfilguard_kafka::fleet::now_ms();
-            if e.expired(now) {
-                judge.acquit(&e.domain);
-                return;
+        Some(u) => match judge.fleet(u) {
+            FleetAction::Block { zone, .. } => {
+                tracing::info!(domain = %zone, "fleet blocklist: refusing")
             }
-            if DnsName::parse(&e.domain).is_ok_and(|n| allow.lookup(&n).is_some()) {
-                tracing::warn!(domain = %e.domain, "fleet entry for an allowlisted domain not applied");
-                return;
+            FleetAction::Unblock { zone, was: true } => {
+                tracing::info!(domain = %zone, "fleet blocklist: released")
             }
-            let until = (e.expires_ms != 0)
-                .then(|| Instant::now() + Duration::from_millis(e.expires_ms.saturating_sub(now)));
-            tracing::info!(domain = %e.domain, from = %e.host, "fleet blocklist: refusing");
-            judge.convict(&e.domain, until, format!("fleet entry from {}", e.host));
-        }
-        Some(FleetUpdate::Unblock(d)) => {
-            if judge.acquit(&d) {
-                tracing::info!(domain = %d, "fleet blocklist: released");
+            FleetAction::Unblock { .. } => {}
+            FleetAction::Skipped { zone, why } => {
+                tracing::warn!(domain = %zone, "fleet entry not applied: {why}")
             }
-        }
+        },
         None => {
             for d in judge.sweep() {
                 tracing::info!(domain = %d, "conviction expired");
@@ -593,6 +758,15 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         exfilguard_lockdown::drop_capabilities_to(&keep).context("dropping capabilities")?;
         tracing::info!(kept = ?keep, "capabilities dropped (no_new_privs)");
     }
+    // TCP clients are capped well below the descriptor limit; raise it while we may
+    let nofile = limits::raise_nofile();
+    if nofile < (cfg.resolve.tcp_max_connections + 256) as libc::rlim_t {
+        tracing::warn!(
+            nofile,
+            tcp_max_connections = cfg.resolve.tcp_max_connections,
+            "open-file limit leaves little room above resolve.tcp_max_connections"
+        );
+    }
     let host = exfilguard_agent::host_name(&cfg);
     let detector = exfilguard_agent::detector(&cfg)?;
     let info = detector.model().info().clone();
@@ -606,6 +780,8 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         cfg.resolve.cache_entries,
         Duration::from_secs(cfg.resolve.cache_secs),
         Duration::from_secs(cfg.resolve.block_secs),
+        exfilguard_convict::Convictions::new(cfg.convict.clone())
+            .context("convict.protected_file")?,
     );
     let runtime_metrics = exfilguard_runtime::RuntimeMetrics::default();
     if cfg.runtime.enabled() {
@@ -634,6 +810,7 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::new(&mut registry, &info.version, &info.sha256);
+    let limit_metrics = limits::LimitMetrics::register(&mut registry);
     let upstreams = rt.block_on(Upstreams::connect(
         &ups,
         Duration::from_millis(cfg.resolve.timeout_ms),
@@ -641,6 +818,9 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
             answered: Counter::default(),
             timeouts: Counter::default(),
             send_errors: Counter::default(),
+            spoof_nearmiss: Counter::default(),
+            case_fallbacks: Counter::default(),
+            truncated: limit_metrics.truncated.clone(),
             latency: Histogram::new(exponential_buckets(50e-6, 2.0, 16)),
         },
     ))?;
@@ -659,8 +839,8 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
             metrics.clone(),
         ))
     });
-    let fleet = (cfg.kafka.enabled() && cfg.kafka.follow_blocklist)
-        .then(|| fleet_applier(judge.clone(), allow));
+    let fleet =
+        (cfg.kafka.enabled() && cfg.kafka.follow_blocklist).then(|| fleet_applier(judge.clone()));
     let services = Services::start(&cfg, &host, &metrics, registry, Live::default(), fleet)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -681,6 +861,17 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         front: front_metrics.clone(),
         sink: services.sink.clone(),
         convictions: services.convictions.clone(),
+        forward_ops: cfg
+            .resolve
+            .forward_opcodes
+            .iter()
+            .filter_map(|o| exfilguard_agent::config::opcode_number(o))
+            .collect(),
+        throttle: std::sync::Mutex::new(exfilguard_events::throttle::Throttle::new(
+            EVENTS_PER_CLIENT,
+            EVENTS_PER_PAIR,
+        )),
+        limits: limits::Limits::new(&cfg.resolve, limit_metrics),
     });
     if behaviour.is_some() {
         let weak = Arc::downgrade(&front);
@@ -705,14 +896,7 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
             let tcp = TcpListener::bind(local)
                 .await
                 .with_context(|| format!("resolve.listen: binding tcp {local}"))?;
-            let f = front.clone();
-            tokio::spawn(async move {
-                loop {
-                    if let Ok((s, peer)) = tcp.accept().await {
-                        tokio::spawn(tcp_conn(f.clone(), s, peer));
-                    }
-                }
-            });
+            tokio::spawn(tcp_accept(front.clone(), tcp));
             bound.push(local);
         }
         if let Some(zone) = &rpz {
@@ -728,6 +912,7 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         }
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut ticks = 0u64;
+        let mut evicted = 0u64;
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
             ticks += 1;
@@ -741,6 +926,9 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
                 }
             }
             front_metrics.convicted_domains.set(judge.convicted_domains() as i64);
+            let ev = judge.evictions();
+            front_metrics.evicted.inc_by(ev.saturating_sub(evicted));
+            evicted = ev;
             if reload.swap(false, Ordering::Relaxed) {
                 reload_model(
                     &judge,

@@ -67,7 +67,8 @@ enum Scope {
 }
 
 pub fn run(brain: &crate::BrainArgs, args: &ProtectArgs) -> Result<()> {
-    let mut cfg = Config::default();
+    // defaults, then EXFILGUARD__… environment variables (as with a config file), then the flags
+    let mut cfg = Config::load(None)?;
     cfg.dataplane.interfaces = args.ifaces.clone();
     cfg.dataplane.attach = if args.netfilter {
         AttachPoint::Netfilter

@@ -524,7 +524,8 @@ fn agent_config(lab: &Lab, name: &str, iface: &str, pin_dir: &str) -> std::path:
              [events.file]\npath = \"{w}/{name}-events.jsonl\"\n\
              [kafka]\nbrokers = \"10.77.0.2:9092\"\nspool_dir = \"{w}/{name}-spool\"\npartitions = 1\nreplication = 1\n\
              events_topic = \"ev-{id}\"\nblocklist_topic = \"bl-{id}\"\n\
-             [metrics]\nlisten = \"127.0.0.1:9353\"\n",
+             [metrics]\nlisten = \"127.0.0.1:9353\"\n\
+             [convict]\ndomain_clients = 1\n",
             id = lab.id
         ),
     )
@@ -1151,4 +1152,114 @@ fn reload_keeps_the_running_config_when_the_new_one_is_broken() {
     assert!(held_ok(3), "still enforcing with the old model");
     assert!(daemon.child.id() > 0);
     daemon.stop();
+}
+
+/// Issue 22: one process's tunnel-looking queries block that process from the zone, not the
+/// host: another user's process still resolves under it. Evidence from a second user blocks
+/// the zone in the kernel for everyone. A popular domain is never blocked for everyone, not
+/// even on two users' evidence. On the old code the first query blocked the zone host-wide
+/// (and fleet-wide).
+#[test]
+fn one_process_cannot_block_a_zone_for_others() {
+    if !possible() || !lab::possible_with(&["setpriv"]) {
+        return;
+    }
+    let mut lab = Lab::new("cv");
+    lab.start_dns();
+    let agent = Agent::start(&lab, &["--default-convictions"]);
+    let maps = exfilguard_dataplane::Maps::open_pinned(std::path::Path::new(&lab.pin_dir)).unwrap();
+    let tunnel = |tag: &str, zone: &str| {
+        format!("mfzwizltoq2dknbvgy3tqojqgezdgnbv{tag}.nbswy3dpeb3w64tmmq.{zone}")
+    };
+    // dig as root, or as `nobody` (another user: another client for the policy)
+    let dig = |nobody: bool, qtype: &str, name: &str| -> bool {
+        let mut args = vec![];
+        if nobody {
+            args.extend([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ]);
+        }
+        args.extend([
+            "dig",
+            "+tries=1",
+            "+time=2",
+            "+short",
+            "@10.77.0.2",
+            "-t",
+            qtype,
+            name,
+        ]);
+        let out = Lab::in_ns(&lab.cns(), &args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        out.status.success() && !text.contains("timed out")
+    };
+    let wait_blocked = |zone: &str, secs: u64| {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(secs) {
+            if maps.is_blocked(zone).unwrap() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    assert!(
+        dig(true, "A", "www.example.test"),
+        "control: nobody resolves"
+    );
+
+    // root's tunnel query: dropped, root blocked from the zone, the kernel blocklist untouched
+    assert!(
+        !dig(false, "TXT", &tunnel("a", "example.test")),
+        "tunnel query answered"
+    );
+    assert!(
+        !wait_blocked("example.test", 2),
+        "one process blocked the zone host-wide"
+    );
+    assert!(
+        dig(true, "A", "www.example.test"),
+        "another user's plain query under the zone was blocked"
+    );
+    // a second user's evidence: blocked for everyone, in the kernel
+    assert!(!dig(true, "TXT", &tunnel("b", "example.test")));
+    assert!(
+        wait_blocked("example.test", 5),
+        "two users' evidence did not block the zone"
+    );
+    assert!(
+        !dig(true, "A", "www.example.test"),
+        "blocked zone still answered"
+    );
+
+    // a popular domain: both users' tunnel-looking queries are dropped, google.com stays open
+    assert!(!dig(false, "TXT", &tunnel("c", "google.com")));
+    assert!(!dig(true, "TXT", &tunnel("d", "google.com")));
+    assert!(
+        !wait_blocked("google.com", 2),
+        "a popular domain was blocked host-wide"
+    );
+
+    let lines = agent.stop();
+    let reasons = |zone: &str| -> String {
+        events_for(&lines, zone)
+            .iter()
+            .map(|e| e["verdict"]["reasons"].to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let ex = reasons("example.test");
+    assert!(
+        ex.contains("for client") && ex.contains("1 of the 2"),
+        "{ex}"
+    );
+    assert!(
+        ex.contains("for everyone") && ex.contains("2 distinct clients"),
+        "{ex}"
+    );
+    let g = reasons("google.com");
+    assert!(g.contains("popular domain"), "{g}");
 }

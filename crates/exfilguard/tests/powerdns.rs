@@ -498,13 +498,15 @@ fn resolver_front_with_powerdns_recursor_and_authoritative() {
     );
 
     // Front 2: a conviction refuses the whole registered domain, at the front and — through
-    // the live RPZ — at the recursor itself; it expires after block_secs.
+    // the live RPZ — at the recursor itself; it expires after block_secs. One client's
+    // evidence blocks the zone for everyone here (`domain_clients = 1`); the default needs two
+    // (crates/exfilguard/tests/front_attacks.rs).
     let block_secs = 10;
     let f2 = start_front(
         &lab,
         "convict",
         &format!(
-            "block_secs = {block_secs}\n[rpz]\nlisten = \"{}\"\n[behaviour]\nenabled = false\n",
+            "block_secs = {block_secs}\n[rpz]\nlisten = \"{}\"\n[behaviour]\nenabled = false\n[convict]\ndomain_clients = 1\n",
             lab.rpz
         ),
     );

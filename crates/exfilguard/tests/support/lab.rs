@@ -260,8 +260,20 @@ impl Agent {
             "--socket-scope",
             "netns",
         ];
-        args.extend_from_slice(extra);
-        let mut child = Lab::in_ns(&lab.cns(), &args)
+        args.extend(
+            extra
+                .iter()
+                .copied()
+                .filter(|a| *a != "--default-convictions"),
+        );
+        let mut cmd = Lab::in_ns(&lab.cns(), &args);
+        if !extra.contains(&"--default-convictions") {
+            // a lab tunnel is one client: these tests are about blocking it host-wide, which
+            // the default policy leaves to two distinct clients (tests/front_attacks.rs and
+            // netns.rs `one_process_cannot_block_a_zone_for_others` test the default)
+            cmd.env("EXFILGUARD__CONVICT__DOMAIN_CLIENTS", "1");
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
