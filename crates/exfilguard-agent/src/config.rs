@@ -258,8 +258,9 @@ pub struct ResolveConfig {
     /// Verdicts cached per name (entries, seconds).
     pub cache_entries: usize,
     pub cache_secs: u64,
-    /// A zone blocked for everyone (`[convict]`) is refused this long (0: no blocks for
-    /// everyone; the sending client is still blocked).
+    /// A model verdict's conviction lasts this long: the sending client's block from the zone
+    /// and, with enough evidence (`[convict]`), the zone's block for everyone (0: a verdict
+    /// refuses its name only).
     pub block_secs: u64,
     /// Worker threads (0: one per core).
     pub workers: usize,

@@ -185,15 +185,15 @@ impl Scope {
 pub enum Evidence<'a> {
     /// A malicious model verdict (its class) on one query.
     Verdict(&'a str),
-    /// A behaviour alarm (its kind: information_rate, beacon).
-    Alarm(&'a str),
+    /// A behaviour alarm: its kind (information_rate, beacon) and reason.
+    Alarm(&'a str, &'a str),
 }
 
 impl fmt::Display for Evidence<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Evidence::Verdict(c) => write!(f, "{c} verdict"),
-            Evidence::Alarm(k) => write!(f, "{k} alarm"),
+            Evidence::Alarm(k, why) => write!(f, "{k} alarm ({why})"),
         }
     }
 }
@@ -413,7 +413,7 @@ impl Convictions {
         let need = self.settings.domain_clients.max(1);
         let enough = match evidence {
             Evidence::Verdict(_) => seen >= need,
-            Evidence::Alarm(_) => self.settings.alarm_blocks_everyone || seen >= need,
+            Evidence::Alarm(..) => self.settings.alarm_blocks_everyone || seen >= need,
         };
         if let (true, Some(d)) = (enough, everyone_for) {
             let text = if seen >= need && need > 1 {
@@ -658,7 +658,7 @@ impl Convictions {
             now,
             client,
             &name,
-            Evidence::Alarm(alarm.kind.as_str()),
+            Evidence::Alarm(alarm.kind.as_str(), &alarm.reason),
             everyone_for,
         ))
     }

@@ -278,6 +278,13 @@ impl Judge {
         if !verdict.class.is_malicious() {
             return Ok(Judgement::Benign { verdict, fresh });
         }
+        if self.block_for.is_none() {
+            // resolve.block_secs = 0: the verdict refuses this name only
+            return Ok(Judgement::Refuse {
+                verdict,
+                convicted: None,
+            });
+        }
         let outcome = {
             let mut c = self.convictions.lock().expect("lock");
             let o = c.convict(

@@ -885,9 +885,10 @@ fn remote_model_runtime_and_fallback_when_it_dies() {
             f.metric("exfilguard_runtime_fallbacks_total{reason=\"transport\"}"),
             0.0
         );
+        // records are rate limited per (client, zone): a burst of 20, then 1/s
         let (remote, blocked) = explained(f);
         assert!(
-            blocked >= 30 && remote == blocked,
+            blocked >= 20 && remote == blocked,
             "{remote} of {blocked} verdicts from the runtime"
         );
     }
