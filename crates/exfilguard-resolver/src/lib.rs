@@ -57,7 +57,8 @@ pub struct ResolveOptions {
 /// What the front counts beyond the agent's metrics.
 #[derive(Clone)]
 pub struct FrontMetrics {
-    /// `proto` (udp, tcp) × `result` (forwarded, refused, formerr, servfail, dropped).
+    /// `proto` (udp, tcp) × `result` (forwarded, forwarded_opcode, refused, notimp, formerr,
+    /// servfail, dropped, denied, ratelimited, slipped).
     pub queries: Family<Labels, Counter>,
     pub convicted_domains: prometheus_client::metrics::gauge::Gauge,
     /// Conviction-table entries evicted to stay within `convict.max_*`.

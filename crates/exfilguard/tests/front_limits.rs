@@ -423,7 +423,8 @@ fn fit_udp_cuts_a_4310_byte_answer_for_a_client_without_edns() {
     );
 }
 
-/// The relayed path (upstream.rs) cuts too; enable once `fit_udp` is called there.
+/// The relayed path (upstream.rs) cuts too: a 4 310-byte upstream answer reaches a client
+/// without EDNS as TC=1 within 512 B, and whole over TCP.
 #[test]
 fn oversized_upstream_answer_is_truncated_for_a_client_without_edns() {
     let up = start_upstream();
