@@ -21,12 +21,7 @@ pub fn class_of(kind: AlarmKind) -> Class {
 
 /// The verdict an alarm stands for: the pattern, not one name, is the evidence.
 pub fn verdict_of(a: &Alarm) -> Verdict {
-    Verdict {
-        class: class_of(a.kind),
-        score: 1.0,
-        source: Source::Behaviour,
-        reasons: vec![a.reason.clone()],
-    }
+    Verdict::plain(class_of(a.kind), 1.0, Source::Behaviour, a.reason.clone())
 }
 
 pub struct Analytics {

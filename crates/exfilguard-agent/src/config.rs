@@ -136,6 +136,16 @@ pub struct DetectConfig {
     pub block: Vec<String>,
     /// Quarantine a process (all its DNS denied) after this many convictions; 0: never.
     pub quarantine_after: u32,
+    /// What a tunnel verdict does: `block` (refuse, convict) or `alert` (answer, report).
+    pub tunnel_action: exfilguard_detect::Action,
+    /// What a DGA verdict does: `block` or `alert`.
+    pub dga_action: exfilguard_detect::Action,
+    /// MEDIUM-risk threshold of the tunnel detector: names at or above it are suspect evidence
+    /// against their domain (`convict.domain_names` of them convict it); 0: the built-in 0.95.
+    pub tunnel_suspect: f32,
+    /// MEDIUM-risk threshold of the DGA detector: such names are refused for a client a
+    /// DGA-bot alarm marked; 0: the built-in 0.5.
+    pub dga_suspect: f32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -515,11 +525,16 @@ impl Config {
                 }
             }
         }
-        if !(0.0..=1.0).contains(&self.detect.threshold) {
-            errs.push(format!(
-                "detect.threshold = {}: must be a probability in 0..=1 (0: the model's own)",
-                self.detect.threshold
-            ));
+        for (key, p) in [
+            ("detect.threshold", self.detect.threshold),
+            ("detect.tunnel_suspect", self.detect.tunnel_suspect),
+            ("detect.dga_suspect", self.detect.dga_suspect),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                errs.push(format!(
+                    "{key} = {p}: must be a probability in 0..=1 (0: the built-in one)"
+                ));
+            }
         }
         for (key, list) in [
             ("detect.allow", &self.detect.allow),

@@ -15,7 +15,7 @@ pub mod services;
 use anyhow::{Context, Result};
 use config::{AttachPoint, Config};
 use exfilguard_dataplane::{Dataplane, EgressAttach, Features, LoadOptions, Maps, SocketScope};
-use exfilguard_detect::{Detector, Model, NameList};
+use exfilguard_detect::{Class, Detector, Model, NameList};
 use exfilguard_dns::DnsName;
 use exfilguard_kafka::fleet::FleetUpdate;
 use pipeline::Pipeline;
@@ -56,10 +56,22 @@ pub fn detector(cfg: &Config) -> Result<Detector> {
     if d.threshold > 0.0 {
         model.set_threshold(d.threshold);
     }
-    let det = Detector::new(model).with_lists(name_list(&d.allow)?, name_list(&d.block)?);
+    let det = tune(
+        Detector::new(model).with_lists(name_list(&d.allow)?, name_list(&d.block)?),
+        cfg,
+    );
     // first-call allocations happen now, not on the first held query
     det.classify(&DnsName::parse("warm-up.exfilguard.invalid")?)?;
     Ok(det)
+}
+
+/// The deployment's settings of a brain: lookup zones, MEDIUM thresholds, actions.
+pub fn tune(det: Detector, cfg: &Config) -> Detector {
+    let d = &cfg.detect;
+    let suspect = |p: f32| (p > 0.0).then_some(p);
+    det.with_lookup_zones(&cfg.behaviour.lookup_zones)
+        .with_detector(Class::Tunnel, suspect(d.tunnel_suspect), d.tunnel_action)
+        .with_detector(Class::Dga, suspect(d.dga_suspect), d.dga_action)
 }
 
 /// The host name events and fleet entries carry.

@@ -5,7 +5,7 @@
 use crate::analytics::{verdict_of, Analytics};
 use crate::metrics::Metrics;
 use exfilguard_behaviour::Alarm;
-use exfilguard_convict::{AlarmAction, Client, Convictions, Evidence, Outcome, Scope};
+use exfilguard_convict::{AlarmAction, Client, Convictions, Escalation, Evidence, Outcome, Scope};
 use exfilguard_dataplane::{Action, Dataplane, Event};
 use exfilguard_detect::{Detector, Verdict};
 use exfilguard_dns::DnsName;
@@ -421,6 +421,37 @@ impl Pipeline {
                     }
                 }
                 (false, Action::Hold | Action::Judge) => {
+                    // the deployed decision beyond the name (shared with the front): a
+                    // suspect name may convict its domain, or a marked DGA bot's name
+                    let mut domain_convicted = false;
+                    if let (Some(v), Some(n)) = (verdict.as_mut(), name.as_ref()) {
+                        if !v.class.is_malicious() {
+                            let e = self.convictions.lock().expect("lock").escalate(
+                                Instant::now(),
+                                &client_of(&ev),
+                                n,
+                                v,
+                                &self.detector,
+                                Some(self.everyone_for),
+                            );
+                            match e {
+                                Escalation::No => {}
+                                Escalation::DgaBot(nv) => *v = nv,
+                                Escalation::Domain(nv, o) => {
+                                    *v = nv;
+                                    if v.refuses() {
+                                        self.convicted += 1;
+                                        self.enforce(dp, &o, v, &text);
+                                        domain_convicted = true;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // a detector whose action is `alert`: answered and reported
+                    let alert = verdict
+                        .as_ref()
+                        .is_some_and(|v| v.class.is_malicious() && !v.refuses());
                     // a name the agent cannot even parse is not released
                     let malicious = verdict.as_ref().is_none_or(|v| v.class.is_malicious());
                     let blocked = name.as_ref().and_then(|n| {
@@ -430,7 +461,20 @@ impl Pipeline {
                             n,
                         )
                     });
-                    if let Some(b) = blocked.filter(|_| !malicious) {
+                    if domain_convicted {
+                        Decision::Blocked
+                    } else if alert && outside_question(&ev).is_none() {
+                        let d = if ev.action == Action::Judge {
+                            dp.allow_name(&ev)
+                                .map_or(Decision::Dropped, |()| Decision::Released)
+                        } else {
+                            self.release(dp, &ev)
+                        };
+                        match d {
+                            Decision::Released => Decision::Reported,
+                            d => d,
+                        }
+                    } else if let Some(b) = blocked.filter(|_| !malicious) {
                         // this sender (or everyone) is blocked from the zone already: even a
                         // name the model finds benign stays dropped
                         if let Some(v) = verdict.as_mut() {

@@ -13,7 +13,7 @@
 //! unless the operator unprotects them. Every block says what evidence it rests on.
 
 use exfilguard_behaviour::Alarm;
-use exfilguard_detect::NameList;
+use exfilguard_detect::{fmt_p, Action, Class, Detector, Level, NameList, Source, Verdict};
 use exfilguard_dns::DnsName;
 use exfilguard_kafka::fleet::FleetUpdate;
 use lru::LruCache;
@@ -30,6 +30,10 @@ const POPULAR: &str = include_str!("../data/popular.txt");
 
 /// Distinct clients remembered per zone: enough for any sane `domain_clients`.
 const MAX_WITNESSES: usize = 16;
+/// Distinct suspect names remembered per (client, zone): enough for any sane `domain_names`.
+const MAX_SUSPECTS: usize = 32;
+/// Bytes left of the registered domain (dots excluded) a suspect name carries at least.
+pub const SUSPECT_MIN_BYTES: usize = 16;
 
 /// `[convict]`: who a conviction blocks, and the bounds of the tables.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +60,26 @@ pub struct Settings {
     pub protected_file: Option<PathBuf>,
     /// Entries of the popularity list the operator wants convictable after all.
     pub unprotect: Vec<String>,
+    /// The domain-level decision: this many distinct MEDIUM-risk names (suspect, below the
+    /// per-name threshold) under one zone from one client within `window_secs` are a tunnel
+    /// verdict on the zone, with the same consequences as a per-name one. 0 turns it off.
+    pub domain_names: u32,
+    /// A DGA-bot alarm (NXDOMAIN walks) marks its client for this long (a name that fails is
+    /// not the same evidence as one that resolves; `dga_bot_scope` says what is refused).
+    pub dga_bot_secs: u64,
+    /// What a marked DGA bot may no longer resolve: `unpopular` (every domain outside the
+    /// popularity list: the next candidate the walk tries, word-list DGAs included) or
+    /// `suspect` (only names the DGA detector rates MEDIUM or HIGH).
+    pub dga_bot_scope: DgaBotScope,
+}
+
+/// See `Settings::dga_bot_scope`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DgaBotScope {
+    #[default]
+    Unpopular,
+    Suspect,
 }
 
 impl Default for Settings {
@@ -69,6 +93,9 @@ impl Default for Settings {
             max_client_blocks: 100_000,
             protected_file: None,
             unprotect: Vec::new(),
+            domain_names: 4,
+            dga_bot_secs: 3600,
+            dga_bot_scope: DgaBotScope::Unpopular,
         }
     }
 }
@@ -85,6 +112,12 @@ impl Settings {
         }
         if self.max_zones == 0 || self.max_client_blocks == 0 {
             p.push("convict.max_zones and convict.max_client_blocks must be at least 1".into());
+        }
+        if self.domain_names as usize > MAX_SUSPECTS {
+            p.push(format!(
+                "convict.domain_names: {} (0 = off, or 1..={MAX_SUSPECTS})",
+                self.domain_names
+            ));
         }
         if self.window_secs == 0 {
             p.push("convict.window_secs: 0 (at least 1)".into());
@@ -187,6 +220,9 @@ pub enum Evidence<'a> {
     Verdict(&'a str),
     /// A behaviour alarm: its kind (information_rate, beacon) and reason.
     Alarm(&'a str, &'a str),
+    /// The domain-level decision: `names` distinct suspect names of one client under the zone,
+    /// none refused on its own; the class they point to.
+    Domain(&'a str, u32),
 }
 
 impl fmt::Display for Evidence<'_> {
@@ -194,6 +230,10 @@ impl fmt::Display for Evidence<'_> {
         match self {
             Evidence::Verdict(c) => write!(f, "{c} verdict"),
             Evidence::Alarm(k, why) => write!(f, "{k} alarm ({why})"),
+            Evidence::Domain(c, n) => write!(
+                f,
+                "domain-level {c} verdict ({n} distinct suspect names, each below the per-name threshold)"
+            ),
         }
     }
 }
@@ -236,6 +276,16 @@ pub enum FleetAction {
     Skipped { zone: String, why: String },
 }
 
+/// What [`Convictions::escalate`] made of a benign per-name verdict.
+#[derive(Clone, Debug)]
+pub enum Escalation {
+    No,
+    /// A MEDIUM-risk DGA name from a client a DGA-bot alarm marked.
+    DgaBot(Verdict),
+    /// The domain-level decision: the verdict on the zone and what it did.
+    Domain(Verdict, Outcome),
+}
+
 /// What a behaviour alarm did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AlarmAction {
@@ -265,6 +315,10 @@ pub struct Convictions {
     everyone: LruCache<String, Everyone>,
     clients: LruCache<(Key, String), ClientBlock>,
     witnesses: LruCache<String, Vec<(Witness, Instant)>>,
+    /// Suspect names (hash of the lower-cased name, when) per (client, zone).
+    suspects: LruCache<(Key, String), Vec<(u64, Instant)>>,
+    /// Clients marked by a DGA-bot alarm, until when.
+    dga_bots: LruCache<Key, Instant>,
     evictions: u64,
 }
 
@@ -312,6 +366,8 @@ impl Convictions {
             everyone: LruCache::new(cap(settings.max_zones)),
             clients: LruCache::new(cap(settings.max_client_blocks)),
             witnesses: LruCache::new(cap(settings.max_zones)),
+            suspects: LruCache::new(cap(settings.max_client_blocks)),
+            dga_bots: LruCache::new(cap(settings.max_client_blocks)),
             settings,
             protected,
             evictions: 0,
@@ -412,7 +468,7 @@ impl Convictions {
         };
         let need = self.settings.domain_clients.max(1);
         let enough = match evidence {
-            Evidence::Verdict(_) => seen >= need,
+            Evidence::Verdict(_) | Evidence::Domain(..) => seen >= need,
             Evidence::Alarm(..) => self.settings.alarm_blocks_everyone || seen >= need,
         };
         if let (true, Some(d)) = (enough, everyone_for) {
@@ -453,7 +509,9 @@ impl Convictions {
                 evicted,
             };
         }
-        let text = if everyone_for.is_some() && matches!(evidence, Evidence::Verdict(_)) {
+        let text = if everyone_for.is_some()
+            && matches!(evidence, Evidence::Verdict(_) | Evidence::Domain(..))
+        {
             format!(
                 "{evidence} from {client} ({seen} of the {need} distinct clients that block {zone} for everyone)"
             )
@@ -479,6 +537,165 @@ impl Convictions {
             evidence: text,
             newly_everyone: false,
             evicted,
+        }
+    }
+
+    /// One suspect name (MEDIUM risk, not refused on its own) from `client`: the
+    /// `domain_names`-th distinct one under its zone within `window_secs` convicts the zone
+    /// like a verdict (`Evidence::Domain`). None: not (yet) enough, off, or the zone may not
+    /// be convicted (popular, lookup zone, public suffix).
+    pub fn suspect(
+        &mut self,
+        now: Instant,
+        client: &Client,
+        name: &DnsName,
+        class: &str,
+        everyone_for: Option<Duration>,
+    ) -> Option<Outcome> {
+        let (_, n) = self.count_suspect(now, client, name)?;
+        Some(self.convict(now, client, name, Evidence::Domain(class, n), everyone_for))
+    }
+
+    /// Records a suspect name; (zone, distinct names) once they reach `domain_names` (the
+    /// count starts again then).
+    fn count_suspect(
+        &mut self,
+        now: Instant,
+        client: &Client,
+        name: &DnsName,
+    ) -> Option<(String, u32)> {
+        let need = self.settings.domain_names as usize;
+        if need == 0 || name.split().subdomain_labels() == 0 {
+            return None;
+        }
+        let zone = self.zone_for(name).ok()?;
+        let window = Duration::from_secs(self.settings.window_secs);
+        // case-blind: 0x20 and case variants are one name
+        let h = {
+            use std::hash::{Hash, Hasher};
+            let mut x = std::collections::hash_map::DefaultHasher::new();
+            name.normalized().hash(&mut x);
+            x.finish()
+        };
+        let key = (client.key(), zone);
+        if !self.suspects.contains(&key) && self.suspects.len() == self.suspects.cap().get() {
+            self.evictions += 1;
+        }
+        let list = self.suspects.get_or_insert_mut(key.clone(), Vec::new);
+        list.retain(|(_, t)| now.duration_since(*t) < window);
+        if !list.iter().any(|(x, _)| *x == h) && list.len() < MAX_SUSPECTS {
+            list.push((h, now));
+        }
+        let n = list.len();
+        if n < need {
+            return None;
+        }
+        self.suspects.pop(&key);
+        Some((key.1, n as u32))
+    }
+
+    /// What a benign per-name verdict still amounts to with the client's and the domain's
+    /// history — the deployed decision, the same in the agent and the front (`eval --stream`
+    /// replays it): a MEDIUM-risk DGA name from a client a DGA-bot alarm marked is a DGA
+    /// verdict; the `domain_names`-th MEDIUM-risk tunnel name under one zone is a domain-level
+    /// tunnel verdict that convicts the zone (a conviction only when the action is `block`).
+    /// `everyone_for` None: blocks are off (the name only), so no domain-level decision.
+    pub fn escalate(
+        &mut self,
+        now: Instant,
+        client: &Client,
+        name: &DnsName,
+        v: &Verdict,
+        det: &Detector,
+        everyone_for: Option<Duration>,
+    ) -> Escalation {
+        let medium = |c: Class| v.detector(c).filter(|d| d.level >= Level::Medium);
+        // a DGA does not generate popular domains (nor lookup names): those stay answered
+        if self.is_dga_bot(now, client) && self.zone_for(name).is_ok() {
+            let p = v.detector(Class::Dga);
+            let why = match (medium(Class::Dga), self.settings.dga_bot_scope) {
+                (Some(d), _) => Some(format!(
+                    "P(dga) = {} ≥ suspect threshold {} (MEDIUM)",
+                    fmt_p(d.p),
+                    fmt_p(d.suspect)
+                )),
+                (None, DgaBotScope::Unpopular) => Some(format!(
+                    "an unpopular domain (P(dga) = {})",
+                    p.map_or_else(|| "-".into(), |d| fmt_p(d.p))
+                )),
+                (None, DgaBotScope::Suspect) => None,
+            };
+            if let Some(why) = why {
+                let mut v = v.clone();
+                v.class = Class::Dga;
+                v.source = Source::Behaviour;
+                v.action = det.action(Class::Dga);
+                v.reasons.push(format!(
+                    "{why} from {client}, which a DGA-bot alarm (NXDOMAIN walk) marked for convict.dga_bot_secs"
+                ));
+                return Escalation::DgaBot(v);
+            }
+        }
+        let (Some(d), Some(_)) = (medium(Class::Tunnel), everyone_for) else {
+            return Escalation::No;
+        };
+        // a suspect must have room for data: ad-slot and shard ids (`a1713.example`) look
+        // random to the model but carry a few bits each
+        let n_sub = name.split().subdomain_labels();
+        let payload: usize = name.labels().take(n_sub).map(<[u8]>::len).sum();
+        if payload < SUSPECT_MIN_BYTES {
+            return Escalation::No;
+        }
+        let action = det.action(Class::Tunnel);
+        let o = if action == Action::Block {
+            self.suspect(now, client, name, "tunnel", everyone_for)
+        } else {
+            // alert-only: the decision is reported, nobody is blocked
+            self.count_suspect(now, client, name)
+                .map(|(zone, n)| Outcome {
+                    evidence: format!(
+                        "{} from {client} (alert only)",
+                        Evidence::Domain("tunnel", n)
+                    ),
+                    zone: Some(zone),
+                    scope: Scope::Name,
+                    newly_everyone: false,
+                    evicted: Vec::new(),
+                })
+        };
+        let Some(o) = o else {
+            return Escalation::No;
+        };
+        let mut v = v.clone();
+        v.class = Class::Tunnel;
+        v.source = Source::Domain;
+        v.action = action;
+        v.reasons.push(format!(
+            "P(tunnel) = {} ≥ suspect threshold {} (MEDIUM); blocks {} for {}: {}",
+            fmt_p(d.p),
+            fmt_p(d.suspect),
+            o.zone.as_deref().unwrap_or("this name"),
+            o.scope.as_str(),
+            o.evidence
+        ));
+        Escalation::Domain(v, o)
+    }
+
+    /// A DGA-bot alarm about `client`: marks it for `dga_bot_secs`.
+    pub fn flag_dga_bot(&mut self, now: Instant, client: &Client) {
+        let until = now + Duration::from_secs(self.settings.dga_bot_secs);
+        self.dga_bots.push(client.key(), until);
+    }
+
+    /// Whether a DGA-bot alarm marks `client` now.
+    pub fn is_dga_bot(&mut self, now: Instant, client: &Client) -> bool {
+        match self.dga_bots.get(&client.key()) {
+            Some(&t) if t > now => true,
+            Some(_) => {
+                self.dga_bots.pop(&client.key());
+                false
+            }
+            None => false,
         }
     }
 
@@ -642,6 +859,10 @@ impl Convictions {
         allow: &NameList,
         everyone_for: Option<Duration>,
     ) -> AlarmAction {
+        if block && alarm.kind == exfilguard_behaviour::AlarmKind::DgaBot {
+            // NXDOMAIN walks: the client's suspect DGA names are refused from now on
+            self.flag_dga_bot(now, client);
+        }
         let Some(domain) = alarm.domain.as_deref() else {
             return AlarmAction::Report;
         };

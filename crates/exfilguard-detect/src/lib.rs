@@ -4,15 +4,17 @@
 
 pub mod features;
 pub mod lexicon;
+pub mod lookup;
 pub mod model;
 pub mod policy;
 pub mod verdict;
 
 pub use features::{extract, Features, FEATURE_DOCS, FEATURE_NAMES, N_FEATURES};
 pub use lexicon::Lexicon;
+pub use lookup::{Lookup, LookupKind, KNOWN_LOOKUP_ZONES};
 pub use model::{Model, ModelClass, ModelError, ModelInfo};
 pub use policy::{ListMatch, NameList};
-pub use verdict::{Class, Source, Verdict};
+pub use verdict::{fmt_p, risk_of, Action, Class, DetectorScore, Level, Source, Verdict};
 
 use exfilguard_dns::DnsName;
 
@@ -22,16 +24,78 @@ pub struct Detector {
     lexicon: &'static Lexicon,
     allow: NameList,
     block: NameList,
+    lookup_zones: Vec<String>,
+    /// Per class index: MEDIUM (suspect) threshold and action.
+    suspect: Vec<f32>,
+    actions: Vec<Action>,
 }
+
+/// Default MEDIUM thresholds: where a name becomes evidence against its domain. Chosen on the
+/// benign training split (docs/evaluation.md, "domain-level decisions").
+pub const TUNNEL_SUSPECT: f32 = 0.95;
+pub const DGA_SUSPECT: f32 = 0.5;
 
 impl Detector {
     pub fn new(model: Model) -> Self {
+        let suspect = model
+            .info()
+            .classes
+            .iter()
+            .zip(&model.info().thresholds)
+            .map(|(c, t)| match c {
+                ModelClass::Benign => 1.0,
+                ModelClass::Tunnel => TUNNEL_SUSPECT.min(*t),
+                ModelClass::Dga => DGA_SUSPECT.min(*t),
+            })
+            .collect();
+        let actions = vec![Action::Block; model.info().classes.len()];
         Self {
             model,
             lexicon: Lexicon::embedded(),
             allow: NameList::default(),
             block: NameList::default(),
+            lookup_zones: KNOWN_LOOKUP_ZONES.iter().map(|s| s.to_string()).collect(),
+            suspect,
+            actions,
         }
+    }
+
+    /// Lookup services whose names are keys (replaces `KNOWN_LOOKUP_ZONES`).
+    pub fn with_lookup_zones(mut self, zones: &[String]) -> Self {
+        self.lookup_zones = zones
+            .iter()
+            .map(|z| z.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|z| !z.is_empty())
+            .collect();
+        self
+    }
+
+    /// A detector's MEDIUM threshold (capped at its HIGH one) and action.
+    pub fn with_detector(mut self, class: Class, suspect: Option<f32>, action: Action) -> Self {
+        let info = self.model.info();
+        if let Some(i) = info.classes.iter().position(|&c| Class::from(c) == class) {
+            if let Some(s) = suspect {
+                self.suspect[i] = s.min(info.thresholds[i]);
+            }
+            self.actions[i] = action;
+        }
+        self
+    }
+
+    /// The MEDIUM threshold of `class`'s detector.
+    pub fn suspect_threshold(&self, class: Class) -> Option<f32> {
+        let info = self.model.info();
+        let i = info.classes.iter().position(|&c| Class::from(c) == class)?;
+        Some(self.suspect[i])
+    }
+
+    /// What the deployment does with `class`'s verdicts (`detect.<class>_action`).
+    pub fn action(&self, class: Class) -> Action {
+        let info = self.model.info();
+        info.classes
+            .iter()
+            .position(|&c| Class::from(c) == class)
+            .map_or(Action::Block, |i| self.actions[i])
     }
 
     /// The embedded model with empty lists.
@@ -71,20 +135,60 @@ impl Detector {
         let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(names.len());
         let mut pending = Vec::new();
         let mut feats = Vec::new();
+        let mut owners: Vec<Option<(LookupKind, String)>> = Vec::new();
         for (i, name) in names.iter().enumerate() {
             if let Some(v) = self.list_verdict(name) {
                 verdicts.push(Some(v));
-            } else {
-                verdicts.push(None);
-                pending.push(i);
-                feats.push(extract(name, self.lexicon));
+                continue;
+            }
+            match lookup::judge(name, &self.lookup_zones) {
+                Some(Lookup::Key { kind, what }) => verdicts.push(Some(Verdict::plain(
+                    Class::Benign,
+                    0.0,
+                    Source::Lookup,
+                    format!("{}: {what}", kind.as_str()),
+                ))),
+                Some(Lookup::Malformed { kind, what }) => {
+                    let mut v = Verdict::plain(
+                        Class::Tunnel,
+                        1.0,
+                        Source::Lookup,
+                        format!("not a {} name: {what} (no resolver answers these; only a tool reading the queries sends them)", kind.as_str()),
+                    );
+                    v.action = self.action(Class::Tunnel);
+                    verdicts.push(Some(v));
+                }
+                Some(Lookup::Owner { kind, owner }) => {
+                    verdicts.push(None);
+                    pending.push(i);
+                    feats.push(extract(&owner, self.lexicon));
+                    owners.push(Some((kind, owner.normalized())));
+                }
+                None => {
+                    verdicts.push(None);
+                    pending.push(i);
+                    feats.push(extract(name, self.lexicon));
+                    owners.push(None);
+                }
             }
         }
         if !feats.is_empty() {
             let probs = self.model.predict(&feats)?;
             let k = self.model.info().classes.len();
-            for ((i, f), p) in pending.into_iter().zip(&feats).zip(probs.chunks_exact(k)) {
-                verdicts[i] = Some(self.decide(f, p));
+            for (((i, f), p), o) in pending
+                .into_iter()
+                .zip(&feats)
+                .zip(probs.chunks_exact(k))
+                .zip(owners)
+            {
+                let mut v = self.decide(f, p);
+                if let Some((kind, owner)) = o {
+                    v.reasons.insert(
+                        0,
+                        format!("{}: judged by its owner name {owner}", kind.as_str()),
+                    );
+                }
+                verdicts[i] = Some(v);
             }
         }
         Ok(verdicts
@@ -97,18 +201,20 @@ impl Detector {
     /// operator's block is never overridden), then the allowlist.
     pub fn list_verdict(&self, name: &DnsName) -> Option<Verdict> {
         if let Some(m) = self.block.lookup(name) {
-            return Some(Verdict {
-                class: Class::Blocked,
-                score: 1.0,
-                source: Source::Blocklist,
-                reasons: vec![format!("blocklisted {m}")],
-            });
+            return Some(Verdict::plain(
+                Class::Blocked,
+                1.0,
+                Source::Blocklist,
+                format!("blocklisted {m}"),
+            ));
         }
-        self.allow.lookup(name).map(|m| Verdict {
-            class: Class::Benign,
-            score: 0.0,
-            source: Source::Allowlist,
-            reasons: vec![format!("allowlisted {m}")],
+        self.allow.lookup(name).map(|m| {
+            Verdict::plain(
+                Class::Benign,
+                0.0,
+                Source::Allowlist,
+                format!("allowlisted {m}"),
+            )
         })
     }
 
@@ -118,6 +224,31 @@ impl Detector {
         let info = self.model.info();
         let b = self.model.benign_index();
         let score = (1.0 - probs[b]).clamp(0.0, 1.0);
+        let detectors: Vec<DetectorScore> = info
+            .classes
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != b)
+            .map(|(i, &c)| {
+                let (p, t, s) = (probs[i], info.thresholds[i], self.suspect[i]);
+                DetectorScore {
+                    detector: c.into(),
+                    p,
+                    risk: risk_of(p, t),
+                    level: if p >= t {
+                        Level::High
+                    } else if p >= s {
+                        Level::Medium
+                    } else if p >= 0.5 {
+                        Level::Low
+                    } else {
+                        Level::None
+                    },
+                    threshold: t,
+                    suspect: s,
+                }
+            })
+            .collect();
         let hit = probs
             .iter()
             .enumerate()
@@ -128,15 +259,18 @@ impl Detector {
                 let class = info.classes[i];
                 let mut reasons = verdict::reasons(f, class);
                 reasons.push(format!(
-                    "model: P({}) = {p:.4} ≥ threshold {:.4}",
+                    "model: P({}) = {} ≥ threshold {} (HIGH)",
                     class_name(class),
-                    info.thresholds[i]
+                    fmt_p(p),
+                    fmt_p(info.thresholds[i])
                 ));
                 Verdict {
                     class: class.into(),
                     score,
                     source: Source::Model,
                     reasons,
+                    action: self.action(class.into()),
+                    detectors,
                 }
             }
             None => Verdict {
@@ -144,6 +278,8 @@ impl Detector {
                 score,
                 source: Source::Model,
                 reasons: Vec::new(),
+                action: Action::Block,
+                detectors,
             },
         }
     }

@@ -51,6 +51,10 @@ pub enum Source {
     Invalid,
     /// Behaviour analytics over many queries (information rate, beaconing, DGA walks).
     Behaviour,
+    /// The structure of a lookup name (reverse DNS, DNSBL, service labels): see `lookup`.
+    Lookup,
+    /// Several suspect names under one domain from one client (the domain-level decision).
+    Domain,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,6 +64,109 @@ pub struct Verdict {
     pub score: f32,
     pub source: Source,
     pub reasons: Vec<String>,
+    /// What the deployment does with a malicious verdict: refuse it, or report it only
+    /// (`detect.<detector>_action = "alert"`).
+    pub action: Action,
+    /// Every detector's own confidence and the thresholds in use (model verdicts only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub detectors: Vec<DetectorScore>,
+}
+
+impl Verdict {
+    /// A decision without a model (lists, lookup structure, convictions, behaviour).
+    pub fn plain(class: Class, score: f32, source: Source, reason: String) -> Self {
+        Self {
+            class,
+            score,
+            source,
+            reasons: vec![reason],
+            action: Action::Block,
+            detectors: Vec::new(),
+        }
+    }
+
+    /// The score of one detector (`tunnel`, `dga`), if the model ran.
+    pub fn detector(&self, class: Class) -> Option<&DetectorScore> {
+        self.detectors.iter().find(|d| d.detector == class)
+    }
+
+    /// Refused where it is judged: malicious and not alert-only.
+    pub fn refuses(&self) -> bool {
+        self.class.is_malicious() && self.action == Action::Block
+    }
+}
+
+/// Per-detector action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Refuse the query (and let the conviction policy act on its zone).
+    #[default]
+    Block,
+    /// Report it (event, metric) and answer it.
+    Alert,
+}
+
+/// Risk levels an operator can read, like DNS firewalls' confidence levels: HIGH = the
+/// detector's own operating point (the name alone is refused), MEDIUM = suspect (a few such
+/// names under one domain from one client convict the domain for that client), LOW = more
+/// likely malicious than not, NONE below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Level {
+    None,
+    Low,
+    Medium,
+    High,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::None => "NONE",
+            Level::Low => "LOW",
+            Level::Medium => "MEDIUM",
+            Level::High => "HIGH",
+        }
+    }
+}
+
+/// One detector's calibrated probability, its level and the thresholds behind the level.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DetectorScore {
+    pub detector: Class,
+    /// Calibrated probability (softmax with temperature, fitted on validation data).
+    pub p: f32,
+    /// 0–100: −log10(1 − p) scaled so that the HIGH threshold reads 100 at most; see
+    /// [`risk_of`].
+    pub risk: u8,
+    pub level: Level,
+    /// P at and above which the name alone is refused (HIGH).
+    pub threshold: f32,
+    /// P at and above which the name is suspect evidence against its domain (MEDIUM).
+    pub suspect: f32,
+}
+
+/// A readable 0–100 risk from a probability: probabilities this close to 1 differ in their
+/// number of nines, so the risk is the nines of `p` relative to the HIGH threshold's nines,
+/// 100 at the threshold and above. `0.999991` with a threshold of `0.999991` is 100;
+/// `0.99` is about 40.
+pub fn risk_of(p: f32, threshold: f32) -> u8 {
+    let nines = |x: f32| -(1.0 - x.clamp(0.0, 1.0 - 1e-9) as f64).log10();
+    let full = nines(threshold).max(1e-6);
+    (100.0 * (nines(p) / full).clamp(0.0, 1.0)).floor() as u8
+}
+
+/// Prints a probability close to 1 with enough digits to tell it from a threshold
+/// (`0.999991` is not "1.0000").
+pub fn fmt_p(p: f32) -> String {
+    let q = 1.0 - p as f64;
+    if p >= 0.999 && q > 0.0 {
+        let digits = (-q.log10()).ceil() as usize + 2;
+        format!("{p:.digits$}")
+    } else {
+        format!("{p:.4}")
+    }
 }
 
 /// Reference points for the explanations only (decisions are the model's): roughly the 99th

@@ -1,9 +1,11 @@
 //! The resolver front's policy: operator lists, convicted domains, the kernel's "plainly
 //! benign" prefilter, a per-name verdict cache and the brain — in that order, cheapest first.
 
-use exfilguard_convict::{AlarmAction, Client, Convictions, Evidence, FleetAction, Outcome};
+use exfilguard_convict::{
+    AlarmAction, Client, Convictions, Escalation, Evidence, FleetAction, Outcome,
+};
 use exfilguard_dataplane::KernelPolicy;
-use exfilguard_detect::{Class, Detector, NameList, Source, Verdict};
+use exfilguard_detect::{Action, Class, Detector, NameList, Source, Verdict};
 use exfilguard_dns::DnsName;
 use exfilguard_kafka::fleet::FleetUpdate;
 use lru::LruCache;
@@ -18,6 +20,8 @@ pub enum Judgement {
     Pass,
     /// Judged by the model (or taken from the cache): forward; `fresh` = the model ran now.
     Benign { verdict: Verdict, fresh: bool },
+    /// Malicious, but its detector's action is `alert`: forward and report.
+    Alert { verdict: Verdict },
     /// Refuse. `convicted` is set when this query's verdict was evidence against its zone
     /// (whom the conviction blocks, on what evidence).
     Refuse {
@@ -242,7 +246,15 @@ impl Judge {
                 convicted: None,
             });
         }
-        if self.policy.suspicion(&wire(name), qtype).is_empty() {
+        if self.policy.suspicion(&wire(name), qtype).is_empty()
+            && !self
+                .convictions
+                .lock()
+                .expect("lock")
+                .is_dga_bot(Instant::now(), client)
+        {
+            // plainly benign, unless a DGA-bot alarm marked the client: then every name of
+            // it goes to the model (DGA names are often short)
             return Ok(Judgement::Pass);
         }
         let key = name.normalized();
@@ -275,8 +287,40 @@ impl Judge {
                 (v, true)
             }
         };
+        let now = Instant::now();
+        let mut verdict = verdict;
         if !verdict.class.is_malicious() {
-            return Ok(Judgement::Benign { verdict, fresh });
+            let det = self.detector.read().expect("lock").clone();
+            // resolve.block_secs = 0 means "the name only": no domain-level blocks either
+            let e = self.convictions.lock().expect("lock").escalate(
+                now,
+                client,
+                name,
+                &verdict,
+                &det,
+                self.block_for,
+            );
+            match e {
+                Escalation::No => return Ok(Judgement::Benign { verdict, fresh }),
+                Escalation::DgaBot(v) => verdict = v,
+                Escalation::Domain(v, outcome) => {
+                    return Ok(if v.refuses() {
+                        self.mirror(
+                            outcome.zone.as_deref().filter(|_| outcome.newly_everyone),
+                            &outcome.evicted,
+                        );
+                        Judgement::Refuse {
+                            verdict: v,
+                            convicted: Some(outcome),
+                        }
+                    } else {
+                        Judgement::Alert { verdict: v }
+                    });
+                }
+            }
+        }
+        if verdict.action == Action::Alert {
+            return Ok(Judgement::Alert { verdict });
         }
         if self.block_for.is_none() {
             // resolve.block_secs = 0: the verdict refuses this name only
@@ -288,7 +332,7 @@ impl Judge {
         let outcome = {
             let mut c = self.convictions.lock().expect("lock");
             let o = c.convict(
-                Instant::now(),
+                now,
                 client,
                 name,
                 Evidence::Verdict(verdict.class.as_str()),
@@ -297,7 +341,6 @@ impl Judge {
             self.mirror(o.zone.as_deref().filter(|_| o.newly_everyone), &o.evicted);
             o
         };
-        let mut verdict = verdict;
         verdict.reasons.push(format!(
             "blocks {} for {}: {}",
             outcome.zone.as_deref().unwrap_or("this name"),
@@ -310,12 +353,7 @@ impl Judge {
 }
 
 fn list_verdict(class: Class, source: Source, reason: String) -> Verdict {
-    Verdict {
-        class,
-        score: 1.0,
-        source,
-        reasons: vec![reason],
-    }
+    Verdict::plain(class, 1.0, source, reason)
 }
 
 #[cfg(test)]

@@ -288,6 +288,12 @@ impl Front {
                 self.front.count(proto, "forwarded");
                 Step::Forward
             }
+            Ok(Judgement::Alert { verdict }) => {
+                // the detector's action is `alert`: answered, and reported
+                self.front.count(proto, "forwarded");
+                record(Decision::Reported, Some(verdict));
+                Step::Forward
+            }
             Ok(Judgement::Refuse { verdict, convicted }) => {
                 if let Some(o) = convicted {
                     self.metrics
@@ -736,6 +742,21 @@ fn fleet_applier(judge: Arc<Judge>) -> FleetApply {
     })
 }
 
+/// The front's judge for `cfg` with `detector` (also what `eval --stream` replays through).
+pub fn judge_for(cfg: &Config, detector: exfilguard_detect::Detector) -> Result<Judge> {
+    Ok(Judge::new(
+        detector,
+        cfg.kernel.clone(),
+        exfilguard_agent::name_list(&cfg.detect.allow)?,
+        exfilguard_agent::name_list(&cfg.detect.block)?,
+        cfg.resolve.cache_entries,
+        Duration::from_secs(cfg.resolve.cache_secs),
+        Duration::from_secs(cfg.resolve.block_secs),
+        exfilguard_convict::Convictions::new(cfg.convict.clone())
+            .context("convict.protected_file")?,
+    ))
+}
+
 /// Runs the front until SIGTERM/SIGINT. SIGHUP reloads the model and lists.
 pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
     if cfg.resolve.upstreams.is_empty() {
@@ -772,18 +793,7 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
     let detector = exfilguard_agent::detector(&cfg)?;
     let info = detector.model().info().clone();
     tracing::info!(model = %info.version, sha256 = %&info.sha256[..12], host = %host, "brain loaded");
-    let allow = exfilguard_agent::name_list(&cfg.detect.allow)?;
-    let mut judge = Judge::new(
-        detector,
-        cfg.kernel.clone(),
-        allow.clone(),
-        exfilguard_agent::name_list(&cfg.detect.block)?,
-        cfg.resolve.cache_entries,
-        Duration::from_secs(cfg.resolve.cache_secs),
-        Duration::from_secs(cfg.resolve.block_secs),
-        exfilguard_convict::Convictions::new(cfg.convict.clone())
-            .context("convict.protected_file")?,
-    );
+    let mut judge = judge_for(&cfg, detector)?;
     let runtime_metrics = exfilguard_runtime::RuntimeMetrics::default();
     if cfg.runtime.enabled() {
         let remote = exfilguard_runtime::Remote::new(cfg.runtime.clone(), runtime_metrics.clone());

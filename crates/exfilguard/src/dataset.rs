@@ -191,17 +191,21 @@ pub fn write_test_slices(rows: &[Row], out: &Path) -> Result<Vec<PathBuf>> {
         if !files.contains_key(&file) {
             let path = out.join(&file);
             let mut w = BufWriter::new(std::fs::File::create(&path)?);
-            if r.label != Label::Benign {
-                writeln!(w, "name\tgroup")?;
+            match r.label {
+                Label::Benign => {}
+                Label::Tunnel => writeln!(w, "name\tgroup")?,
+                // a DGA's candidates do not resolve: `eval --stream` feeds the NXDOMAIN
+                // answers to the DGA-bot analytics as the front would
+                Label::Dga => writeln!(w, "name\tgroup\trcode")?,
             }
             files.insert(file.clone(), w);
             written.push(path);
         }
         let w = files.get_mut(&file).expect("inserted");
-        if r.label == Label::Benign {
-            writeln!(w, "{}", r.name)?;
-        } else {
-            writeln!(w, "{}\t{}", r.name, r.group)?;
+        match r.label {
+            Label::Benign => writeln!(w, "{}", r.name)?,
+            Label::Tunnel => writeln!(w, "{}\t{}", r.name, r.group)?,
+            Label::Dga => writeln!(w, "{}\t{}\t3", r.name, r.group)?,
         }
     }
     for (_, mut w) in files {

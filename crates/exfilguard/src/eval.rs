@@ -27,6 +27,26 @@ pub struct EvalArgs {
     /// Write a ROC curve and score histogram (SVG) here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Replay the files as query streams through the deployed decision (the front's judge,
+    /// domain state and behaviour analytics included) and report refusal rates instead.
+    /// TSV columns by header: qname, tool/family, client, qtype, rcode.
+    #[arg(long)]
+    stream: bool,
+    /// Config file for `--stream` (default: the built-in defaults and EXFILGUARD__* variables).
+    #[arg(long, requires = "stream")]
+    config: Option<PathBuf>,
+    /// `--stream`: benign rows without a client column are spread over this many clients.
+    #[arg(long, default_value_t = 64, requires = "stream")]
+    clients: u32,
+    /// `--stream`: queries per client and domain that may pass before the goal counts.
+    #[arg(long, default_value_t = 5, requires = "stream")]
+    free: usize,
+    /// `--stream`: write the mistakes here (malicious rows answered, benign rows refused).
+    #[arg(long, requires = "stream")]
+    misses: Option<PathBuf>,
+    /// `--stream`: simulated time between rows, milliseconds.
+    #[arg(long, default_value_t = 100, requires = "stream")]
+    interval_ms: u64,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -61,7 +81,31 @@ struct Scored {
 
 const BATCH: usize = 4096;
 
-pub fn run(detector: &Detector, args: &EvalArgs) -> Result<()> {
+pub fn run(detector: Detector, args: &EvalArgs) -> Result<()> {
+    if args.stream {
+        let cfg = exfilguard_agent::config::Config::load(args.config.as_deref())?;
+        let det = exfilguard_agent::tune(detector, &cfg);
+        let r = crate::stream::run(
+            det,
+            &cfg,
+            &crate::stream::StreamOptions {
+                benign: &args.benign,
+                malicious: &args.malicious,
+                label_column: args.label_column,
+                clients: args.clients,
+                free: args.free,
+                interval_ms: args.interval_ms,
+                passed: args.misses.as_deref(),
+            },
+        )?;
+        crate::stream::print(&r);
+        if let Some(p) = &args.json {
+            std::fs::write(p, serde_json::to_vec_pretty(&r)?)
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        return Ok(());
+    }
+    let detector = &detector;
     let mut scored: Vec<Scored> = Vec::new();
     let mut labels: BTreeMap<String, LabelStats> = BTreeMap::new();
     let files: Vec<(&PathBuf, bool)> = args

@@ -8,6 +8,7 @@ mod eval;
 mod protect;
 mod replay;
 mod scan;
+mod stream;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -238,7 +239,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Classify { names, format } => {
             classify::run(&cli.brain.detector()?, &names, format)
         }
-        Command::Eval(args) => eval::run(&cli.brain.detector()?, &args),
+        Command::Eval(args) => eval::run(cli.brain.detector()?, &args),
         Command::Scan(args) => scan::run(&cli.brain.detector()?, &args),
         Command::Replay(args) => replay::run(&cli.brain.detector()?, &args),
         Command::Run(args) => agent_cmd::run(&args),
