@@ -255,17 +255,22 @@ pub fn print(r: &StreamReport) {
         r.model, r.free
     );
     let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::NOTHING).set_header(vec![
-        "label",
-        "truth",
-        "queries",
-        "refused",
-        "after first queries",
-        "domains refused",
-        "refused by",
-    ]);
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_header(vec![
+            "label",
+            "truth",
+            "queries",
+            "refused",
+            "after first queries",
+            "domains refused",
+            "refused by",
+        ]);
     for (l, s) in &r.labels {
-        let by: Vec<String> = s.by_source.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let by: Vec<String> = s
+            .by_source
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         let after = if s.after_free == 0 {
             "-".to_string()
         } else {

@@ -13,21 +13,37 @@ fn exe() -> Command {
     Command::new(env!("CARGO_BIN_EXE_exfilguard"))
 }
 
-#[test]
-fn held_out_metrics_stay_above_floors() {
-    let tmp = std::env::temp_dir().join(format!("exfilguard-accuracy-{}", std::process::id()));
-    let out = exe()
-        .args(["dataset", "split", "--data"])
+/// The held-out test slices, written by `dataset split` into a fresh directory.
+fn split(tag: &str) -> std::path::PathBuf {
+    let tmp = std::env::temp_dir().join(format!("exfilguard-{tag}-{}", std::process::id()));
+    let mut cmd = exe();
+    cmd.args(["dataset", "split", "--data"])
         .arg(data_dir())
         .arg("--out")
-        .arg(&tmp)
-        .output()
-        .unwrap();
+        .arg(&tmp);
+    run_ok(&mut cmd);
+    tmp
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Runs an `eval` command and reads the JSON report it wrote.
+fn report_of(cmd: &mut Command, report: &std::path::Path) -> serde_json::Value {
+    run_ok(cmd);
+    serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap()
+}
+
+#[test]
+fn held_out_metrics_stay_above_floors() {
+    let tmp = split("accuracy");
     let report = tmp.join("report.json");
     let mut cmd = exe();
     cmd.arg("eval");
@@ -35,22 +51,13 @@ fn held_out_metrics_stay_above_floors() {
         cmd.arg("--benign")
             .arg(tmp.join(format!("test_benign_{b}.txt")));
     }
-    let out = cmd
-        .arg("--malicious")
+    cmd.arg("--malicious")
         .arg(tmp.join("test_tunnel.tsv"))
         .arg("--malicious")
         .arg(tmp.join("test_dga.tsv"))
         .args(["--label-column", "2", "--json"])
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        .arg(&report);
+    let r = report_of(&mut cmd, &report);
     std::fs::remove_dir_all(&tmp).ok();
     let rate = |label: &str| -> f64 {
         r["labels"][label]["rate"]
@@ -94,4 +101,68 @@ fn held_out_metrics_stay_above_floors() {
         "accuracy regressions:\n{}",
         failures.join("\n")
     );
+}
+
+/// The deployed decision (`eval --stream`) on tools and DGA families nobody trained on
+/// (`model/eval`, from `model/unseen.py`), the held-out slice and the benign lookup names.
+#[test]
+fn deployed_decision_holds_on_unseen_tools_and_families() {
+    let tmp = split("stream");
+    let eval = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../model/eval");
+    let report = tmp.join("stream.json");
+    let mut cmd = exe();
+    cmd.args(["eval", "--stream"]);
+    for b in ["alexa", "umbrella"] {
+        cmd.arg("--benign")
+            .arg(tmp.join(format!("test_benign_{b}.txt")));
+    }
+    cmd.arg("--benign").arg(eval.join("benign_lookup.tsv"));
+    for m in ["unseen_tunnels.tsv", "unseen_dga.tsv"] {
+        cmd.arg("--malicious").arg(eval.join(m));
+    }
+    cmd.arg("--malicious")
+        .arg(tmp.join("test_tunnel.tsv"))
+        .arg("--malicious")
+        .arg(tmp.join("test_dga.tsv"))
+        .arg("--json")
+        .arg(&report);
+    let r = report_of(&mut cmd, &report);
+    std::fs::remove_dir_all(&tmp).ok();
+    let labels = r["labels"].as_object().unwrap();
+    let get = |l: &str, k: &str| labels[l][k].as_f64().unwrap();
+    assert_eq!(
+        get("benign_lookup", "refused"),
+        0.0,
+        "a lookup name refused"
+    );
+    assert!(get("test_benign_alexa", "rate") <= 0.0001);
+    assert!(get("test_benign_umbrella", "rate") <= 0.001);
+    let tunnels = [
+        "dnscat2",
+        "dnstt",
+        "cobaltstrike_dns",
+        "sliver_dns",
+        "godoh",
+        "hex_c2",
+        "powershell_dnsmessenger",
+        "dotnet_implant",
+        "apt_lowvolume",
+        "dnsexfil_words",
+        "tuns",
+        "dnsexfiltrator",
+    ];
+    for t in tunnels {
+        assert!(get(t, "rate_after_free") >= 0.995, "{t}: {}", labels[t]);
+    }
+    let words = ["suppobox", "gozi", "nymaim2", "pizd", "matsnu"];
+    for (l, s) in labels {
+        if s["truth"] == "malicious" && !tunnels.contains(&l.as_str()) {
+            let floor = if words.contains(&l.as_str()) {
+                0.8
+            } else {
+                0.9
+            };
+            assert!(s["rate"].as_f64().unwrap() >= floor, "{l}: {s}");
+        }
+    }
 }
