@@ -61,8 +61,9 @@ pub struct Settings {
     pub beacon_min_secs: f64,
     pub beacon_max_secs: f64,
     pub beacon_min_unique: f64,
-    /// Lookup services whose subdomains are keys, not data (reverse DNS, DNSBLs): no
-    /// information-rate or beacon tracking below them (they still get per-name verdicts).
+    /// Lookup services whose subdomains are keys, not data (reverse DNS, ENUM, DNSBLs): no
+    /// information-rate or beacon tracking below them; the detector's lookup-name rule judges
+    /// their names benign from the same list (`exfilguard_dns::KNOWN_LOOKUP_ZONES` by default).
     pub lookup_zones: Vec<String>,
     /// The operator's own zones (an attacker cannot read their queries at an authoritative
     /// server they do not run): not tracked either. Special-use and de-facto private TLDs by
@@ -88,23 +89,10 @@ impl Default for Settings {
             beacon_min_secs: 5.0,
             beacon_max_secs: 3600.0,
             beacon_min_unique: 0.5,
-            lookup_zones: [
-                "in-addr.arpa",
-                "ip6.arpa",
-                "spamhaus.org",
-                "spamcop.net",
-                "sorbs.net",
-                "barracudacentral.org",
-                "surbl.org",
-                "uribl.com",
-                "dnswl.org",
-                "mailspike.net",
-                "abuseat.org",
-                "senderscore.com",
-                "mcafee.com",
-            ]
-            .map(String::from)
-            .to_vec(),
+            lookup_zones: exfilguard_dns::KNOWN_LOOKUP_ZONES
+                .iter()
+                .map(|z| z.to_string())
+                .collect(),
             internal_zones: [
                 "local",
                 "home.arpa",

@@ -23,25 +23,7 @@
 
 use exfilguard_dns::DnsName;
 
-/// Lookup services whose query names are keys (DNSBLs, hash lookups, reputation services).
-pub const KNOWN_LOOKUP_ZONES: &[&str] = &[
-    "in-addr.arpa",
-    "ip6.arpa",
-    "e164.arpa",
-    "spamhaus.org",
-    "spamcop.net",
-    "sorbs.net",
-    "barracudacentral.org",
-    "surbl.org",
-    "uribl.com",
-    "dnswl.org",
-    "mailspike.net",
-    "abuseat.org",
-    "senderscore.com",
-    "mcafee.com",
-    "hash.cymru.com",
-    "sophosxl.net",
-];
+pub use exfilguard_dns::KNOWN_LOOKUP_ZONES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -188,34 +170,40 @@ pub fn judge(name: &DnsName, known: &[String]) -> Option<Lookup> {
             }
         });
     }
-    if suffix_is(name, &[b"ip6", b"arpa"]) {
-        let ok = n - 2 <= 32 && (0..n - 2).all(|i| is_nibble(name.label(i)));
-        return Some(if ok {
-            Lookup::Key {
-                kind: LookupKind::ReverseV6,
-                what: format!("{} address nibbles under ip6.arpa", n - 2),
-            }
-        } else {
-            Lookup::Malformed {
-                kind: LookupKind::ReverseV6,
-                what: "labels under ip6.arpa that are not single address nibbles".into(),
-            }
-        });
-    }
-    if suffix_is(name, &[b"e164", b"arpa"]) {
-        let ok = n - 2 <= 15
-            && (0..n - 2).all(|i| name.label(i).len() == 1 && name.label(i)[0].is_ascii_digit());
-        return Some(if ok {
-            Lookup::Key {
-                kind: LookupKind::Enum,
-                what: format!("{} telephone digits under e164.arpa", n - 2),
-            }
-        } else {
-            Lookup::Malformed {
-                kind: LookupKind::Enum,
-                what: "labels under e164.arpa that are not single digits".into(),
-            }
-        });
+    // one key label per nibble / telephone digit
+    let digit = |l: &[u8]| l.len() == 1 && l[0].is_ascii_digit();
+    for (zone, labels, max, is_key, kind, unit) in [
+        (
+            "ip6.arpa",
+            [&b"ip6"[..], b"arpa"],
+            32,
+            &is_nibble as &dyn Fn(&[u8]) -> bool,
+            LookupKind::ReverseV6,
+            "address nibbles",
+        ),
+        (
+            "e164.arpa",
+            [&b"e164"[..], b"arpa"],
+            15,
+            &digit,
+            LookupKind::Enum,
+            "telephone digits",
+        ),
+    ] {
+        if suffix_is(name, &labels) {
+            let ok = n - 2 <= max && (0..n - 2).all(|i| is_key(name.label(i)));
+            return Some(if ok {
+                Lookup::Key {
+                    kind,
+                    what: format!("{} {unit} under {zone}", n - 2),
+                }
+            } else {
+                Lookup::Malformed {
+                    kind,
+                    what: format!("labels under {zone} that are not single {unit}"),
+                }
+            });
+        }
     }
     if let Some(zone) = under_known(name, known) {
         return Some(Lookup::Key {

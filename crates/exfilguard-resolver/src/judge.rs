@@ -227,11 +227,15 @@ impl Judge {
         if self.allow.lookup(name).is_some() {
             return Ok(Judgement::Pass);
         }
-        let blocked =
-            self.convictions
-                .lock()
-                .expect("lock")
-                .blocked(Instant::now(), Some(client), name);
+        // one lock for both questions: the convictions table is shared by every front worker
+        let (blocked, dga_bot) = {
+            let mut c = self.convictions.lock().expect("lock");
+            let now = Instant::now();
+            (
+                c.blocked(now, Some(client), name),
+                c.is_dga_bot(now, client),
+            )
+        };
         if let Some(b) = blocked {
             let whom = match b.scope {
                 exfilguard_convict::Scope::Everyone => "for everyone".to_string(),
@@ -246,13 +250,7 @@ impl Judge {
                 convicted: None,
             });
         }
-        if self.policy.suspicion(&wire(name), qtype).is_empty()
-            && !self
-                .convictions
-                .lock()
-                .expect("lock")
-                .is_dga_bot(Instant::now(), client)
-        {
+        if !dga_bot && self.policy.suspicion(&wire(name), qtype).is_empty() {
             // plainly benign, unless a DGA-bot alarm marked the client: then every name of
             // it goes to the model (DGA names are often short)
             return Ok(Judgement::Pass);
@@ -436,6 +434,231 @@ mod tests {
             (Judgement::Benign { fresh: true, .. }, Judgement::Benign { fresh: false, .. }) => {}
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `n` names under `zone` that the shipped model rates MEDIUM for tunnel (benign per
+    /// name, P(tunnel) ≥ suspect): hex labels, generated deterministically. Panics, rather
+    /// than passing vacuously, when the model no longer rates any such names MEDIUM.
+    fn medium_names(g: &Judge, zone: &str, n: usize) -> Vec<String> {
+        let det = g.detector.read().unwrap().clone();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            x >> 33
+        };
+        let mut out = Vec::new();
+        for _ in 0..4000 {
+            let len = 24 + (next() % 9) as usize;
+            let label: String = (0..len)
+                .map(|_| b"0123456789abcdef"[(next() % 16) as usize] as char)
+                .collect();
+            let name = format!("{label}.{zone}");
+            let v = det.classify(&DnsName::parse(&name).unwrap()).unwrap();
+            if !v.class.is_malicious()
+                && v.detector(Class::Tunnel)
+                    .is_some_and(|d| d.level == exfilguard_detect::Level::Medium)
+            {
+                out.push(name);
+                if out.len() == n {
+                    return out;
+                }
+            }
+        }
+        panic!("the model rates fewer than {n} of 4000 hex names MEDIUM: pick new candidates");
+    }
+
+    fn is_refused(j: &Judgement) -> bool {
+        matches!(j, Judgement::Refuse { .. })
+    }
+
+    #[test]
+    fn four_medium_names_under_one_zone_convict_it_for_that_client() {
+        let g = judge();
+        let names = medium_names(&g, "sync-cdn.net", 8);
+        // controls first: the same MEDIUM names spread over four zones, one name repeated,
+        // or one name each from four clients — none of these is a domain-level decision
+        for (k, n) in names[..4].iter().enumerate() {
+            let label = n.split('.').next().unwrap();
+            assert!(!is_refused(&jc(
+                &g,
+                &format!("{label}.zone{k}.net"),
+                1,
+                "10.0.1.1"
+            )));
+            assert!(!is_refused(&jc(&g, n, 1, &format!("10.0.2.{k}"))));
+        }
+        for _ in 0..10 {
+            assert!(!is_refused(&jc(&g, &names[0], 1, "10.0.3.1")));
+        }
+        // the attack: four distinct ones from one client
+        for n in &names[..3] {
+            assert!(!is_refused(&j(&g, n, 1)), "{n}");
+        }
+        match j(&g, &names[3], 1) {
+            Judgement::Refuse {
+                verdict,
+                convicted: Some(o),
+            } => {
+                assert_eq!(verdict.source, Source::Domain, "{verdict:?}");
+                assert_eq!(verdict.class, Class::Tunnel);
+                assert_eq!(o.zone.as_deref(), Some("sync-cdn.net"));
+                assert!(!o.newly_everyone);
+                assert!(
+                    verdict.reasons.iter().any(|r| r.contains("(MEDIUM)")),
+                    "{:?}",
+                    verdict.reasons
+                );
+            }
+            other => panic!("the 4th MEDIUM name was not a domain verdict: {other:?}"),
+        }
+        // the zone is now closed to that client, even for plainly benign names …
+        assert!(is_refused(&j(&g, "www.sync-cdn.net", 1)));
+        assert!(is_refused(&j(&g, &names[4], 1)));
+        // … and to nobody else
+        assert!(matches!(
+            jc(&g, "www.sync-cdn.net", 1, "10.0.0.9"),
+            Judgement::Pass
+        ));
+        assert_eq!(g.convicted_domains(), 0);
+        // a second client doing the same blocks it for everyone
+        let mut last = None;
+        for n in &names[4..8] {
+            last = Some(jc(&g, n, 1, "10.0.0.2"));
+        }
+        match last.unwrap() {
+            Judgement::Refuse {
+                convicted: Some(o), ..
+            } => assert!(o.newly_everyone, "{o:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(is_refused(&jc(&g, "www.sync-cdn.net", 1, "10.0.0.9")));
+    }
+
+    #[test]
+    fn short_medium_names_never_count_toward_a_domain_verdict() {
+        // ad-slot and shard ids look random to the model but carry a few bits each: the
+        // 16-byte floor keeps them out of the domain-level count
+        let g = judge();
+        let det = g.detector.read().unwrap().clone();
+        let mut short = Vec::new();
+        for i in 0..4000u32 {
+            let name = format!(
+                "a{:x}q{}.adslot-example.com",
+                i.wrapping_mul(2_654_435_761),
+                i % 97
+            );
+            let p = DnsName::parse(&name).unwrap();
+            let v = det.classify(&p).unwrap();
+            if p.split().subdomain_labels() == 1
+                && name.split('.').next().unwrap().len() < 16
+                && !v.class.is_malicious()
+                && v.detector(Class::Tunnel)
+                    .is_some_and(|d| d.level == exfilguard_detect::Level::Medium)
+            {
+                short.push(name);
+            }
+        }
+        drop(det);
+        assert!(
+            short.len() >= 4,
+            "only {} short MEDIUM names: pick new candidates",
+            short.len()
+        );
+        for n in &short {
+            assert!(!is_refused(&j(&g, n, 1)), "{n}");
+        }
+        assert!(!is_refused(&j(&g, "www.adslot-example.com", 1)));
+        eprintln!("{} short MEDIUM names sent, none refused", short.len());
+    }
+
+    #[test]
+    fn a_dga_bot_alarm_refuses_that_clients_unpopular_names_only() {
+        let g = judge();
+        let dga = ["qwzxkjhfgtrp.com", "xkqvbnrtzplw.net", "mvbdkqzrtyxw.org"];
+        // before the alarm, short DGA-like names pass the prefilter or the model
+        for n in dga {
+            assert!(!is_refused(&j(&g, n, 1)), "{n}");
+        }
+        let alarm = exfilguard_behaviour::Alarm {
+            kind: exfilguard_behaviour::AlarmKind::DgaBot,
+            at_ms: 0,
+            client: A.parse().unwrap(),
+            domain: None,
+            novel_bytes: 0.0,
+            after_secs: 60.0,
+            reason: "25 distinct NXDOMAIN registered domains in 600 s".into(),
+        };
+        let c = Client::Addr(A.parse().unwrap());
+        g.alarm(&c, &alarm, true, Duration::from_secs(60));
+        for n in dga {
+            match j(&g, n, 1) {
+                Judgement::Refuse { verdict, .. } => {
+                    assert_eq!(verdict.class, Class::Dga);
+                    assert_eq!(verdict.source, Source::Behaviour);
+                    assert!(
+                        verdict.reasons.iter().any(|r| r.contains("DGA-bot alarm")),
+                        "{:?}",
+                        verdict.reasons
+                    );
+                }
+                other => panic!("{n} from a marked DGA bot: {other:?}"),
+            }
+            // other clients are not affected
+            assert!(!is_refused(&jc(&g, n, 1, "10.0.0.7")), "{n}");
+        }
+        // a marked bot still resolves popular domains and lookup names
+        for n in [
+            "www.google.com",
+            "4.4.8.8.in-addr.arpa",
+            "_ldap._tcp.google.com",
+        ] {
+            assert!(!is_refused(&j(&g, n, 12)), "{n}");
+        }
+        // an alarm in monitor mode (block = false) marks nobody
+        let c2 = Client::Addr("10.0.0.8".parse().unwrap());
+        g.alarm(&c2, &alarm, false, Duration::from_secs(60));
+        assert!(!is_refused(&jc(&g, dga[0], 1, "10.0.0.8")));
+    }
+
+    #[test]
+    fn lookup_names_are_never_refused_nor_convict_their_zone() {
+        let g = judge();
+        let v6 = "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.0.0.0.0.1.2.3.4.ip6.arpa";
+        let lookups = [
+            ("4.4.8.8.in-addr.arpa", 12),
+            ("130.0/25.2.0.192.in-addr.arpa", 12),
+            (v6, 12),
+            ("_ldap._tcp.dc._msdcs.corp-example.com", 33),
+            ("_sip._udp.example.com", 33),
+            ("selector1._domainkey.example.com", 16),
+            ("_dmarc.example.com", 16),
+            ("2.0.0.127.zen.spamhaus.org", 1),
+            ("4.3.2.1.dnsbl.example.net", 1),
+            ("_acme-challenge.www.example.org", 16),
+            ("8.7.6.5.4.3.2.1.e164.arpa", 35),
+        ];
+        for round in 0..20 {
+            for (n, t) in lookups {
+                let r = jc(&g, n, t, &format!("10.0.4.{}", round % 4));
+                assert!(!is_refused(&r), "{n}: {r:?}");
+            }
+        }
+        assert_eq!(g.convicted_domains(), 0);
+        // controls: data hidden under a reverse zone, or under a DNSBL-looking zone whose
+        // key is not an address, is refused
+        for n in [
+            "mzxw6ytboi2gk3tqnfzxg5dpojsxg5dbmrqxiyls.1.168.192.in-addr.arpa",
+            "mzxw6ytboi2gk3tqnfzxg5dpojsxg5dbmrqxiylsmzxw6ytboi2gk3tq.x.ip6.arpa",
+        ] {
+            match j(&g, n, 12) {
+                Judgement::Refuse { verdict, .. } => assert_eq!(verdict.source, Source::Lookup),
+                other => panic!("{n}: {other:?}"),
+            }
+        }
+        // the reverse zone itself is never convicted: later PTRs still pass for that client
+        assert!(!is_refused(&j(&g, "1.1.168.192.in-addr.arpa", 12)));
     }
 
     #[test]
