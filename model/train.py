@@ -6,6 +6,10 @@ Reproduce (offline, not in CI; see model/README.md):
     python3 -m venv /opt/train && /opt/train/bin/pip install tensorflow-cpu tf2onnx onnx numpy
     /opt/train/bin/python model/train.py                    # writes the .onnx and model/metrics.json
     /opt/train/bin/python model/train.py --cv               # also leave-one-tool/family-out CV
+    /opt/train/bin/python model/train.py --cv-only --cv-export /tmp/cv   # CV models as ONNX only
+        (each CV model to DIR/<group>.onnx with its own thresholds, results to DIR/cv.json; with
+        --cv-only the shipped model, scores.npz and metrics.json are left alone; model/loo_stream.py
+        replays them through the deployed decision)
 
 The graph contains the standardisation, the MLP and the temperature-scaled softmax, so the
 Rust side feeds raw features and reads calibrated probabilities. Its metadata_props carry the
@@ -200,10 +204,27 @@ def main():
     ap.add_argument("--version", default=time.strftime("mlp-%Y%m%d"))
     ap.add_argument("--saved-model", metavar="DIR",
                     help="also write a TensorFlow SavedModel for TF Serving (e.g. serving/exfilguard/1)")
+    ap.add_argument("--cv-export", metavar="DIR",
+                    help="with --cv: also export each CV model to DIR/<group>.onnx (its own "
+                         "re-chosen thresholds in the metadata, as the shipped model) and write "
+                         "DIR/cv.json; implies --cv")
+    ap.add_argument("--cv-only", action="store_true",
+                    help="run only the cross-validation: do not train or export the shipped "
+                         "model, do not write scores.npz or metrics.json (needs --cv-export)")
+    ap.add_argument("--cv-groups", metavar="G,G",
+                    help="hold out only these groups in the cross-validation (default: every "
+                         "trained tool and family)")
     args = ap.parse_args()
+    if args.cv_export:
+        args.cv = True
+    if args.cv_only and not args.cv_export:
+        ap.error("--cv-only needs --cv-export DIR (the CV results go to DIR/cv.json)")
 
     feats, split, label, group, name, x = load(args.data)
     print(f"{len(x)} rows, {len(feats)} features", file=sys.stderr)
+    if args.cv_only:
+        cross_validate(args, feats, split, label, group, x)
+        return
     m, temp, thr, p = fit_and_score(feats, split, label, group, x, set(), args.epochs)
     te = split == "test"
     va = split == "val"
@@ -223,26 +244,52 @@ def main():
     print(f"thresholds {thr} temperature {temp:.3f}", file=sys.stderr)
 
     if args.cv:
-        # Each tool/family the shipped model trained on is held out in turn; the groups the
-        # shipped model never saw already have their held-out numbers in report["test"].
-        trained = sorted(set(group[(split == "train") & (label != 0)]) - {"synthetic"})
-        cv = {}
-        for g in trained:
-            _, _, gthr, gp = fit_and_score(feats, split, label, group, x, {g}, args.epochs)
-            flags = decide(gp, gthr)
-            sel = group == g
-            ben = (label == 0) & te
-            cv[g] = {
-                "rows": int(sel.sum()),
-                "tpr": float(flags[sel].mean()),
-                "thresholds": gthr,
-                "benign_test_fpr": {s: float(flags[ben & (group == s)].mean())
-                                    for s in sorted(set(group[ben]))},
-            }
-            print(g, json.dumps(cv[g]), file=sys.stderr)
-        report["cv"] = cv
+        report["cv"] = cross_validate(args, feats, split, label, group, x)
     with open(os.path.join(HERE, "metrics.json"), "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
+
+
+def cross_validate(args, feats, split, label, group, x):
+    """Each tool/family the shipped model trained on is held out in turn; the groups the
+    shipped model never saw already have their held-out numbers in report["test"]. With
+    --cv-export every CV model is exported as the shipped one is (same graph, its own
+    temperature and re-chosen thresholds in the metadata), so `exfilguard --model` loads it."""
+    trained = sorted(set(group[(split == "train") & (label != 0)]) - {"synthetic"})
+    if args.cv_groups:
+        want = [g for g in args.cv_groups.split(",") if g]
+        unknown = sorted(set(want) - set(trained))
+        if unknown:
+            sys.exit(f"--cv-groups: not a trained tool/family: {unknown} (trained: {trained})")
+        trained = [g for g in trained if g in want]
+    if args.cv_export:
+        os.makedirs(args.cv_export, exist_ok=True)
+    te = split == "test"
+    cv = {}
+    for g in trained:
+        t0 = time.time()
+        gm, gtemp, gthr, gp = fit_and_score(feats, split, label, group, x, {g}, args.epochs)
+        flags = decide(gp, gthr)
+        sel = group == g
+        ben = (label == 0) & te
+        cv[g] = {
+            "rows": int(sel.sum()),
+            "tpr": float(flags[sel].mean()),
+            "thresholds": gthr,
+            "benign_test_fpr": {s: float(flags[ben & (group == s)].mean())
+                                for s in sorted(set(group[ben]))},
+        }
+        if args.cv_export:
+            path = os.path.join(args.cv_export, f"{g}.onnx")
+            cv[g]["temperature"] = gtemp
+            cv[g]["onnx"] = path
+            cv[g]["sha256"] = export_onnx(gm, gtemp, gthr, feats, path, f"{args.version}-cv-{g}")
+            cv[g]["seconds"] = round(time.time() - t0, 1)
+        print(g, json.dumps(cv[g]), file=sys.stderr)
+        if args.cv_export:  # written after every model, so a cut-short run keeps what it has
+            with open(os.path.join(args.cv_export, "cv.json"), "w") as f:
+                json.dump({"epochs": args.epochs, "data": os.path.abspath(args.data), "cv": cv},
+                          f, indent=1, sort_keys=True)
+    return cv
 
 
 if __name__ == "__main__":
