@@ -515,7 +515,29 @@ impl Pipeline {
                         self.release(dp, &ev)
                     }
                 }
-                (false, Action::Block) => Decision::Blocked,
+                (false, Action::Block) => {
+                    // the kernel's blocklist dropped it: say on what evidence, whatever the
+                    // model thinks of this one name
+                    if let Some(v) = verdict.as_mut() {
+                        let b = name.as_ref().and_then(|n| {
+                            self.convictions
+                                .lock()
+                                .expect("lock")
+                                .blocked(Instant::now(), None, n)
+                        });
+                        v.reasons.insert(
+                            0,
+                            b.map_or_else(
+                                || "dropped by the kernel blocklist (detect.block or a fleet entry)".to_string(),
+                                |b| format!(
+                                    "dropped by the kernel blocklist: convicted domain {} for everyone: {}",
+                                    b.zone, b.evidence
+                                ),
+                            ),
+                        );
+                    }
+                    Decision::Blocked
+                }
                 (false, Action::Quarantine) => Decision::Quarantined,
                 (false, Action::FailClosed) => Decision::Dropped,
                 (false, _) => Decision::Reported,

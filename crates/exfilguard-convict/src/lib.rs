@@ -316,7 +316,7 @@ pub struct Convictions {
     clients: LruCache<(Key, String), ClientBlock>,
     witnesses: LruCache<String, Vec<(Witness, Instant)>>,
     /// Suspect names (hash of the lower-cased name, when) per (client, zone).
-    suspects: LruCache<(Key, String), Vec<(u64, Instant)>>,
+    suspects: LruCache<(Witness, String), Vec<(u64, Instant)>>,
     /// Clients marked by a DGA-bot alarm, until when.
     dga_bots: LruCache<Key, Instant>,
     evictions: u64,
@@ -556,8 +556,10 @@ impl Convictions {
         Some(self.convict(now, client, name, Evidence::Domain(class, n), everyone_for))
     }
 
-    /// Records a suspect name; (zone, distinct names) once they reach `domain_names` (the
-    /// count starts again then).
+    /// Records a suspect name; (zone, distinct names) once they reach `domain_names`, and for
+    /// every further distinct one within the window. Counted per witness (a process as its
+    /// user in its cgroup): a shell loop that starts one `dig` per chunk is one sender, and
+    /// its later processes are convicted on their first suspect name.
     fn count_suspect(
         &mut self,
         now: Instant,
@@ -577,7 +579,7 @@ impl Convictions {
             name.normalized().hash(&mut x);
             x.finish()
         };
-        let key = (client.key(), zone);
+        let key = (client.witness(), zone);
         if !self.suspects.contains(&key) && self.suspects.len() == self.suspects.cap().get() {
             self.evictions += 1;
         }
@@ -587,11 +589,7 @@ impl Convictions {
             list.push((h, now));
         }
         let n = list.len();
-        if n < need {
-            return None;
-        }
-        self.suspects.pop(&key);
-        Some((key.1, n as u32))
+        (n >= need).then_some((key.1, n as u32))
     }
 
     /// What a benign per-name verdict still amounts to with the client's and the domain's
@@ -1031,6 +1029,39 @@ mod tests {
             HOUR,
         );
         assert_eq!(o.scope, Scope::Everyone);
+    }
+
+    #[test]
+    fn suspect_names_pool_per_user_and_cgroup_not_per_process() {
+        let mut c = Convictions::new(Settings::default()).unwrap();
+        let t = Instant::now();
+        let p = |tgid, uid| Client::Process {
+            tgid,
+            uid,
+            cgroup: 7,
+        };
+        let name = |i: u32| n(&format!("{i:032x}.c2.example"));
+        // one `dig` per chunk: four processes of one user, one suspect name each
+        for i in 0..3 {
+            assert!(c.suspect(t, &p(100 + i, 1000), &name(i), "tunnel", HOUR).is_none());
+        }
+        let o = c
+            .suspect(t, &p(103, 1000), &name(3), "tunnel", HOUR)
+            .expect("the 4th suspect name of one user convicts");
+        assert_eq!((o.zone.as_deref(), o.scope), (Some("c2.example"), Scope::Client));
+        // the next process of that user is convicted on its first suspect name …
+        assert!(c.suspect(t, &p(104, 1000), &name(4), "tunnel", HOUR).is_some());
+        // … another user's processes start from nothing, and names in other zones or out of
+        // the window do not count
+        for i in 0..3 {
+            assert!(c.suspect(t, &p(200 + i, 1001), &name(10 + i), "tunnel", HOUR).is_none());
+        }
+        let later = t + Duration::from_secs(Settings::default().window_secs + 1);
+        for i in 0..3 {
+            let other = n(&format!("{i:032x}.z{i}.example"));
+            assert!(c.suspect(later, &p(300, 1002), &other, "tunnel", HOUR).is_none());
+        }
+        assert!(c.suspect(later, &p(201, 1001), &name(13), "tunnel", HOUR).is_none());
     }
 
     #[test]
