@@ -1043,25 +1043,38 @@ mod tests {
         let name = |i: u32| n(&format!("{i:032x}.c2.example"));
         // one `dig` per chunk: four processes of one user, one suspect name each
         for i in 0..3 {
-            assert!(c.suspect(t, &p(100 + i, 1000), &name(i), "tunnel", HOUR).is_none());
+            assert!(c
+                .suspect(t, &p(100 + i, 1000), &name(i), "tunnel", HOUR)
+                .is_none());
         }
         let o = c
             .suspect(t, &p(103, 1000), &name(3), "tunnel", HOUR)
             .expect("the 4th suspect name of one user convicts");
-        assert_eq!((o.zone.as_deref(), o.scope), (Some("c2.example"), Scope::Client));
+        assert_eq!(
+            (o.zone.as_deref(), o.scope),
+            (Some("c2.example"), Scope::Client)
+        );
         // the next process of that user is convicted on its first suspect name …
-        assert!(c.suspect(t, &p(104, 1000), &name(4), "tunnel", HOUR).is_some());
+        assert!(c
+            .suspect(t, &p(104, 1000), &name(4), "tunnel", HOUR)
+            .is_some());
         // … another user's processes start from nothing, and names in other zones or out of
         // the window do not count
         for i in 0..3 {
-            assert!(c.suspect(t, &p(200 + i, 1001), &name(10 + i), "tunnel", HOUR).is_none());
+            assert!(c
+                .suspect(t, &p(200 + i, 1001), &name(10 + i), "tunnel", HOUR)
+                .is_none());
         }
         let later = t + Duration::from_secs(Settings::default().window_secs + 1);
         for i in 0..3 {
             let other = n(&format!("{i:032x}.z{i}.example"));
-            assert!(c.suspect(later, &p(300, 1002), &other, "tunnel", HOUR).is_none());
+            assert!(c
+                .suspect(later, &p(300, 1002), &other, "tunnel", HOUR)
+                .is_none());
         }
-        assert!(c.suspect(later, &p(201, 1001), &name(13), "tunnel", HOUR).is_none());
+        assert!(c
+            .suspect(later, &p(201, 1001), &name(13), "tunnel", HOUR)
+            .is_none());
     }
 
     #[test]

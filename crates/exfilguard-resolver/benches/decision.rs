@@ -98,14 +98,20 @@ fn main() {
         dga.len(),
         mix.len()
     );
-    println!("RSS added by the embedded model + lexicon: {:.1} MiB", model_kib as f64 / 1024.0);
+    println!(
+        "RSS added by the embedded model + lexicon: {:.1} MiB",
+        model_kib as f64 / 1024.0
+    );
 
     let peer = rate(&mix, min, |ns| {
         for c in ns.chunks(1024) {
             black_box(det.classify_batch(c).unwrap());
         }
     });
-    println!("{:<52} {:>12.0} names/s", "peer: Detector::classify_batch (1024), every name", peer);
+    println!(
+        "{:<52} {:>12.0} names/s",
+        "peer: Detector::classify_batch (1024), every name", peer
+    );
 
     let clients: Vec<Client> = (0..64u32)
         .map(|i| Client::Addr(std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8])))
