@@ -8,7 +8,9 @@
 //!   (time constant `info_tau_secs`); an alarm at `info_alarm_bytes`. A leak slower than
 //!   `info_alarm_bytes / info_tau_secs` never alarms: that is the documented leakage bound;
 //! * **DGA bot** — distinct registered domains that answered NXDOMAIN to one client within a
-//!   window (`dga_window_secs`, `dga_min_domains`), with the per-name DGA scores as evidence;
+//!   sliding window: a fast rule (`dga_min_domains` within `dga_window_secs`) and a slow one
+//!   (`dga_slow_min_domains` within `dga_slow_window_secs`) for bots that walk their list a
+//!   name a minute; the per-name DGA scores are evidence;
 //! * **beaconing** — queries from one client to one domain at regular intervals (robust
 //!   coefficient of variation of the last inter-arrival times) that carry changing subdomains.
 //!
@@ -16,7 +18,6 @@
 
 pub mod sketch;
 
-use cardinality_estimator::CardinalityEstimator;
 use exfilguard_dns::DnsName;
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
@@ -48,9 +49,15 @@ pub struct Settings {
     pub info_tau_secs: u64,
     /// Alarm when the decayed novel information to one domain from one client reaches this.
     pub info_alarm_bytes: f64,
-    /// DGA bots: distinct NXDOMAIN registered domains per client within `dga_window_secs`.
+    /// DGA bots, fast rule: at least `dga_min_domains` distinct registered domains answered
+    /// NXDOMAIN to one client within the last `dga_window_secs` (a sliding window).
     pub dga_window_secs: u64,
     pub dga_min_domains: u32,
+    /// DGA bots, slow rule: at least `dga_slow_min_domains` within the last
+    /// `dga_slow_window_secs` (a bot that tries a name a minute never meets the fast rule).
+    /// Either 0 turns the slow rule off.
+    pub dga_slow_window_secs: u64,
+    pub dga_slow_min_domains: u32,
     /// Beacons: at least this many check-ins (queries less than `beacon_min_secs` apart are one
     /// check-in: implants send bursts) at intervals whose robust spread (median absolute
     /// deviation / median) is at most `beacon_max_spread`, intervals within
@@ -84,6 +91,8 @@ impl Default for Settings {
             info_alarm_bytes: 1024.0,
             dga_window_secs: 600,
             dga_min_domains: 20,
+            dga_slow_window_secs: 21_600,
+            dga_slow_min_domains: 40,
             beacon_min_queries: 16,
             beacon_max_spread: 0.1,
             beacon_min_secs: 5.0,
@@ -111,7 +120,12 @@ impl Default for Settings {
 
 /// Upper bounds of what one table entry holds, for [`Settings::memory_bound`].
 const PAIR_BYTES: usize = std::mem::size_of::<Pair>() + 64 /* domain text */ + 64 /* LRU node + map */;
-const CLIENT_BYTES: usize = std::mem::size_of::<Client>() + 200 /* HLL at P=8 */ + 64;
+/// A client without its failing-domain buffer ([`Settings::client_bytes`] adds it).
+const CLIENT_BASE_BYTES: usize = std::mem::size_of::<Client>() + 64 /* LRU node + map */;
+
+/// The most distinct failing registered domains a client's DGA rules may need to remember
+/// (the larger of `dga_min_domains` and `dga_slow_min_domains`; both are checked against it).
+pub const MAX_DGA_DOMAINS: u32 = 256;
 
 impl Settings {
     /// Problems a config check reports, each naming its key.
@@ -134,7 +148,27 @@ impl Settings {
         );
         range("info_alarm_bytes", self.info_alarm_bytes, 1.0, 1e9);
         range("dga_window_secs", self.dga_window_secs as f64, 1.0, 86400.0);
-        range("dga_min_domains", self.dga_min_domains as f64, 2.0, 1e6);
+        let max_domains = MAX_DGA_DOMAINS as f64;
+        range(
+            "dga_min_domains",
+            self.dga_min_domains as f64,
+            2.0,
+            max_domains,
+        );
+        range(
+            "dga_slow_window_secs",
+            self.dga_slow_window_secs as f64,
+            0.0,
+            7.0 * 86400.0,
+        );
+        if self.dga_slow_min_domains != 0 {
+            range(
+                "dga_slow_min_domains",
+                self.dga_slow_min_domains as f64,
+                2.0,
+                max_domains,
+            );
+        }
         range(
             "beacon_min_queries",
             self.beacon_min_queries as f64,
@@ -150,13 +184,44 @@ impl Settings {
                 self.beacon_min_secs, self.beacon_max_secs
             ));
         }
+        if self.dga_slow_rule() && self.dga_slow_window_secs < self.dga_window_secs {
+            out.push(format!(
+                "behaviour.dga_slow_window_secs = {} must be 0 (off) or >= dga_window_secs = {}",
+                self.dga_slow_window_secs, self.dga_window_secs
+            ));
+        }
         out
     }
 
+    /// Whether the slow DGA rule is on (neither of its keys is 0).
+    pub fn dga_slow_rule(&self) -> bool {
+        self.dga_slow_window_secs > 0 && self.dga_slow_min_domains > 0
+    }
+
+    /// Distinct failing registered domains remembered per client: the larger threshold (the
+    /// count within either window is exact up to it), at most [`MAX_DGA_DOMAINS`].
+    pub fn dga_buffer(&self) -> usize {
+        let slow = if self.dga_slow_rule() {
+            self.dga_slow_min_domains
+        } else {
+            0
+        };
+        self.dga_min_domains.max(slow).clamp(1, MAX_DGA_DOMAINS) as usize
+    }
+
+    /// The most memory one tracked client takes: the fixed part (counters, buffer headers, LRU
+    /// node) plus 8 B (a 32-bit keyed hash of the registered domain and the second of its last
+    /// failure) per remembered failing domain: 72 + 64 + 40 × 8 = 456 B with the defaults.
+    /// The three example names an alarm quotes add their text.
+    pub fn client_bytes(&self) -> usize {
+        CLIENT_BASE_BYTES + self.dga_buffer() * std::mem::size_of::<NxSeen>()
+    }
+
     /// The most memory the tracker takes, whatever the traffic: full tables plus the fixed
-    /// admission filter. Defaults: 32 768 pairs + 16 384 clients + 4 MiB ≈ 26 MB.
+    /// admission filter. Defaults: 32 768 pairs × 512 B + 16 384 clients × 456 B + 4 MiB ≈
+    /// 28.4 MB.
     pub fn memory_bound(&self) -> usize {
-        self.max_pairs * PAIR_BYTES + self.max_clients * CLIENT_BYTES + Doorkeeper::BYTES
+        self.max_pairs * PAIR_BYTES + self.max_clients * self.client_bytes() + Doorkeeper::BYTES
     }
 
     /// The leak rate that never alarms (bytes per second per client and domain).
@@ -199,7 +264,8 @@ pub struct Alarm {
     pub domain: Option<String>,
     /// Estimated novel bytes sent to the domain since the pair was first seen.
     pub novel_bytes: f64,
-    /// Seconds since the pair (or the client's window) was first seen.
+    /// Seconds since the pair was first seen (DGA bot: since the oldest failure the rule that
+    /// fired counted).
     pub after_secs: f64,
     pub reason: String,
 }
@@ -227,14 +293,46 @@ struct Pair {
     new_bits: u16,
 }
 
+/// A registered domain that answered NXDOMAIN to a client: the low 32 bits of its hash under
+/// the tracker's random key (an attacker cannot aim two names at one key), and the second of
+/// its last failure.
+#[derive(Clone, Copy, Debug)]
+struct NxSeen {
+    secs: u32,
+    key: u32,
+}
+
+/// A client's NXDOMAIN history for the DGA rules ([`Settings::client_bytes`]).
 struct Client {
-    window_ms: u64,
+    /// Distinct failing registered domains, oldest last failure first: at most
+    /// `Settings::dga_buffer` (the oldest goes first), none older than the longer window.
+    /// Keeping the most recent ones makes the count within either window exact up to the
+    /// buffer, which is at least both thresholds.
+    nx_seen: Vec<NxSeen>,
+    /// Since the episode began (the first failure after an empty window): answers, failures,
+    /// the failures' summed per-name DGA score, the last three distinct failing domains.
+    since_s: u32,
     responses: u32,
     nx: u32,
-    nx_domains: CardinalityEstimator<str, std::hash::DefaultHasher, 8, 5>,
     nx_score: f32,
     examples: Vec<String>,
-    alarmed: bool,
+    /// The second of the last alarm: while a rule holds, a client alarms again at most once
+    /// per `dga_window_secs` (a bot still walking when its mark expires is marked again).
+    alarm_s: Option<u32>,
+}
+
+impl Client {
+    /// Failing domains whose last failure is less than `secs` before `now_s`, and the
+    /// oldest such failure.
+    fn within(&self, now_s: u32, secs: u64) -> (usize, u32) {
+        let i = self
+            .nx_seen
+            .partition_point(|e| u64::from(now_s - e.secs) >= secs);
+        (
+            self.nx_seen.len() - i,
+            self.nx_seen.get(i).map_or(now_s, |e| e.secs),
+        )
+    }
 }
 
 /// Per-client and per-(client, domain) behaviour, in bounded memory.
@@ -245,6 +343,8 @@ pub struct Tracker {
     door_epoch: u64,
     pairs: LruCache<u64, Pair>,
     clients: LruCache<IpAddr, Client>,
+    /// `Settings::dga_buffer`.
+    dga_buffer: usize,
     lookup: Vec<String>,
 }
 
@@ -280,6 +380,7 @@ impl Tracker {
             hasher: RandomState::new(),
             door: Doorkeeper::default(),
             door_epoch: 0,
+            dga_buffer: s.dga_buffer(),
             lookup,
             s,
         }
@@ -500,6 +601,12 @@ impl Tracker {
 
     /// One response to `client`: NXDOMAIN walks over many registered domains make a DGA bot.
     /// `dga_score` is the per-name DGA probability when the model judged the name (else 0).
+    ///
+    /// Two sliding windows over the client's distinct failing registered domains: the fast
+    /// rule (`dga_min_domains` within `dga_window_secs`) and the slow one
+    /// (`dga_slow_min_domains` within `dga_slow_window_secs`). Repeats of a failing domain
+    /// (a typo retried, search-list suffixes under one domain) count once. While a rule holds
+    /// the client alarms at most once per `dga_window_secs`.
     pub fn observe_response(
         &mut self,
         ts_ms: u64,
@@ -509,7 +616,13 @@ impl Tracker {
         dga_score: f32,
     ) -> Vec<Alarm> {
         let mut out = Vec::new();
-        let window = self.s.dga_window_secs * 1000;
+        let s = &self.s;
+        let slow = s.dga_slow_rule();
+        let horizon = if slow {
+            s.dga_window_secs.max(s.dga_slow_window_secs)
+        } else {
+            s.dga_window_secs
+        };
         if !self.clients.contains(&client) {
             if rcode != 3 {
                 return out; // only clients with failures need state
@@ -517,25 +630,34 @@ impl Tracker {
             self.clients.push(
                 client,
                 Client {
-                    window_ms: ts_ms,
+                    nx_seen: Vec::new(),
+                    since_s: 0,
                     responses: 0,
                     nx: 0,
-                    nx_domains: CardinalityEstimator::new(),
                     nx_score: 0.0,
                     examples: Vec::new(),
-                    alarmed: false,
+                    alarm_s: None,
                 },
             );
         }
         let c = self.clients.get_mut(&client).expect("present");
-        if ts_ms.saturating_sub(c.window_ms) > window {
-            c.window_ms = ts_ms;
+        // seconds fit a u32 until 2106; a clock that steps back does not reorder the buffer
+        let now_s = ((ts_ms / 1000).min(u64::from(u32::MAX)) as u32)
+            .max(c.nx_seen.last().map_or(0, |e| e.secs));
+        let expired = c
+            .nx_seen
+            .partition_point(|e| u64::from(now_s - e.secs) >= horizon);
+        c.nx_seen.drain(..expired);
+        if c.nx_seen.is_empty() {
+            // a new episode: what the reason quotes starts again
+            c.since_s = now_s;
             c.responses = 0;
             c.nx = 0;
-            c.nx_domains = CardinalityEstimator::new();
             c.nx_score = 0.0;
             c.examples.clear();
-            c.alarmed = false;
+            if expired > 0 {
+                c.nx_seen = Vec::new(); // a quiet client gives its buffer back
+            }
         }
         c.responses += 1;
         if rcode != 3 {
@@ -546,31 +668,81 @@ impl Tracker {
         };
         c.nx += 1;
         c.nx_score += dga_score;
-        c.nx_domains.insert(rd.as_str());
-        if c.examples.len() < 3 && !c.examples.contains(&rd) {
-            c.examples.push(rd);
+        let key = hash_of(&self.hasher, rd.as_str()) as u32;
+        match c.nx_seen.iter().position(|e| e.key == key) {
+            Some(i) => {
+                // a repeat: it moves to the back (its last failure is now)
+                c.nx_seen.remove(i);
+            }
+            None => {
+                if c.nx_seen.len() >= self.dga_buffer {
+                    c.nx_seen.remove(0);
+                }
+                if !c.examples.contains(&rd) {
+                    if c.examples.len() == 3 {
+                        c.examples.remove(0);
+                    }
+                    c.examples.push(rd);
+                }
+            }
         }
-        let distinct = c.nx_domains.estimate() as u32;
-        if !c.alarmed && distinct >= self.s.dga_min_domains {
-            c.alarmed = true;
-            let after = ts_ms.saturating_sub(c.window_ms) as f64 / 1000.0;
-            out.push(Alarm {
-                kind: AlarmKind::DgaBot,
-                at_ms: ts_ms,
-                client,
-                domain: None,
-                novel_bytes: 0.0,
-                after_secs: after,
-                reason: format!(
-                    "DGA bot: {client} got NXDOMAIN for {distinct} distinct registered domains in {} ({} of {} answers failed; mean per-name score {:.2}; e.g. {})",
-                    fmt_secs(after),
-                    c.nx,
-                    c.responses,
-                    c.nx_score / c.nx as f32,
-                    c.examples.join(", ")
-                ),
-            });
+        if c.nx_seen.len() == c.nx_seen.capacity() {
+            // grow by doubling but never past the buffer: memory stays at client_bytes
+            let len = c.nx_seen.len();
+            c.nx_seen
+                .reserve_exact(len.max(4).min(self.dga_buffer.saturating_sub(len).max(1)));
         }
+        c.nx_seen.push(NxSeen { secs: now_s, key });
+
+        let (fast_n, fast_from) = c.within(now_s, s.dga_window_secs);
+        let (slow_n, slow_from) = c.within(now_s, s.dga_slow_window_secs);
+        let fired = if fast_n >= s.dga_min_domains as usize {
+            Some((
+                "fast",
+                s.dga_min_domains,
+                s.dga_window_secs,
+                fast_n,
+                fast_from,
+            ))
+        } else if slow && slow_n >= s.dga_slow_min_domains as usize {
+            Some((
+                "slow",
+                s.dga_slow_min_domains,
+                s.dga_slow_window_secs,
+                slow_n,
+                slow_from,
+            ))
+        } else {
+            None
+        };
+        let Some((rule, min, window, n, from)) = fired else {
+            return out;
+        };
+        if c.alarm_s
+            .is_some_and(|a| u64::from(now_s - a) < s.dga_window_secs)
+        {
+            return out;
+        }
+        c.alarm_s = Some(now_s);
+        let after = f64::from(now_s - from);
+        out.push(Alarm {
+            kind: AlarmKind::DgaBot,
+            at_ms: ts_ms,
+            client,
+            domain: None,
+            novel_bytes: 0.0,
+            after_secs: after,
+            reason: format!(
+                "DGA bot ({rule} rule: {min} distinct NXDOMAIN registered domains within {}): {client} got NXDOMAIN for {n} distinct registered domains in {} ({} of {} answers failed in {}; mean per-name score {:.2}; e.g. {})",
+                fmt_secs(window as f64),
+                fmt_secs(after),
+                c.nx,
+                c.responses,
+                fmt_secs(f64::from(now_s - c.since_s)),
+                c.nx_score / c.nx as f32,
+                c.examples.join(", ")
+            ),
+        });
         out
     }
 }
@@ -821,6 +993,262 @@ mod tests {
         let mut t = Tracker::new(Settings::default());
         for i in 0..100u64 {
             assert!(q(&mut t, i * 60_000, "10.0.0.11", "update.vendor.example").is_empty());
+        }
+    }
+
+    fn nx(t: &mut Tracker, secs: u64, c: &str, n: &str) -> Vec<Alarm> {
+        t.observe_response(secs * 1000, ip(c), &DnsName::parse(n).unwrap(), 3, 0.5)
+    }
+
+    /// A distinct DGA-looking registered domain per `i`.
+    fn dga_name(i: u64) -> String {
+        format!("q{}zx{i}vk.com", i * 7919 % 10_007)
+    }
+
+    /// A slow bot: one failing domain a minute (10 per fast window) alarms on the slow rule at
+    /// its `dga_slow_min_domains`-th failure; the tumbling window never alarmed.
+    #[test]
+    fn dga_slow_walk_alarms_on_the_slow_rule() {
+        let s = Settings::default();
+        let mut t = Tracker::new(s.clone());
+        let mut hit = None;
+        for i in 0..400u64 {
+            if let Some(a) = nx(&mut t, i * 60, "10.0.3.1", &dga_name(i)).pop() {
+                hit = Some((i + 1, a));
+                break;
+            }
+        }
+        let (n, a) = hit.expect("a name a minute alarms");
+        assert_eq!(n, u64::from(s.dga_slow_min_domains), "{}", a.reason);
+        assert_eq!(a.kind, AlarmKind::DgaBot);
+        assert!(
+            a.reason.contains("slow rule") && a.reason.contains("within 6.0 h"),
+            "{}",
+            a.reason
+        );
+        assert!(a
+            .reason
+            .contains("40 distinct registered domains in 39 min"));
+        assert_eq!(a.after_secs, 39.0 * 60.0);
+        // with the slow rule off it never does
+        for off in [
+            Settings {
+                dga_slow_min_domains: 0,
+                ..Settings::default()
+            },
+            Settings {
+                dga_slow_window_secs: 0,
+                ..Settings::default()
+            },
+        ] {
+            assert!(off.problems().is_empty());
+            let mut t = Tracker::new(off);
+            for i in 0..400u64 {
+                assert!(nx(&mut t, i * 60, "10.0.3.1", &dga_name(i)).is_empty());
+            }
+        }
+    }
+
+    /// 20 domains in 20 s across the edge of a tumbling window (one failure at 0 s opened
+    /// it): 6 fell in the first window and 14 in the second, and nothing alarmed.
+    #[test]
+    fn dga_burst_straddling_a_window_edge_alarms() {
+        let mut t = Tracker::new(Settings::default());
+        assert!(nx(&mut t, 0, "10.0.3.2", "first-typo.com").is_empty());
+        let mut alarms = Vec::new();
+        for i in 0..20u64 {
+            alarms.extend(nx(&mut t, 595 + i, "10.0.3.2", &format!("burst{i}q.net")));
+        }
+        assert_eq!(alarms.len(), 1, "{alarms:?}");
+        let a = &alarms[0];
+        assert!(
+            a.reason.contains("fast rule") && a.reason.contains("within 10 min"),
+            "{}",
+            a.reason
+        );
+        assert_eq!(a.at_ms, 614_000, "at the 20th distinct failure");
+    }
+
+    /// What a benign client does: retry a failing name, fail under one registered domain
+    /// (search-list suffixes), fail now and then, get answers. None of it alarms.
+    #[test]
+    fn dga_benign_failures_do_not_alarm() {
+        let s = Settings::default();
+        // the same name failing every 10 s for a day
+        let mut t = Tracker::new(s.clone());
+        for i in 0..8640u64 {
+            assert!(nx(&mut t, i * 10, "10.0.4.1", "printer.gone-vendor.com").is_empty());
+        }
+        // 39 distinct failures in every 6 h, for a day (one every 555 s: 21 600 / 555 < 39)
+        let mut t = Tracker::new(s.clone());
+        for i in 0..156u64 {
+            assert!(
+                nx(&mut t, i * 555, "10.0.4.2", &dga_name(i)).is_empty(),
+                "failure {i}"
+            );
+        }
+        // search-list suffixes: thousands of distinct host names under one registered domain
+        let mut t = Tracker::new(s.clone());
+        for i in 0..5000u64 {
+            let n = format!(
+                "host{i}.{}.corp-example.com",
+                ["eng", "ops", "hq"][i as usize % 3]
+            );
+            assert!(nx(&mut t, i, "10.0.4.3", &n).is_empty());
+            assert!(nx(&mut t, i, "10.0.4.3", &format!("host{i}.corp-example.com")).is_empty());
+        }
+        // thousands of distinct domains answered (NOERROR): no alarm, no state either
+        let mut t = Tracker::new(s.clone());
+        for i in 0..5000u64 {
+            let n = DnsName::parse(&dga_name(i)).unwrap();
+            assert!(t
+                .observe_response(i * 100, ip("10.0.4.4"), &n, 0, 0.9)
+                .is_empty());
+        }
+        assert_eq!(t.clients(), 0);
+        // ...and answers among failures do not help the failures along
+        let mut t = Tracker::new(s);
+        for i in 0..2000u64 {
+            let n = DnsName::parse(&dga_name(i)).unwrap();
+            let rcode = if i % 100 == 0 { 3 } else { 0 };
+            assert!(t
+                .observe_response(i * 10_000, ip("10.0.4.5"), &n, rcode, 0.9)
+                .is_empty());
+        }
+    }
+
+    /// A bot that keeps walking alarms at most once per `dga_window_secs`, is marked again as
+    /// soon as its failures resume after a mark (its refused names are not seen), and a new
+    /// walk after a quiet spell alarms again.
+    #[test]
+    fn dga_alarms_once_per_window_while_a_rule_holds() {
+        let mut t = Tracker::new(Settings::default());
+        // one failure a second for an hour: 6 alarms, 600 s apart
+        let mut at = Vec::new();
+        for i in 0..3600u64 {
+            for a in nx(&mut t, i, "10.0.3.3", &dga_name(i)) {
+                at.push(a.at_ms / 1000);
+            }
+        }
+        assert_eq!(at, [19, 619, 1219, 1819, 2419, 3019], "{at:?}");
+        // a slow walk, marked at its 40th failure; its names are refused (unseen) for the
+        // hour the mark lasts; the next failure is still within 6 h of the first 40: a mark
+        let mut t = Tracker::new(Settings::default());
+        let mut at = Vec::new();
+        for i in 0..300u64 {
+            if at.last().is_some_and(|&a| i * 60 < a + 3600) {
+                continue; // refused while marked
+            }
+            for a in nx(&mut t, i * 60, "10.0.3.4", &dga_name(i)) {
+                at.push(a.at_ms / 1000);
+            }
+        }
+        assert_eq!(at[..3], [39 * 60, 99 * 60, 159 * 60], "{at:?}");
+        // a quiet day later a new walk needs its own 20 (or 40)
+        let day = 86_400;
+        let mut alarms = 0;
+        for i in 0..20u64 {
+            let a = nx(&mut t, day + i, "10.0.3.4", &dga_name(1000 + i));
+            assert!(i == 19 || a.is_empty(), "{i}: {a:?}");
+            alarms += a.len();
+        }
+        assert_eq!(alarms, 1);
+    }
+
+    /// Per-client memory stays at `Settings::client_bytes` whatever a client sends, and the
+    /// table at `max_clients`.
+    #[test]
+    fn dga_memory_is_bounded() {
+        let s = Settings::default();
+        assert_eq!(s.dga_buffer(), 40);
+        assert!(s.client_bytes() <= 512, "{}", s.client_bytes());
+        assert!(s.memory_bound() < 30 << 20, "{}", s.memory_bound());
+        let mut t = Tracker::new(s.clone());
+        for i in 0..10_000u64 {
+            nx(&mut t, i, "10.0.5.1", &dga_name(i));
+            let c = t.clients.peek(&ip("10.0.5.1")).unwrap();
+            assert!(c.nx_seen.len() <= 40 && c.nx_seen.capacity() <= 40);
+            assert!(c.examples.len() <= 3);
+        }
+        // the largest buffer the settings allow
+        let big = Settings {
+            dga_slow_min_domains: MAX_DGA_DOMAINS,
+            ..Settings::default()
+        };
+        assert!(big.problems().is_empty());
+        let mut t = Tracker::new(big.clone());
+        for i in 0..10_000u64 {
+            nx(&mut t, i * 60, "10.0.5.2", &dga_name(i));
+        }
+        let c = t.clients.peek(&ip("10.0.5.2")).unwrap();
+        assert_eq!(c.nx_seen.len(), MAX_DGA_DOMAINS as usize);
+        assert_eq!(c.nx_seen.capacity(), MAX_DGA_DOMAINS as usize);
+        // 10 000 distinct failures from 10 000 clients: the table stays at max_clients
+        let mut t = Tracker::new(Settings {
+            max_clients: 64,
+            ..Settings::default()
+        });
+        for i in 0..10_000u64 {
+            nx(
+                &mut t,
+                i,
+                &format!("10.1.{}.{}", i / 250, i % 250),
+                &dga_name(i),
+            );
+        }
+        assert_eq!(t.clients(), 64);
+        // a quiet client gives its buffer back on its next failure
+        let mut t = Tracker::new(s);
+        for i in 0..30u64 {
+            nx(&mut t, i * 60, "10.0.5.3", &dga_name(i));
+        }
+        nx(&mut t, 86_400, "10.0.5.3", "late-typo.com");
+        let c = t.clients.peek(&ip("10.0.5.3")).unwrap();
+        assert_eq!((c.nx_seen.len(), c.nx_seen.capacity()), (1, 4));
+    }
+
+    #[test]
+    fn dga_settings_are_checked() {
+        let bad = |s: Settings| s.problems().join("; ");
+        for (s, key) in [
+            (
+                Settings {
+                    dga_min_domains: MAX_DGA_DOMAINS + 1,
+                    ..Settings::default()
+                },
+                "dga_min_domains",
+            ),
+            (
+                Settings {
+                    dga_slow_min_domains: 1,
+                    ..Settings::default()
+                },
+                "dga_slow_min_domains",
+            ),
+            (
+                Settings {
+                    dga_slow_min_domains: MAX_DGA_DOMAINS + 1,
+                    ..Settings::default()
+                },
+                "dga_slow_min_domains",
+            ),
+            (
+                Settings {
+                    dga_slow_window_secs: 8 * 86_400,
+                    ..Settings::default()
+                },
+                "dga_slow_window_secs",
+            ),
+            (
+                Settings {
+                    dga_slow_window_secs: 300,
+                    ..Settings::default()
+                },
+                "dga_slow_window_secs = 300 must be 0 (off) or >= dga_window_secs",
+            ),
+        ] {
+            let p = bad(s);
+            assert!(p.contains(key), "{key}: {p}");
         }
     }
 }

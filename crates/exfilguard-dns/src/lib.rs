@@ -19,6 +19,7 @@ pub const KNOWN_LOOKUP_ZONES: &[&str] = &[
     "ip6.arpa",
     "e164.arpa",
     "spamhaus.org",
+    "spamhaus.net",
     "spamcop.net",
     "sorbs.net",
     "barracudacentral.org",
