@@ -166,3 +166,45 @@ fn deployed_decision_holds_on_unseen_tools_and_families() {
         }
     }
 }
+
+/// A slow DGA bot (one query a minute, one client): the DGA-bot mark's slow rule still refuses
+/// ≥ 90 % of every unseen family (≥ 80 % for word lists); before the sliding window it refused
+/// 0 % of most. Benign lookup names replayed the same way are never refused.
+#[test]
+fn slow_dga_bots_are_marked() {
+    let eval = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../model/eval");
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("slow.json");
+    let mut cmd = exe();
+    cmd.args([
+        "eval",
+        "--stream",
+        "--interval-ms",
+        "60000",
+        "--clients",
+        "1",
+    ])
+    .arg("--benign")
+    .arg(eval.join("benign_lookup.tsv"))
+    .arg("--malicious")
+    .arg(eval.join("unseen_dga.tsv"))
+    .arg("--json")
+    .arg(&report);
+    let r = report_of(&mut cmd, &report);
+    let labels = r["labels"].as_object().unwrap();
+    assert_eq!(labels["benign_lookup"]["refused"].as_f64(), Some(0.0));
+    let words = ["suppobox", "gozi", "nymaim2", "pizd"];
+    let mut n = 0;
+    for (l, s) in labels {
+        if s["truth"] == "malicious" {
+            n += 1;
+            let floor = if words.contains(&l.as_str()) {
+                0.8
+            } else {
+                0.9
+            };
+            assert!(s["rate"].as_f64().unwrap() >= floor, "{l}: {s}");
+        }
+    }
+    assert!(n >= 18, "only {n} DGA families in the report");
+}
