@@ -424,6 +424,7 @@ impl Pipeline {
                     // the deployed decision beyond the name (shared with the front): a
                     // suspect name may convict its domain, or a marked DGA bot's name
                     let mut domain_convicted = false;
+                    let mut name_only = false;
                     if let (Some(v), Some(n)) = (verdict.as_mut(), name.as_ref()) {
                         if !v.class.is_malicious() {
                             let e = self.convictions.lock().expect("lock").escalate(
@@ -436,7 +437,11 @@ impl Pipeline {
                             );
                             match e {
                                 Escalation::No => {}
-                                Escalation::DgaBot(nv) => *v = nv,
+                                Escalation::DgaBot(nv) => {
+                                    // this name only: no conviction, no witness
+                                    *v = nv;
+                                    name_only = v.refuses();
+                                }
                                 Escalation::Domain(nv, o) => {
                                     *v = nv;
                                     if v.refuses() {
@@ -461,7 +466,7 @@ impl Pipeline {
                             n,
                         )
                     });
-                    if domain_convicted {
+                    if domain_convicted || name_only {
                         Decision::Blocked
                     } else if alert && outside_question(&ev).is_none() {
                         let d = if ev.action == Action::Judge {

@@ -615,6 +615,16 @@ impl Tracker {
         rcode: u8,
         dga_score: f32,
     ) -> Vec<Alarm> {
+        // failed reverse, DNSBL and internal lookups are no DGA walk: a mail server's PTR
+        // checks of clients without PTR records would otherwise mark it a bot
+        let rcode = match name.registered_domain() {
+            Some(rd)
+                if rcode == 3 && (rd == "arpa" || rd.ends_with(".arpa") || self.is_lookup(&rd)) =>
+            {
+                0
+            }
+            _ => rcode,
+        };
         let mut out = Vec::new();
         let s = &self.s;
         let slow = s.dga_slow_rule();
@@ -866,6 +876,38 @@ mod tests {
             "{} of 10 000 one-off domains admitted",
             t.pairs()
         );
+    }
+
+    #[test]
+    fn failed_lookups_are_no_dga_walk() {
+        let mut t = Tracker::new(Settings::default());
+        let c: IpAddr = "10.0.0.5".parse().unwrap();
+        let mut alarms = 0;
+        // a mail server checking clients without PTR records, and DNSBL misses
+        for i in 0..200u32 {
+            let ptr = format!(
+                "{}.{}.{}.{}.in-addr.arpa",
+                i % 250,
+                i / 7,
+                i % 13,
+                i % 223 + 1
+            );
+            let bl = format!("{}.{}.0.10.zen.spamhaus.org", i % 250, i % 13);
+            for n in [ptr, bl] {
+                alarms += t
+                    .observe_response(u64::from(i) * 100, c, &DnsName::parse(&n).unwrap(), 3, 0.0)
+                    .len();
+            }
+        }
+        assert_eq!(alarms, 0);
+        // control: distinct failing registered domains still make a walk
+        for i in 0..30u32 {
+            let n = DnsName::parse(&format!("q{i}xkvbrtzplw{i}.com")).unwrap();
+            alarms += t
+                .observe_response(30_000 + u64::from(i) * 100, c, &n, 3, 0.0)
+                .len();
+        }
+        assert_eq!(alarms, 1);
     }
 
     #[test]

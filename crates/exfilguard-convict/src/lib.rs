@@ -280,7 +280,9 @@ pub enum FleetAction {
 #[derive(Clone, Debug)]
 pub enum Escalation {
     No,
-    /// A MEDIUM-risk DGA name from a client a DGA-bot alarm marked.
+    /// A name from a client a DGA-bot alarm marked: refuse (or report) **this name only** —
+    /// never evidence against its zone nor a witness: a bot never revisits a zone, and a
+    /// victim made to fail lookups must not get anybody's domain blocked.
     DgaBot(Verdict),
     /// The domain-level decision: the verdict on the zone and what it did.
     Domain(Verdict, Outcome),
@@ -597,7 +599,8 @@ impl Convictions {
     /// replays it): a MEDIUM-risk DGA name from a client a DGA-bot alarm marked is a DGA
     /// verdict; the `domain_names`-th MEDIUM-risk tunnel name under one zone is a domain-level
     /// tunnel verdict that convicts the zone (a conviction only when the action is `block`).
-    /// `everyone_for` None: blocks are off (the name only), so no domain-level decision.
+    /// `everyone_for` None: blocks are off (the name only): a domain-level decision refuses
+    /// the name and blocks nobody.
     pub fn escalate(
         &mut self,
         now: Instant,
@@ -608,8 +611,11 @@ impl Convictions {
         everyone_for: Option<Duration>,
     ) -> Escalation {
         let medium = |c: Class| v.detector(c).filter(|d| d.level >= Level::Medium);
-        // a DGA does not generate popular domains (nor lookup names): those stay answered
-        if self.is_dga_bot(now, client) && self.zone_for(name).is_ok() {
+        // a DGA does not generate popular domains nor lookup names (PTR, DNSBL, SRV, DKIM):
+        // those stay answered, so a victim made to look like a bot keeps its mail and
+        // directory lookups
+        if self.is_dga_bot(now, client) && self.zone_for(name).is_ok() && det.lookup(name).is_none()
+        {
             let p = v.detector(Class::Dga);
             let why = match (medium(Class::Dga), self.settings.dga_bot_scope) {
                 (Some(d), _) => Some(format!(
@@ -634,7 +640,7 @@ impl Convictions {
                 return Escalation::DgaBot(v);
             }
         }
-        let (Some(d), Some(_)) = (medium(Class::Tunnel), everyone_for) else {
+        let Some(d) = medium(Class::Tunnel) else {
             return Escalation::No;
         };
         // a suspect must have room for data: ad-slot and shard ids (`a1713.example`) look
@@ -645,16 +651,19 @@ impl Convictions {
             return Escalation::No;
         }
         let action = det.action(Class::Tunnel);
-        let o = if action == Action::Block {
+        let o = if action == Action::Block && everyone_for.is_some() {
             self.suspect(now, client, name, "tunnel", everyone_for)
         } else {
-            // alert-only: the decision is reported, nobody is blocked
+            // alert-only, or blocks off (`block_secs = 0`: the name only): the decision
+            // refuses or reports this name, nobody is blocked from the zone
+            let only = if action == Action::Block {
+                "this name only"
+            } else {
+                "alert only"
+            };
             self.count_suspect(now, client, name)
                 .map(|(zone, n)| Outcome {
-                    evidence: format!(
-                        "{} from {client} (alert only)",
-                        Evidence::Domain("tunnel", n)
-                    ),
+                    evidence: format!("{} from {client} ({only})", Evidence::Domain("tunnel", n)),
                     zone: Some(zone),
                     scope: Scope::Name,
                     newly_everyone: false,

@@ -70,6 +70,12 @@ impl Detector {
         self
     }
 
+    /// The lookup-name structure of `name` (reverse DNS, DNSBL, service labels …), if any,
+    /// with this detector's lookup services.
+    pub fn lookup(&self, name: &DnsName) -> Option<Lookup> {
+        lookup::judge(name, &self.lookup_zones)
+    }
+
     /// A detector's MEDIUM threshold (capped at its HIGH one) and action.
     pub fn with_detector(mut self, class: Class, suspect: Option<f32>, action: Action) -> Self {
         let info = self.model.info();

@@ -25,6 +25,10 @@ use exfilguard_dns::DnsName;
 
 pub use exfilguard_dns::KNOWN_LOOKUP_ZONES;
 
+/// Bytes of underscore and key labels (with their dots) a lookup name may strip before the
+/// model judges the owner: `_ldap._tcp.dc._msdcs.` is 21, a 32-character DKIM selector 44.
+const MAX_STRUCTURE_BYTES: usize = 64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LookupKind {
@@ -78,15 +82,17 @@ fn is_octet(l: &[u8]) -> bool {
             .is_some_and(|v| v <= 255)
 }
 
-/// RFC 2317 classless delegation labels: `0/25`, `0-25`, `128-26`.
+/// RFC 2317 classless delegation labels: `0/25` (prefix length), `0-25`, `64-127` (ranges).
 fn is_classless(l: &[u8]) -> bool {
     let Some(p) = l.iter().position(|&c| c == b'/' || c == b'-') else {
         return false;
     };
-    is_octet(&l[..p])
-        && l.len() > p + 1
-        && l[p + 1..].len() <= 2
-        && l[p + 1..].iter().all(u8::is_ascii_digit)
+    let (first, sep, rest) = (&l[..p], l[p], &l[p + 1..]);
+    let value = std::str::from_utf8(rest)
+        .ok()
+        .filter(|r| !r.is_empty() && r.len() <= 3 && r.bytes().all(|c| c.is_ascii_digit()))
+        .and_then(|r| r.parse::<u16>().ok());
+    is_octet(first) && value.is_some_and(|v| v <= if sep == b'/' { 32 } else { 255 })
 }
 
 fn is_nibble(l: &[u8]) -> bool {
@@ -134,12 +140,39 @@ pub fn judge(name: &DnsName, known: &[String]) -> Option<Lookup> {
         let keys = (0..last_us)
             .filter(|&i| !is_underscore(name.label(i)))
             .count();
-        // `_x` alone has nothing to strip; more than two key labels (a DNS-SD instance, a
-        // DKIM selector, `dc` + a site) is no structure anyone publishes, only room for data
-        if owner_start >= n || keys > 2 {
-            return None;
+        let underscores = (0..=last_us)
+            .filter(|&i| is_underscore(name.label(i)))
+            .count();
+        let stripped: usize = (0..owner_start).map(|i| name.label(i).len() + 1).sum();
+        if owner_start >= n {
+            return None; // `_x` alone has nothing to strip
         }
         let owner = DnsName::from_labels((owner_start..n).map(|i| name.label(i))).ok()?;
+        // under a reverse or ENUM zone only DNS-SD's browse names (RFC 6763 §11) are
+        // structure; anything else there fails closed like any non-key label
+        let reverse = suffix_is(&owner, &[b"arpa"])
+            .then(|| judge(&owner, known))
+            .flatten();
+        if let Some(Lookup::Key { kind, .. } | Lookup::Malformed { kind, .. }) = reverse {
+            let browse = owner_start == 3
+                && [&b"b"[..], b"db", b"r", b"dr", b"lb"].contains(&&*lower(name.label(0)))
+                && lower(name.label(1)) == b"_dns-sd"
+                && lower(name.label(2)) == b"_udp";
+            if !browse {
+                return Some(Lookup::Malformed {
+                    kind,
+                    what: "service labels under a reverse zone that are not a DNS-SD browse name"
+                        .into(),
+                });
+            }
+        }
+        // more than two key labels (a DNS-SD instance, a DKIM selector, `dc` + a site), more
+        // than three underscore labels (`_ldap._tcp.dc._msdcs` has three) or more than 64
+        // bytes of structure is no structure anyone publishes, only room for data: the model
+        // judges the whole name then
+        if keys > 2 || underscores > 3 || stripped > MAX_STRUCTURE_BYTES {
+            return None;
+        }
         return Some(match judge(&owner, known) {
             Some(inner) => inner,
             None => Lookup::Owner {
@@ -309,5 +342,49 @@ mod tests {
         assert_eq!(j("aaaa.bbbb.cccc._domainkey.evil.com"), None);
         // the service's own name is an ordinary name
         assert_eq!(j("spamhaus.org"), None);
+    }
+
+    /// The attacker's review of issue 23: structure must not become a channel of its own.
+    #[test]
+    fn structure_is_bounded_and_fails_closed_under_reverse_zones() {
+        let p63 = "mfzwizltoq2dknbvgy3tqojqgezdgnbvgy3tqojqgezdgnbvgy3tqojqgezdgnb";
+        // data in key and underscore labels in front of a delegated reverse zone: refused,
+        // not an address key
+        for n in [
+            format!("{p63}._q.x._x.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"),
+            "abc._x.7.0/26.113.0.203.in-addr.arpa".to_string(),
+            "_ldap._tcp.1.168.192.in-addr.arpa".to_string(),
+        ] {
+            assert!(bad(&n), "{n}: {:?}", j(&n));
+        }
+        // more structure than anyone publishes: no lookup verdict, the model judges it all
+        for n in [
+            format!("{p63}._x.evil.com"),
+            format!("{}.{}._x.evil.com", &p63[..30], &p63[..30]),
+            "_mfzwizltoq2dk._nbvgy3tqojqge._zdgnbvgy3tq._ojqgezdgnbv._tcp.evil.com".to_string(),
+        ] {
+            assert_eq!(j(&n), None, "{n}");
+        }
+        // benign controls: the structures people publish
+        for (n, o) in [
+            ("_ldap._tcp.dc._msdcs.corp.example.com", "corp.example.com"),
+            (
+                "selector1-contoso-com._domainkey.contoso.com",
+                "contoso.com",
+            ),
+            ("_globalsign-domain-verification.example.com", "example.com"),
+            ("printer._ipp._tcp.example.com", "example.com"),
+        ] {
+            assert_eq!(owner(n).as_deref(), Some(o), "{n}");
+        }
+        for n in [
+            "lb._dns-sd._udp.0.1.168.192.in-addr.arpa",
+            // RFC 2317 ranges and prefix lengths
+            "65.64-127.2.0.192.in-addr.arpa",
+            "5.0/24.2.0.192.in-addr.arpa",
+        ] {
+            assert!(key(n), "{n}: {:?}", j(n));
+        }
+        assert!(bad("5.0/33.2.0.192.in-addr.arpa"));
     }
 }

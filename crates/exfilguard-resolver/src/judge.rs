@@ -300,7 +300,17 @@ impl Judge {
             );
             match e {
                 Escalation::No => return Ok(Judgement::Benign { verdict, fresh }),
-                Escalation::DgaBot(v) => verdict = v,
+                // that name only: never a witness nor a zone block (Escalation::DgaBot)
+                Escalation::DgaBot(v) => {
+                    return Ok(if v.refuses() {
+                        Judgement::Refuse {
+                            verdict: v,
+                            convicted: None,
+                        }
+                    } else {
+                        Judgement::Alert { verdict: v }
+                    });
+                }
                 Escalation::Domain(v, outcome) => {
                     return Ok(if v.refuses() {
                         self.mirror(
@@ -537,6 +547,33 @@ mod tests {
     }
 
     #[test]
+    fn with_blocks_off_a_domain_verdict_still_refuses_the_name() {
+        // resolve.block_secs = 0 ("the name only") must not switch the domain-level rule off
+        let g = Judge::new(
+            Detector::embedded().unwrap(),
+            KernelPolicy::default(),
+            NameList::parse("").unwrap(),
+            NameList::parse("").unwrap(),
+            1000,
+            Duration::from_secs(60),
+            Duration::ZERO,
+            Convictions::new(Default::default()).unwrap(),
+        );
+        let names = medium_names(&g, "sync-cdn.net", 6);
+        for n in &names[..3] {
+            assert!(!is_refused(&j(&g, n, 1)), "{n}");
+        }
+        for n in &names[3..] {
+            match j(&g, n, 1) {
+                Judgement::Refuse { verdict, .. } => assert_eq!(verdict.source, Source::Domain),
+                other => panic!("{n}: {other:?}"),
+            }
+        }
+        // the name only: nobody is blocked from the zone
+        assert!(matches!(j(&g, "www.sync-cdn.net", 1), Judgement::Pass));
+    }
+
+    #[test]
     fn short_medium_names_never_count_toward_a_domain_verdict() {
         // ad-slot and shard ids look random to the model but carry a few bits each: the
         // 16-byte floor keeps them out of the domain-level count
@@ -613,9 +650,25 @@ mod tests {
             "www.google.com",
             "4.4.8.8.in-addr.arpa",
             "_ldap._tcp.google.com",
+            "2.0.0.127.zen.spamhaus.org",
+            "_ldap._tcp.dc._msdcs.corp-example.com",
         ] {
             assert!(!is_refused(&j(&g, n, 12)), "{n}");
         }
+        // a mark refuses names, never zones: two marked clients asking an unpopular domain
+        // (victims of a page full of dns-prefetch links) get nobody else blocked from it
+        let b = Client::Addr("10.0.0.9".parse().unwrap());
+        g.alarm(&b, &alarm, true, Duration::from_secs(60));
+        for c in [A, "10.0.0.9"] {
+            assert!(is_refused(&jc(&g, "www.rival-shop-example.de", 1, c)));
+        }
+        assert!(!is_refused(&jc(
+            &g,
+            "www.rival-shop-example.de",
+            1,
+            "10.0.0.10"
+        )));
+        assert_eq!(g.convicted_domains(), 0);
         // an alarm in monitor mode (block = false) marks nobody
         let c2 = Client::Addr("10.0.0.8".parse().unwrap());
         g.alarm(&c2, &alarm, false, Duration::from_secs(60));
