@@ -150,10 +150,11 @@ pub fn judge(name: &DnsName, known: &[String]) -> Option<Lookup> {
         let owner = DnsName::from_labels((owner_start..n).map(|i| name.label(i))).ok()?;
         // under a reverse or ENUM zone only DNS-SD's browse names (RFC 6763 §11) are
         // structure; anything else there fails closed like any non-key label
-        let reverse = suffix_is(&owner, &[b"arpa"])
-            .then(|| judge(&owner, known))
-            .flatten();
-        if let Some(Lookup::Key { kind, .. } | Lookup::Malformed { kind, .. }) = reverse {
+        let inner = judge(&owner, known);
+        if let (true, Some(Lookup::Key { kind, .. } | Lookup::Malformed { kind, .. })) =
+            (suffix_is(&owner, &[b"arpa"]), &inner)
+        {
+            let kind = *kind;
             let browse = owner_start == 3
                 && [&b"b"[..], b"db", b"r", b"dr", b"lb"].contains(&&*lower(name.label(0)))
                 && lower(name.label(1)) == b"_dns-sd"
@@ -173,7 +174,7 @@ pub fn judge(name: &DnsName, known: &[String]) -> Option<Lookup> {
         if keys > 2 || underscores > 3 || stripped > MAX_STRUCTURE_BYTES {
             return None;
         }
-        return Some(match judge(&owner, known) {
+        return Some(match inner {
             Some(inner) => inner,
             None => Lookup::Owner {
                 kind: LookupKind::Underscore,
