@@ -33,6 +33,229 @@ pub struct Config {
     pub behaviour: exfilguard_behaviour::Settings,
     pub convict: exfilguard_convict::Settings,
     pub hardening: HardeningConfig,
+    pub encrypted_dns: EncryptedDnsConfig,
+}
+
+/// The sanctioned-resolver policy for encrypted DNS (docs/dataplane.md#encrypted-dns): DNS
+/// over TLS/QUIC (`ports`, any address) and DNS over HTTPS to the known public resolvers
+/// (`doh_endpoints` on `doh_ports`) may go only to `sanctioned` resolvers; the rest is refused
+/// at connect()/sendmsg() (`kernel.mode = "enforce"`) or reported (`"monitor"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptedDnsConfig {
+    pub enabled: bool,
+    /// Resolvers (addresses or CIDR networks) encrypted DNS may go to.
+    #[serde(deserialize_with = "cidrs")]
+    pub sanctioned: Vec<ipnet::IpNet>,
+    /// DNS over TLS (TCP) and DNS over QUIC (UDP) ports: refused to any other address.
+    pub ports: Vec<u16>,
+    /// Ports refused towards `doh_endpoints` (DoH over HTTP/2 on TCP, HTTP/3 on UDP).
+    pub doh_ports: Vec<u16>,
+    /// Addresses of public DoH/DoT resolvers (shipped list).
+    #[serde(deserialize_with = "cidrs")]
+    pub doh_endpoints: Vec<ipnet::IpNet>,
+    /// More of them, one address or network a line (`#` comments); re-read on SIGHUP.
+    pub doh_endpoints_file: PathBuf,
+}
+
+/// Public DoH/DoT resolvers, from their operators' documentation (deploy/exfilguard.toml
+/// names the pages). Plain DNS to them (port 53) is inspected like any other.
+pub const DOH_ENDPOINTS: &[&str] = &[
+    // Google Public DNS (dns.google)
+    "8.8.8.8",
+    "8.8.4.4",
+    "2001:4860:4860::8888",
+    "2001:4860:4860::8844",
+    "2001:4860:4860::6464",
+    "2001:4860:4860::64",
+    // Cloudflare 1.1.1.1 and 1.1.1.1 for Families (one.one.one.one, cloudflare-dns.com,
+    // security./family.cloudflare-dns.com, chrome./mozilla.cloudflare-dns.com)
+    "1.1.1.1",
+    "1.0.0.1",
+    "1.1.1.2",
+    "1.0.0.2",
+    "1.1.1.3",
+    "1.0.0.3",
+    "2606:4700:4700::1111",
+    "2606:4700:4700::1001",
+    "2606:4700:4700::1112",
+    "2606:4700:4700::1002",
+    "2606:4700:4700::1113",
+    "2606:4700:4700::1003",
+    "104.16.248.249",
+    "104.16.249.249",
+    "162.159.61.3",
+    "162.159.61.4",
+    "172.64.41.3",
+    "172.64.41.4",
+    // Quad9 (dns.quad9.net, dns10, dns11)
+    "9.9.9.9",
+    "149.112.112.112",
+    "9.9.9.10",
+    "149.112.112.10",
+    "9.9.9.11",
+    "149.112.112.11",
+    "2620:fe::fe",
+    "2620:fe::9",
+    "2620:fe::10",
+    "2620:fe::fe:10",
+    "2620:fe::11",
+    "2620:fe::fe:11",
+    // Cisco OpenDNS (doh.opendns.com, FamilyShield)
+    "208.67.222.222",
+    "208.67.220.220",
+    "208.67.222.123",
+    "208.67.220.123",
+    "146.112.41.2",
+    "2620:119:35::35",
+    "2620:119:53::53",
+    "2620:119:fc::2",
+    // AdGuard DNS (default, family, unfiltered)
+    "94.140.14.14",
+    "94.140.15.15",
+    "94.140.14.15",
+    "94.140.15.16",
+    "94.140.14.140",
+    "94.140.14.141",
+    "2a10:50c0::ad1:ff",
+    "2a10:50c0::ad2:ff",
+    "2a10:50c0::bad1:ff",
+    "2a10:50c0::bad2:ff",
+    "2a10:50c0::1:ff",
+    "2a10:50c0::2:ff",
+    // NextDNS (anycast networks)
+    "45.90.28.0/24",
+    "45.90.30.0/24",
+    "2a07:a8c0::/33",
+    "2a07:a8c1::/33",
+    // CleanBrowsing (family, adult, security)
+    "185.228.168.168",
+    "185.228.169.168",
+    "185.228.168.10",
+    "185.228.169.11",
+    "185.228.168.9",
+    "185.228.169.9",
+    "2a0d:2a00:1::",
+    "2a0d:2a00:2::",
+    "2a0d:2a00:1::1",
+    "2a0d:2a00:2::1",
+    "2a0d:2a00:1::2",
+    "2a0d:2a00:2::2",
+    // Mullvad DNS (dns., adblock., base., extended., family., all.dns.mullvad.net)
+    "194.242.2.2",
+    "194.242.2.3",
+    "194.242.2.4",
+    "194.242.2.5",
+    "194.242.2.6",
+    "194.242.2.9",
+    "2a07:e340::2",
+    "2a07:e340::3",
+    "2a07:e340::4",
+    "2a07:e340::5",
+    "2a07:e340::6",
+    "2a07:e340::9",
+];
+
+impl Default for EncryptedDnsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sanctioned: Vec::new(),
+            ports: vec![853],
+            doh_ports: vec![443],
+            doh_endpoints: DOH_ENDPOINTS
+                .iter()
+                .map(|s| {
+                    s.parse()
+                        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .expect("static")
+                })
+                .collect(),
+            doh_endpoints_file: PathBuf::new(),
+        }
+    }
+}
+
+/// Most entries of the kernel's DoH-address and sanctioned-resolver tries.
+pub const DOH_ENDPOINTS_MAX: usize = 16_384;
+pub const SANCTIONED_MAX: usize = 4096;
+
+impl EncryptedDnsConfig {
+    /// `doh_endpoints` and the networks of `doh_endpoints_file`.
+    pub fn doh_list(&self) -> Result<Vec<ipnet::IpNet>> {
+        let mut out = self.doh_endpoints.clone();
+        if self.doh_endpoints_file.as_os_str().is_empty() {
+            return Ok(out);
+        }
+        let p = &self.doh_endpoints_file;
+        let text = std::fs::read_to_string(p).map_err(|e| {
+            anyhow::anyhow!(
+                "encrypted_dns.doh_endpoints_file: reading {}: {e}",
+                p.display()
+            )
+        })?;
+        for (i, line) in text.lines().enumerate() {
+            let entry = line.split('#').next().unwrap_or("").trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let net = entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "encrypted_dns.doh_endpoints_file: {}:{}: {entry:?} is not an address or CIDR network",
+                        p.display(),
+                        i + 1
+                    )
+                })?;
+            out.push(net);
+        }
+        Ok(out)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        for (key, list, max) in [
+            (
+                "encrypted_dns.ports",
+                &self.ports,
+                exfilguard_dataplane::config::ENCDNS_PORTS,
+            ),
+            (
+                "encrypted_dns.doh_ports",
+                &self.doh_ports,
+                exfilguard_dataplane::config::DOH_PORTS,
+            ),
+        ] {
+            if list.len() > max {
+                errs.push(format!(
+                    "{key}: {} ports, the kernel takes at most {max}",
+                    list.len()
+                ));
+            }
+            if list.contains(&0) {
+                errs.push(format!("{key}: port 0 is not a port"));
+            }
+        }
+        if self.sanctioned.len() > SANCTIONED_MAX {
+            errs.push(format!(
+                "encrypted_dns.sanctioned: {} entries, at most {SANCTIONED_MAX}",
+                self.sanctioned.len()
+            ));
+        }
+        if self.enabled {
+            match self.doh_list() {
+                Ok(l) if l.len() > DOH_ENDPOINTS_MAX => errs.push(format!(
+                    "encrypted_dns: {} DoH endpoints (list and file), at most {DOH_ENDPOINTS_MAX}",
+                    l.len()
+                )),
+                Ok(_) => {}
+                Err(e) => errs.push(e.to_string()),
+            }
+        }
+        errs
+    }
 }
 
 /// Lock-down after attach (docs/threat-model.md). Root is needed to load and attach; the
@@ -298,6 +521,22 @@ pub struct ResolveConfig {
     /// TCP: longest wait for the next message, and longest life of a connection.
     pub tcp_idle_ms: u64,
     pub tcp_lifetime_secs: u64,
+    /// `ip:port` addresses served with DNS over TLS (RFC 7858). Connections share the TCP
+    /// caps, idle and lifetime limits above; the TCP idle limit also bounds the handshake.
+    pub listen_tls: Vec<String>,
+    /// `ip:port` addresses served with DNS over HTTPS (RFC 8484, HTTP/2 and HTTP/1.1).
+    pub listen_https: Vec<String>,
+    /// PEM certificate chain and private key of the DoT/DoH listeners.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Development: a self-signed certificate for `tls_names`, written to `tls_cert`/`tls_key`
+    /// when they do not exist yet (reused when they do).
+    pub tls_self_signed: bool,
+    pub tls_names: Vec<String>,
+    /// The DoH endpoint's path; every other path gets 404.
+    pub doh_path: String,
+    /// Queries in flight per DoT connection, and concurrent HTTP/2 streams per DoH connection.
+    pub tls_max_streams: u32,
 }
 
 /// CIDR networks; a bare address is its own /32 or /128. The error names the bad entry (figment
@@ -357,7 +596,60 @@ impl Default for ResolveConfig {
             tcp_max_per_client: 16,
             tcp_idle_ms: 10_000,
             tcp_lifetime_secs: 120,
+            listen_tls: Vec::new(),
+            listen_https: Vec::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_self_signed: false,
+            tls_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            doh_path: "/dns-query".into(),
+            tls_max_streams: 32,
         }
+    }
+}
+
+impl ResolveConfig {
+    /// Whether a DoT or DoH listener is configured.
+    pub fn serves_tls(&self) -> bool {
+        !self.listen_tls.is_empty() || !self.listen_https.is_empty()
+    }
+
+    /// What is wrong with the DoT/DoH settings (files are read at start-up).
+    pub fn tls_problems(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if !self.doh_path.starts_with('/') || self.doh_path.contains(['?', '#', ' ']) {
+            errs.push(format!(
+                "resolve.doh_path = {:?}: must be a path starting with / (no query)",
+                self.doh_path
+            ));
+        }
+        if !self.serves_tls() {
+            return errs;
+        }
+        let (cert, key) = (
+            self.tls_cert.as_os_str().is_empty(),
+            self.tls_key.as_os_str().is_empty(),
+        );
+        if self.tls_self_signed {
+            if self.tls_names.is_empty() {
+                errs.push("resolve.tls_names is empty: the self-signed certificate needs at least one name".into());
+            }
+            if cert != key {
+                errs.push("resolve.tls_cert and resolve.tls_key: give both (where the self-signed certificate and key are kept) or neither".into());
+            }
+        } else if cert || key {
+            errs.push("resolve.listen_tls/listen_https need resolve.tls_cert and resolve.tls_key (PEM files), or resolve.tls_self_signed = true for development".into());
+        } else {
+            for (k, p) in [
+                ("resolve.tls_cert", &self.tls_cert),
+                ("resolve.tls_key", &self.tls_key),
+            ] {
+                if let Err(e) = std::fs::File::open(p) {
+                    errs.push(format!("{k} = {:?}: {e}", p.display().to_string()));
+                }
+            }
+        }
+        errs
     }
 }
 
@@ -503,6 +795,8 @@ impl Config {
         );
         range("resolve.tcp_idle_ms", r.tcp_idle_ms, 100, 3_600_000);
         range("resolve.tcp_lifetime_secs", r.tcp_lifetime_secs, 1, 86_400);
+        range("resolve.tls_max_streams", r.tls_max_streams as u64, 1, 1024);
+        errs.extend(r.tls_problems());
         if r.allow_from.is_empty() {
             errs.push(
                 "resolve.allow_from is empty: no client could query (\"0.0.0.0/0\" and \"::/0\" allow everyone)"
@@ -518,6 +812,8 @@ impl Config {
         for (key, list) in [
             ("resolve.listen", &self.resolve.listen),
             ("resolve.upstreams", &self.resolve.upstreams),
+            ("resolve.listen_tls", &self.resolve.listen_tls),
+            ("resolve.listen_https", &self.resolve.listen_https),
         ] {
             for a in list {
                 if a.parse::<SocketAddr>().is_err() {
@@ -558,6 +854,7 @@ impl Config {
             errs.push("events.file.path is empty while events.file.enabled = true".into());
         }
         errs.extend(self.rpz.problems());
+        errs.extend(self.encrypted_dns.problems());
         errs.extend(self.runtime.problems());
         errs.extend(self.behaviour.problems());
         errs.extend(self.convict.problems());
@@ -667,6 +964,93 @@ mod tests {
         assert_eq!(c.resolve.allow_from.len(), 2);
         let c = Config::from_toml("[resolve]\nallow_from = [\"192.0.2.7\"]\n").unwrap();
         assert_eq!(c.resolve.allow_from[0].to_string(), "192.0.2.7/32");
+    }
+
+    #[test]
+    fn resolve_tls_settings_are_checked() {
+        let err = |t: &str| Config::from_toml(t).unwrap_err().to_string();
+        let e = err("[resolve]\nlisten_tls = [\"127.0.0.1:853\"]\n");
+        assert!(
+            e.contains("need resolve.tls_cert and resolve.tls_key"),
+            "{e}"
+        );
+        let e = err("[resolve]\nlisten_https = [\"nowhere\"]\ntls_self_signed = true\n");
+        assert!(e.contains("resolve.listen_https: \"nowhere\""), "{e}");
+        let e = err(
+            "[resolve]\nlisten_tls = [\"127.0.0.1:853\"]\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n",
+        );
+        assert!(
+            e.contains("resolve.tls_cert = \"/nonexistent/c.pem\"")
+                && e.contains("resolve.tls_key"),
+            "{e}"
+        );
+        let e = err("[resolve]\ndoh_path = \"dns-query\"\n");
+        assert!(e.contains("resolve.doh_path"), "{e}");
+        let e = err(
+            "[resolve]\nlisten_tls = [\"127.0.0.1:853\"]\ntls_self_signed = true\ntls_names = []\n",
+        );
+        assert!(e.contains("resolve.tls_names is empty"), "{e}");
+        let c = Config::from_toml(
+            "[resolve]\nlisten_tls = [\"127.0.0.1:853\"]\nlisten_https = [\"[::1]:443\"]\ntls_self_signed = true\n",
+        )
+        .unwrap();
+        assert!(c.resolve.serves_tls());
+    }
+
+    #[test]
+    fn encrypted_dns_lists_and_limits() {
+        let d = EncryptedDnsConfig::default();
+        assert!(d.enabled && d.sanctioned.is_empty());
+        assert_eq!(
+            (d.ports.as_slice(), d.doh_ports.as_slice()),
+            (&[853][..], &[443][..])
+        );
+        for a in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "9.9.9.9",
+            "2606:4700:4700::1111",
+            "194.242.2.2",
+        ] {
+            let ip: std::net::IpAddr = a.parse().unwrap();
+            assert!(d.doh_endpoints.iter().any(|n| n.contains(&ip)), "{a}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("doh.txt");
+        std::fs::write(&f, "# more\n192.0.2.53\n\n2001:db8::/48 # a network\n").unwrap();
+        let toml = format!(
+            "[encrypted_dns]\nsanctioned = [\"10.0.0.53\"]\ndoh_endpoints = []\ndoh_endpoints_file = {:?}\n",
+            f.display().to_string()
+        );
+        let c = Config::from_toml(&toml).unwrap();
+        let l = c.encrypted_dns.doh_list().unwrap();
+        assert_eq!(
+            l.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            ["192.0.2.53/32", "2001:db8::/48"]
+        );
+        assert_eq!(c.encrypted_dns.sanctioned[0].to_string(), "10.0.0.53/32");
+        std::fs::write(&f, "192.0.2.53\nnot-an-address\n").unwrap();
+        let e = Config::from_toml(&toml).unwrap_err().to_string();
+        assert!(
+            e.contains("doh_endpoints_file") && e.contains(":2:") && e.contains("not-an-address"),
+            "{e}"
+        );
+        let e = Config::from_toml("[encrypted_dns]\nports = [853, 0]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("encrypted_dns.ports: port 0"), "{e}");
+        let e = Config::from_toml("[encrypted_dns]\ndoh_ports = [1, 2, 3, 4, 5]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("encrypted_dns.doh_ports: 5 ports"), "{e}");
+        let e = Config::from_toml("[encrypted_dns]\nsanctioned = [\"resolver\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sanctioned") && e.contains("resolver"), "{e}");
+        let e = Config::from_toml("[encrypted_dns]\ndoh_endpoints_file = \"/nonexistent/doh\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/doh"), "{e}");
     }
 
     #[test]

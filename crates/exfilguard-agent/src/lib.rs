@@ -210,6 +210,8 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
         observe_bytes: 0,
     })
     .context("loading the data plane (needs root)")?;
+    // the address lists before the policy that turns them on
+    apply_encrypted_dns(&dp, &cfg)?;
     dp.set_policy(&kernel_policy(&cfg))?;
     for d in &cfg.detect.block {
         dp.block_domain(d.trim_start_matches('='))
@@ -476,8 +478,34 @@ fn kernel_policy(cfg: &Config) -> exfilguard_dataplane::KernelPolicy {
         agent_tgid: std::process::id(),
         socket_scope: scope,
         netns_cookie,
+        encrypted_dns: cfg.encrypted_dns.enabled,
+        encdns_ports: cfg.encrypted_dns.ports.clone(),
+        doh_ports: cfg.encrypted_dns.doh_ports.clone(),
         ..cfg.kernel.clone()
     }
+}
+
+/// `[encrypted_dns]`'s address lists into the kernel (the known DoH resolvers, shipped and
+/// from `doh_endpoints_file`, and the sanctioned ones).
+fn apply_encrypted_dns(dp: &Dataplane, cfg: &Config) -> Result<()> {
+    let e = &cfg.encrypted_dns;
+    let nets = |l: &[ipnet::IpNet]| -> Vec<(std::net::IpAddr, u8)> {
+        l.iter().map(|n| (n.network(), n.prefix_len())).collect()
+    };
+    let doh = if e.enabled { e.doh_list()? } else { Vec::new() };
+    let (d, s) = dp
+        .set_encrypted_dns_lists(&nets(&doh), &nets(&e.sanctioned))
+        .context("writing the encrypted-DNS address lists")?;
+    if e.enabled {
+        tracing::info!(
+            doh_endpoints = d,
+            sanctioned = s,
+            ports = ?e.ports,
+            doh_ports = ?e.doh_ports,
+            "encrypted DNS allowed only to sanctioned resolvers (connect/sendmsg)"
+        );
+    }
+    Ok(())
 }
 
 /// SIGHUP: re-read the config and the model; on any error keep the running ones. Enforcement
@@ -516,6 +544,11 @@ fn reload_config(
             return;
         }
     };
+    if let Err(e) = apply_encrypted_dns(dp, &new) {
+        tracing::error!("reload: {e:#}");
+        pipe.metrics.error("reload");
+        return;
+    }
     if let Err(e) = dp.set_policy(&kernel_policy(&new)) {
         tracing::error!("reload: writing the kernel policy: {e}");
         pipe.metrics.error("reload");

@@ -46,6 +46,9 @@ pub struct Metrics {
     /// Behaviour alarms; `kind`: info_rate, beacon, dga_bot.
     pub behaviour_alarms: Family<Labels, Counter>,
     pub behaviour_pairs: Gauge,
+    /// Encrypted DNS (DoT, DoQ, DoH) to resolvers not sanctioned; `decision`: blocked
+    /// (enforce) or reported (monitor), `reason`: dot_port, doh_endpoint.
+    pub encrypted_dns: Family<Labels, Counter>,
     /// `exfilguard_model_info{version, sha256}` = 1 for the model in use (swapped on reload).
     model: Family<Labels, Gauge>,
     pub ready: Arc<AtomicBool>,
@@ -72,7 +75,7 @@ impl std::fmt::Debug for Live {
 fn hook_of(stat: &str) -> &'static str {
     if stat.starts_with("xdp_") {
         "xdp"
-    } else if stat.starts_with("sock_") {
+    } else if stat.starts_with("sock_") || stat.starts_with("encdns_") {
         "cgroup"
     } else if stat == "nf_packets" {
         "netfilter"
@@ -196,6 +199,7 @@ impl Metrics {
             errors: Family::default(),
             behaviour_alarms: Family::default(),
             behaviour_pairs: Gauge::default(),
+            encrypted_dns: Family::default(),
             model: Family::default(),
             ready: Arc::new(AtomicBool::new(false)),
         };
@@ -254,6 +258,11 @@ impl Metrics {
             "exfilguard_behaviour_pairs",
             "(client, registered domain) pairs tracked by the behaviour analytics",
             m.behaviour_pairs.clone(),
+        );
+        registry.register(
+            "exfilguard_encrypted_dns",
+            "Encrypted DNS (DoT, DoQ, DoH) to resolvers not sanctioned, by decision (blocked, reported) and reason (dot_port, doh_endpoint)",
+            m.encrypted_dns.clone(),
         );
         registry.register(
             "exfilguard_model_info",

@@ -185,7 +185,12 @@ impl Pipeline {
     /// Decides one ring-buffer batch (chunked to `batch_max` names per model call), then feeds
     /// the observation ring's records to the behaviour analytics.
     pub fn handle(&mut self, dp: &mut Dataplane, batch: Vec<Event>, observed: Vec<Event>) {
-        let mut batch = batch;
+        // encrypted DNS refused or reported at connect()/sendmsg(): no name for the model
+        let (encrypted, mut batch): (Vec<Event>, Vec<Event>) =
+            batch.into_iter().partition(Event::encrypted_dns);
+        if !encrypted.is_empty() {
+            self.encrypted_dns(encrypted);
+        }
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(self.batch_max));
             self.handle_chunk(dp, batch);
@@ -197,6 +202,84 @@ impl Pipeline {
             let lapsed = self.convictions.lock().expect("lock").sweep(Instant::now());
             self.lift(dp, &lapsed, "block lapsed");
         }
+    }
+
+    /// Encrypted DNS to a resolver that is not sanctioned, refused (enforce) or let through
+    /// (monitor) by the kernel at connect()/sendmsg(): a record naming the process and the
+    /// destination, and `exfilguard_encrypted_dns_total{decision,reason}`.
+    fn encrypted_dns(&mut self, events: Vec<Event>) {
+        let mut records = Vec::with_capacity(events.len());
+        for ev in events {
+            let decision = if ev.action == Action::Block {
+                Decision::Blocked
+            } else {
+                Decision::Reported
+            };
+            let rule = ev
+                .reasons
+                .iter()
+                .copied()
+                .find(|r| matches!(*r, "dot_port" | "doh_endpoint"))
+                .unwrap_or("unknown");
+            let attempts = ev.attempts();
+            self.metrics
+                .encrypted_dns
+                .get_or_create(&vec![
+                    ("decision", decision.as_str().to_string()),
+                    ("reason", rule.to_string()),
+                ])
+                .inc_by(attempts);
+            let to = std::net::SocketAddr::new(ev.dst, ev.dport);
+            let what = match rule {
+                "dot_port" => format!(
+                    "encrypted DNS port {} over {} (DNS over {})",
+                    ev.dport,
+                    ev.transport,
+                    if ev.transport == "udp" { "QUIC" } else { "TLS" }
+                ),
+                _ => format!(
+                    "DNS over HTTPS: {} is a known public DoH resolver, port {} over {}",
+                    ev.dst, ev.dport, ev.transport
+                ),
+            };
+            let proc_text = ev.process.as_ref().map_or_else(String::new, |p| {
+                format!(", pid {} {} (uid {})", p.tgid, p.comm, p.uid)
+            });
+            let done = if decision == Decision::Blocked {
+                "refused (EPERM)"
+            } else {
+                "reported (monitor mode)"
+            };
+            let reason = format!(
+                "{what}: {to} is not a sanctioned resolver (encrypted_dns.sanctioned); {done}{proc_text}"
+            );
+            tracing::warn!(%to, rule, attempts, "encrypted DNS {done}{proc_text}");
+            let container = ev
+                .process
+                .as_ref()
+                .and_then(|p| self.cgroups.name(p.cgroup_id));
+            records.push(Detection {
+                event: "encrypted_dns",
+                decision,
+                name: String::new(),
+                registered_domain: None,
+                verdict: Some(Verdict::plain(
+                    exfilguard_detect::Class::Blocked,
+                    1.0,
+                    exfilguard_detect::Source::Blocklist,
+                    reason,
+                )),
+                kernel: ev,
+                count: (attempts > 1).then_some(attempts),
+                hold_us: None,
+                time_ms: now_ms(),
+                host: self.host.clone(),
+                iface: None,
+                container,
+                uid: uuid::Uuid::now_v7(),
+            });
+        }
+        self.send(records);
     }
 
     /// Drops of blocked floods after their last kernel record, as summary records.
@@ -338,7 +421,14 @@ impl Pipeline {
                     Some(p) => format!("pid {}", p.tgid),
                     None => r.kernel.src.to_string(),
                 };
-                let zone = r.registered_domain.as_deref().unwrap_or(&r.name);
+                // encrypted-DNS records have no name: the destination is the pair's other half
+                let dest;
+                let zone = if r.event == "encrypted_dns" {
+                    dest = format!("{}:{}", r.kernel.dst, r.kernel.dport);
+                    &dest
+                } else {
+                    r.registered_domain.as_deref().unwrap_or(&r.name)
+                };
                 match self.throttle.admit(now, &client, zone) {
                     None => {
                         self.metrics.events_suppressed.inc();

@@ -2,7 +2,10 @@
 //! JIT on): non-DNS, benign DNS, suspicious DNS (held: ring-buffer copy of the frame) and
 //! blocklisted DNS; the socket-layer program (cgroup_skb egress, the cost every local send
 //! pays); plus the XDP response path. Each case runs at least 1 M times, in 5 rounds;
-//! the median round is reported. Needs root.
+//! the median round is reported. Then the cgroup sock_addr hooks, which have no
+//! BPF_PROG_TEST_RUN: connect() of a UDP socket timed with the hooks attached to a cgroup this
+//! process moves into, encrypted-DNS policy off and on (what a non-DNS connect pays). Needs
+//! root.
 //!
 //! cargo bench -p exfilguard-dataplane --bench prog_test_run
 
@@ -166,4 +169,109 @@ fn main() {
     let benign = udp_frame(c, sa("10.0.0.2:53"), &query("www.example.com", 1));
     let (ns, v) = measure(&dp, &benign, 5000, 0);
     println!("| benign DNS, observed (behaviour analytics on) | {v} | {ns:.1} |");
+    connect_cost(&mut dp);
+}
+
+/// ns per connect() of one UDP socket (re-connected in a loop), median of ROUNDS rounds.
+fn connects(fd: i32, to: SocketAddr, n: u32) -> f64 {
+    let SocketAddr::V4(a) = to else {
+        panic!("IPv4 only")
+    };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        // SAFETY: a valid socket and a sockaddr_in of the length passed.
+        unsafe {
+            libc::connect(
+                fd,
+                (&sin as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// The encrypted-DNS policy's cost at connect(): this process moves into a cgroup of its own
+/// with the sock_addr hooks attached; configurations alternate round by round.
+fn connect_cost(dp: &mut Dataplane) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let Some(root) = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+    }) else {
+        println!("(no cgroup2 mount: connect() cost not measured)");
+        return;
+    };
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .trim_start_matches('/')
+        .to_string();
+    let cg = root.join(format!("eg-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).unwrap();
+    std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+    // the shipped list's size: ~100 resolver addresses
+    let doh: Vec<(std::net::IpAddr, u8)> = (0..100u8)
+        .map(|i| (std::net::IpAddr::from([198, 18, 0, i]), 32))
+        .collect();
+    dp.set_encrypted_dns_lists(&doh, &[("198.18.1.1".parse().unwrap(), 32)])
+        .unwrap();
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    const N: u32 = 200_000;
+    let web = sa("192.0.2.54:443"); // HTTPS/QUIC, not a resolver: the non-DNS path
+    let dot_ok = sa("198.18.1.1:853"); // DoT to a sanctioned resolver: both tries looked up
+    let mut rows: Vec<(&str, Vec<f64>)> = vec![
+        ("connect(), no exfilguard hooks attached", vec![]),
+        (
+            "connect() to UDP/443, hooks attached, encrypted_dns off",
+            vec![],
+        ),
+        (
+            "connect() to UDP/443 (not a resolver), encrypted_dns on",
+            vec![],
+        ),
+        (
+            "connect() to UDP/853, sanctioned resolver, encrypted_dns on",
+            vec![],
+        ),
+    ];
+    let on = KernelPolicy {
+        encrypted_dns: true,
+        ..Default::default()
+    };
+    let off = KernelPolicy::default();
+    for _ in 0..ROUNDS {
+        dp.detach_all();
+        rows[0].1.push(connects(fd, web, N));
+        dp.attach_cgroup(&cg).unwrap();
+        dp.set_policy(&off).unwrap();
+        rows[1].1.push(connects(fd, web, N));
+        dp.set_policy(&on).unwrap();
+        rows[2].1.push(connects(fd, web, N));
+        rows[3].1.push(connects(fd, dot_ok, N));
+    }
+    dp.detach_all();
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    let back = root.join(&own).join("cgroup.procs");
+    let _ = std::fs::write(back, std::process::id().to_string());
+    let _ = std::fs::remove_dir(&cg);
+    println!();
+    println!("| sock_addr hook path | ns/connect (median of {ROUNDS} × {N}) |");
+    println!("|---|---|");
+    for (what, mut v) in rows {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("| {what} | {:.1} |", v[ROUNDS / 2]);
+    }
 }

@@ -1766,9 +1766,155 @@ int eg_xdp_ingress(struct xdp_md *ctx)
 
 /* ---------------------------------------------------------------- cgroup sock_addr */
 
+/* Destinations of encrypted DNS. Known public DoH/DoT resolvers (shipped list plus the
+ * operator's file), and the resolvers the operator sanctions; written by the agent only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__type(key, struct eg_lpm_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_RDONLY_PROG);
+} eg_doh_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__type(key, struct eg_lpm_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_RDONLY_PROG);
+} eg_sanctioned SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct eg_encdns_key);
+	__type(value, struct eg_encdns_seen);
+} eg_encdns_seen SEC(".maps");
+
+struct eg_lpm_key _eg_lpm_key_layout = {};
+
+/* Encrypted DNS at the socket layer: TCP or UDP to an encrypted-DNS port (853: DoT, DoQ),
+ * any address, or to a DoH port (443) of a known public resolver, is allowed only towards a
+ * sanctioned resolver; anything else is refused with EPERM (enforce) or allowed and reported
+ * (monitor), one ring record per (process, destination, port) and second. The non-DNS path
+ * costs a config lookup and a port compare; the DoH list is looked up only on a DoH port.
+ * Returns 1 to allow, 0 to refuse. */
+static __always_inline int encdns_hook(struct bpf_sock_addr *ctx, struct eg_config *cfg,
+				       __u8 hook, int v6)
+{
+	if (!cfg || !cfg->encdns)
+		return 1;
+	__u32 proto = ctx->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != 262 /* IPPROTO_MPTCP */)
+		return 1;
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	if (!port)
+		return 1;
+	/* one path per list, not one per combination of matches (unused slots are 0) */
+	__u32 reason = 0;
+#pragma unroll
+	for (int i = 0; i < EG_ENCDNS_PORTS; i++) {
+		if (cfg->encdns_ports[i] == port) {
+			reason = EG_R_DOT_PORT;
+			break;
+		}
+	}
+	if (!reason) {
+		int doh_port = 0;
+#pragma unroll
+		for (int i = 0; i < EG_DOH_PORTS; i++) {
+			if (cfg->doh_ports[i] == port) {
+				doh_port = 1;
+				break;
+			}
+		}
+		if (!doh_port)
+			return 1;
+	}
+	if (cfg->sock_scope == EG_SCOPE_NETNS && cfg->netns_cookie &&
+	    bpf_get_netns_cookie(ctx) != cfg->netns_cookie)
+		return 1;
+
+	struct eg_lpm_key k = { .prefixlen = 128 };
+	__u8 ipver = 4;
+	/* a program may read only its own family's address fields (verifier) */
+	if (!v6) {
+		__u32 a4 = ctx->user_ip4;
+		k.addr[10] = k.addr[11] = 0xff;
+		__builtin_memcpy(&k.addr[12], &a4, 4);
+	} else {
+		__u32 a6[4];
+		a6[0] = ctx->user_ip6[0];
+		a6[1] = ctx->user_ip6[1];
+		a6[2] = ctx->user_ip6[2];
+		a6[3] = ctx->user_ip6[3];
+		__builtin_memcpy(k.addr, a6, 16);
+		ipver = 6;
+	}
+	if (!reason && bpf_map_lookup_elem(&eg_doh_addrs, &k))
+		reason = EG_R_DOH_ENDPOINT;
+	if (!reason)
+		return 1;
+	if (bpf_map_lookup_elem(&eg_sanctioned, &k)) {
+		stat(EG_S_ENCDNS_SANCTIONED);
+		return 1;
+	}
+	int enforce = cfg->mode == EG_MODE_ENFORCE;
+	stat(enforce ? EG_S_ENCDNS_DENIED : EG_S_ENCDNS_REPORTED);
+
+	/* a retry loop costs one ring record per second, its attempts counted */
+	__u64 pt = bpf_get_current_pid_tgid();
+	struct eg_encdns_key qk = { .tgid = pt >> 32, .dport = port, .l4 = proto };
+	__builtin_memcpy(qk.daddr, k.addr, 16);
+	__u64 now = bpf_ktime_get_ns();
+	__u64 attempts = 1;
+	struct eg_encdns_seen *seen = bpf_map_lookup_elem(&eg_encdns_seen, &qk);
+	if (seen) {
+		__u64 total = __sync_fetch_and_add(&seen->total, 1) + 1;
+		if (now - seen->last_ns < EG_QUIET_NS) {
+			stat(EG_S_ENCDNS_QUIET);
+			return !enforce;
+		}
+		seen->last_ns = now;
+		attempts = total - seen->reported;
+		seen->reported = total;
+	} else {
+		struct eg_encdns_seen fresh = { .total = 1, .last_ns = now, .reported = 1 };
+		bpf_map_update_elem(&eg_encdns_seen, &qk, &fresh, BPF_NOEXIST);
+	}
+
+	struct eg_event *ev = bpf_ringbuf_reserve(&eg_events, EG_OBS_SIZE, 0);
+	if (!ev) {
+		stat(EG_S_RINGBUF_FULL);
+		return !enforce;
+	}
+	/* ring memory is recycled, not zeroed: the header is written whole */
+	__builtin_memset(ev, 0, EG_OBS_SIZE);
+	ev->ts_ns = now;
+	ev->cookie = bpf_get_socket_cookie(ctx);
+	ev->pid = (__u32)pt;
+	ev->tgid = pt >> 32;
+	ev->uid = (__u32)bpf_get_current_uid_gid();
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	__builtin_memcpy(ev->daddr, k.addr, 16);
+	if (ipver == 4)
+		ev->saddr[10] = ev->saddr[11] = 0xff;
+	ev->dport = port;
+	ev->l4 = proto == IPPROTO_UDP ? IPPROTO_UDP : IPPROTO_TCP;
+	ev->ipver = ipver;
+	ev->reasons = reason;
+	ev->action = enforce ? EG_ACT_BLOCK : EG_ACT_REPORT;
+	ev->kind = EG_KIND_ENCDNS;
+	ev->hook = hook;
+	ev->drops = attempts > 0xffffffffULL ? 0xffffffff : (__u32)attempts;
+	bpf_ringbuf_submit(ev, 0);
+	return !enforce;
+}
+
 /* Records who owns the socket (once per cookie and process) and denies DNS-port sends of a
  * quarantined process. Returns 1 to allow, 0 to deny with EPERM. */
-static __always_inline int sock_hook(struct bpf_sock_addr *ctx)
+static __always_inline int sock_hook(struct bpf_sock_addr *ctx, __u8 hook, int v6)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	__u64 pt = bpf_get_current_pid_tgid();
@@ -1784,38 +1930,38 @@ static __always_inline int sock_hook(struct bpf_sock_addr *ctx)
 		bpf_map_update_elem(&eg_socks, &cookie, &pr, BPF_ANY);
 		stat(EG_S_SOCK_EVENTS);
 	}
+	struct eg_config *cfg = get_config();
 	if (ctx->user_port == bpf_htons(53) && bpf_map_lookup_elem(&eg_quarantine, &tgid)) {
-		struct eg_config *cfg = get_config();
 		if (cfg && cfg->mode == EG_MODE_ENFORCE) {
 			stat(EG_S_SOCK_DENIED);
 			return 0;
 		}
 	}
-	return 1;
+	return encdns_hook(ctx, cfg, hook, v6);
 }
 
 SEC("cgroup/sendmsg4")
 int eg_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock_hook(ctx);
+	return sock_hook(ctx, EG_HOOK_SENDMSG, 0);
 }
 
 SEC("cgroup/sendmsg6")
 int eg_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return sock_hook(ctx);
+	return sock_hook(ctx, EG_HOOK_SENDMSG, 1);
 }
 
 SEC("cgroup/connect4")
 int eg_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock_hook(ctx);
+	return sock_hook(ctx, EG_HOOK_CONNECT, 0);
 }
 
 SEC("cgroup/connect6")
 int eg_connect6(struct bpf_sock_addr *ctx)
 {
-	return sock_hook(ctx);
+	return sock_hook(ctx, EG_HOOK_CONNECT, 1);
 }
 
 /* AF_PACKET with PACKET_QDISC_BYPASS and AF_XDP transmit without passing tc egress (or the

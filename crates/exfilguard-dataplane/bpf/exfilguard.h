@@ -7,6 +7,8 @@
 #define EG_PKT_MAX 2048   /* largest frame that can be held and released */
 #define EG_MAX_SUFFIXES 8 /* parent suffixes checked against the blocklist */
 #define EG_COMM_LEN 16
+#define EG_ENCDNS_PORTS 8 /* encrypted-DNS ports (DoT, DoQ) in eg_config */
+#define EG_DOH_PORTS 4    /* DoH ports checked against eg_doh_addrs */
 /* The agent writes eg_heartbeat at least every 100 ms while it reads the rings; older than
  * this, it is taken for dead (killed, stopped, hung) and fail_open passes what it would hold. */
 #define EG_AGENT_TIMEOUT_NS 2000000000ULL
@@ -45,9 +47,14 @@ enum eg_reason {
 	EG_R_MIXED_CASE = 1 << 14,  /* upper- and lower-case letters: case can carry data */
 	EG_R_UNOBSERVED = 1 << 15,  /* would pass, but the observation ring was full */
 	EG_R_MULTI = 1 << 16,       /* one of several messages in a TCP segment */
+	/* encrypted DNS (EG_KIND_ENCDNS) to a resolver that is not sanctioned */
+	EG_R_DOT_PORT = 1 << 17,     /* TCP or UDP to an encrypted-DNS port (853: DoT, DoQ) */
+	EG_R_DOH_ENDPOINT = 1 << 18, /* TCP or UDP to a DoH port of a known public resolver */
 };
 
-enum eg_kind { EG_KIND_QUERY = 0, EG_KIND_RESPONSE = 1 };
+/* EG_KIND_ENCDNS: a connect() or sendmsg() of encrypted DNS to a resolver not sanctioned
+ * (frameless: process, destination address and port, reasons; no name). */
+enum eg_kind { EG_KIND_QUERY = 0, EG_KIND_RESPONSE = 1, EG_KIND_ENCDNS = 2 };
 enum eg_encap {
 	EG_ENCAP_NONE = 0,
 	EG_ENCAP_VXLAN = 1,
@@ -56,7 +63,15 @@ enum eg_encap {
 	EG_ENCAP_GRE = 4,
 };
 /* EG_HOOK_SOCK: cgroup_skb egress, the sending socket's packet before any device. */
-enum eg_hook { EG_HOOK_TC = 0, EG_HOOK_XDP = 1, EG_HOOK_NETFILTER = 2, EG_HOOK_SOCK = 3 };
+/* EG_HOOK_CONNECT / EG_HOOK_SENDMSG: cgroup sock_addr connect4/6, sendmsg4/6. */
+enum eg_hook {
+	EG_HOOK_TC = 0,
+	EG_HOOK_XDP = 1,
+	EG_HOOK_NETFILTER = 2,
+	EG_HOOK_SOCK = 3,
+	EG_HOOK_CONNECT = 4,
+	EG_HOOK_SENDMSG = 5,
+};
 
 /* Socket-layer scope (eg_config.sock_scope). */
 enum eg_scope { EG_SCOPE_ALL = 0, EG_SCOPE_NETNS = 1, EG_SCOPE_OFF = 2 };
@@ -105,6 +120,11 @@ enum eg_stat {
 	EG_S_SOCKOPT_DENIED, /* PACKET_QDISC_BYPASS / AF_XDP refused */
 	EG_S_OBSERVE_HELD, /* held because the observation ring was full */
 	EG_S_JUDGE,        /* dropped and handed over for judgement without the frame */
+	/* encrypted DNS at connect()/sendmsg() (sock_addr hooks) */
+	EG_S_ENCDNS_SANCTIONED, /* to a sanctioned resolver: allowed */
+	EG_S_ENCDNS_REPORTED,   /* monitor mode: not sanctioned, allowed and reported */
+	EG_S_ENCDNS_DENIED,     /* enforce mode: not sanctioned, refused with EPERM */
+	EG_S_ENCDNS_QUIET,      /* ... of them counted without a ring record (retry loops) */
 	EG_S_MAX,
 };
 
@@ -128,6 +148,33 @@ struct eg_config {
 	__u32 agent_tgid;      /* the agent: the one process allowed to bypass qdiscs */
 	__u32 sock_scope;      /* enum eg_scope: which namespaces the socket hook judges */
 	__u64 netns_cookie;    /* the agent's network namespace (EG_SCOPE_NETNS) */
+	__u32 encdns;          /* 1: the sanctioned-resolver policy for encrypted DNS is on */
+	__u16 encdns_ports[EG_ENCDNS_PORTS]; /* DoT/DoQ ports, any destination (0: unused) */
+	__u16 doh_ports[EG_DOH_PORTS];       /* ports of eg_doh_addrs destinations (0: unused) */
+	__u32 _pad2;
+};
+
+/* Key of the LPM tries eg_doh_addrs and eg_sanctioned: IPv4 mapped into IPv6 (::ffff:a.b.c.d,
+ * prefix 96 + the IPv4 prefix). */
+struct eg_lpm_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* One key per (process, destination, port, transport) refused or reported: one ring record
+ * per key and second, carrying the attempts since the key's previous record. */
+struct eg_encdns_key {
+	__u8 daddr[16];
+	__u32 tgid;
+	__u16 dport;
+	__u8 l4;
+	__u8 _pad;
+};
+
+struct eg_encdns_seen {
+	__u64 total;    /* attempts of this key */
+	__u64 last_ns;  /* its last ring record */
+	__u64 reported; /* attempts in records so far */
 };
 
 /* Who sent it: recorded by the cgroup sock_addr hooks, keyed by socket cookie. */

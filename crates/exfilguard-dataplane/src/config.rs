@@ -89,7 +89,23 @@ pub struct KernelPolicy {
     /// The agent's network namespace cookie (`SocketScope::Netns`).
     #[serde(skip)]
     pub netns_cookie: u64,
+    /// The sanctioned-resolver policy for encrypted DNS at connect()/sendmsg() (the agent
+    /// sets it from `[encrypted_dns]`; the address lists are maps of their own).
+    #[serde(skip)]
+    pub encrypted_dns: bool,
+    /// Encrypted-DNS ports refused towards any unsanctioned address (DoT, DoQ: 853); at most
+    /// [`ENCDNS_PORTS`].
+    #[serde(skip)]
+    pub encdns_ports: Vec<u16>,
+    /// Ports refused towards the known DoH resolvers' addresses (443); at most [`DOH_PORTS`].
+    #[serde(skip)]
+    pub doh_ports: Vec<u16>,
 }
+
+/// Encrypted-DNS ports the kernel policy holds (`EG_ENCDNS_PORTS`).
+pub const ENCDNS_PORTS: usize = 8;
+/// DoH ports the kernel policy holds (`EG_DOH_PORTS`).
+pub const DOH_PORTS: usize = 4;
 
 impl KernelPolicy {
     /// The kernel's "is this name worth the model?" test (`suspicion()` in the BPF program),
@@ -175,13 +191,16 @@ impl Default for KernelPolicy {
             agent_tgid: 0,
             socket_scope: SocketScope::All,
             netns_cookie: 0,
+            encrypted_dns: false,
+            encdns_ports: vec![853],
+            doh_ports: vec![443],
         }
     }
 }
 
 impl KernelPolicy {
     /// The map value, in the field order of `struct eg_config` (seventeen u32, padding, one
-    /// u64; native endian).
+    /// u64, then the encrypted-DNS switch and ports, padding; native endian).
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let f = [
             match self.mode {
@@ -212,6 +231,16 @@ impl KernelPolicy {
         ];
         let mut b: Vec<u8> = f.iter().flat_map(|v| v.to_ne_bytes()).collect();
         b.extend_from_slice(&self.netns_cookie.to_ne_bytes());
+        b.extend_from_slice(&(self.encrypted_dns as u32).to_ne_bytes());
+        for (list, n) in [
+            (&self.encdns_ports, ENCDNS_PORTS),
+            (&self.doh_ports, DOH_PORTS),
+        ] {
+            for i in 0..n {
+                b.extend_from_slice(&list.get(i).copied().unwrap_or(0).to_ne_bytes());
+            }
+        }
+        b.extend_from_slice(&0u32.to_ne_bytes());
         b
     }
 }

@@ -49,10 +49,14 @@ pub enum Hook {
     Sock,
     /// Not a kernel hook: the query reached `exfilguard resolve` (the resolver front).
     Resolver,
+    /// cgroup/connect4/6: a socket's connect() (encrypted-DNS policy).
+    Connect,
+    /// cgroup/sendmsg4/6: an unconnected UDP sendmsg() (encrypted-DNS policy).
+    Sendmsg,
 }
 
 /// Names of the `enum eg_reason` bits, in bit order.
-pub const REASONS: [&str; 17] = [
+pub const REASONS: [&str; 19] = [
     "long_name",
     "long_label",
     "many_labels",
@@ -70,6 +74,8 @@ pub const REASONS: [&str; 17] = [
     "mixed_case",
     "unobserved",
     "multi_message",
+    "dot_port",
+    "doh_endpoint",
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -119,6 +125,7 @@ pub struct Event {
     pub hook: Hook,
     /// `true` for responses seen on ingress (XDP), `false` for queries.
     pub response: bool,
+
     pub reasons: Vec<&'static str>,
     pub ifindex: u32,
     pub src: IpAddr,
@@ -152,6 +159,8 @@ pub struct Event {
     pub frame_l3: bool,
     /// Blocked or quarantined queries: the kernel's `eg_quiet` key and its running drop total
     /// (this drop included). The kernel hands over one record per key and second of a flood.
+    /// Encrypted-DNS records ([`Event::encrypted_dns`]): key hash 0, and the attempts since
+    /// the previous record of the same process, destination and port (this one included).
     #[serde(skip)]
     pub quiet: Option<(QuietKey, u32)>,
     /// The held frame (Ethernet for tc on an Ethernet device, IP otherwise: `frame_l3`);
@@ -255,9 +264,12 @@ impl Event {
                 1 => Hook::Xdp,
                 2 => Hook::Netfilter,
                 3 => Hook::Sock,
+                4 => Hook::Connect,
+                5 => Hook::Sendmsg,
                 _ => Hook::Tc,
             },
             response: raw.kind == 1,
+
             reasons,
             ifindex: raw.ifindex,
             src: addr(&raw.saddr, raw.ipver),
@@ -290,7 +302,11 @@ impl Event {
                     QuietKey {
                         hash: raw.quiet_hash,
                         cookie: raw.cookie,
-                        src: QuietKey::fold(&raw.saddr),
+                        src: if raw.kind == 2 {
+                            0
+                        } else {
+                            QuietKey::fold(&raw.saddr)
+                        },
                     },
                     raw.drops,
                 )
@@ -330,6 +346,18 @@ impl Event {
         self.reasons
             .iter()
             .any(|r| matches!(*r, "odd_message" | "extra_data"))
+    }
+
+    /// A connect()/sendmsg() of encrypted DNS (DoT, DoQ, DoH) to a resolver that is not
+    /// sanctioned (cgroup sock_addr hooks): no name; `reasons` says which rule (`dot_port`,
+    /// `doh_endpoint`), `dst`/`dport` where to, `quiet` how many attempts the record is.
+    pub fn encrypted_dns(&self) -> bool {
+        matches!(self.hook, Hook::Connect | Hook::Sendmsg)
+    }
+
+    /// Attempts an encrypted-DNS record stands for (1 unless a retry loop was counted).
+    pub fn attempts(&self) -> u64 {
+        self.quiet.map_or(1, |(_, n)| u64::from(n.max(1)))
     }
 
     /// The question name's labels, or `None` if the kernel sent a malformed name.

@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfilguard";
 
 /// Names of the per-CPU counters (`enum eg_stat`), in index order.
-pub const STAT_NAMES: [&str; 41] = [
+pub const STAT_NAMES: [&str; 45] = [
     "packets",
     "non_dns",
     "dns_queries",
@@ -76,6 +76,10 @@ pub const STAT_NAMES: [&str; 41] = [
     "sockopt_denied",
     "observe_held",
     "judge",
+    "encdns_sanctioned",
+    "encdns_reported",
+    "encdns_denied",
+    "encdns_quiet",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +313,49 @@ fn drop_outdated_config_pin(dir: &Path) {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// The `struct eg_lpm_key` of a network: IPv4 mapped into IPv6 (::ffff:0:0/96).
+pub fn lpm_key(addr: std::net::IpAddr, prefix: u8) -> [u8; 20] {
+    let (v6, len) = match addr {
+        std::net::IpAddr::V4(a) => (a.to_ipv6_mapped(), 96 + u32::from(prefix.min(32))),
+        std::net::IpAddr::V6(a) => (a, u32::from(prefix.min(128))),
+    };
+    // the trie compares the first `len` bits only; host bits are cleared so equal networks
+    // give equal keys
+    let mut bits = u128::from_be_bytes(v6.octets());
+    if len < 128 {
+        bits &= !(u128::MAX >> len);
+    }
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&len.to_ne_bytes());
+    k[4..].copy_from_slice(&bits.to_be_bytes());
+    k
+}
+
+fn replace_lpm(
+    map: &libbpf_rs::Map<'_>,
+    nets: &[(std::net::IpAddr, u8)],
+    name: &str,
+) -> Result<usize> {
+    let want: std::collections::HashSet<[u8; 20]> =
+        nets.iter().map(|&(a, p)| lpm_key(a, p)).collect();
+    for k in &want {
+        map.update(k, &[1u8], MapFlags::ANY)
+            .ctx(|| format!("writing {name}"))?;
+    }
+    let stale: Vec<Vec<u8>> = map
+        .keys()
+        .filter(|k| <[u8; 20]>::try_from(&k[..]).map_or(true, |k| !want.contains(&k)))
+        .collect();
+    for k in stale {
+        match map.delete(&k) {
+            Ok(()) => {}
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).ctx(|| format!("pruning {name}")),
+        }
+    }
+    Ok(want.len())
 }
 
 /// How long a release ticket is valid (`EG_TICKET_NS`).
@@ -834,6 +881,23 @@ impl Dataplane {
             b.get(..8)
                 .map(|t| u64::from_ne_bytes(t.try_into().expect("8 bytes")))
         }))
+    }
+
+    /// Replaces the encrypted-DNS address lists (`eg_doh_addrs`: known DoH/DoT resolvers;
+    /// `eg_sanctioned`: the resolvers encrypted DNS may go to) with `(network, prefix length)`
+    /// entries; IPv4 is stored mapped into IPv6. Entries not in the new lists are removed
+    /// after the new ones are in, so a reload never leaves a gap. Returns (doh, sanctioned)
+    /// entries written.
+    pub fn set_encrypted_dns_lists(
+        &self,
+        doh: &[(std::net::IpAddr, u8)],
+        sanctioned: &[(std::net::IpAddr, u8)],
+    ) -> Result<(usize, usize)> {
+        let m = &self.skel.maps;
+        Ok((
+            replace_lpm(&m.eg_doh_addrs, doh, "eg_doh_addrs")?,
+            replace_lpm(&m.eg_sanctioned, sanctioned, "eg_sanctioned")?,
+        ))
     }
 
     /// Sums the per-CPU counters.

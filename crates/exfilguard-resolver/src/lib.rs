@@ -7,8 +7,10 @@
 
 pub mod answer;
 pub mod behaviour;
+pub mod doh;
 pub mod judge;
 pub mod limits;
+pub mod tls;
 pub mod upstream;
 
 use anyhow::{bail, Context, Result};
@@ -146,6 +148,8 @@ struct Front {
     convictions: Option<SyncSender<Conviction>>,
     behaviour: Option<Arc<behaviour::Behaviour>>,
     limits: limits::Limits,
+    /// DoT/DoH handshakes and HTTP statuses.
+    tls: tls::TlsMetrics,
     /// `resolve.forward_opcodes` as numbers.
     forward_ops: Vec<u8>,
     /// A flood of hostile queries must not overwrite the audit trail with itself.
@@ -321,6 +325,38 @@ impl Front {
         }
     }
 
+    /// One message from a stream client (TCP, DoT, DoH: `proto`) judged like any query, and
+    /// forwarded over TCP when it passes: the answer to send, or `None` to close.
+    async fn answer_stream(
+        &self,
+        msg: &[u8],
+        peer: SocketAddr,
+        local: SocketAddr,
+        proto: &'static str,
+    ) -> Option<Vec<u8>> {
+        Some(match self.decide(msg, peer, local, proto) {
+            Step::Answer(a) => a,
+            Step::Forward if limits::is_any(msg) => {
+                let a = limits::any_answer(msg)?;
+                self.limits.metrics.any_minimal.inc();
+                a
+            }
+            Step::Forward => match self.upstreams.exchange_tcp(msg).await {
+                Some(a) => {
+                    if a.len() >= 12 && a[3] & 0x0f == 3 {
+                        self.on_nxdomain(peer, &a, proto);
+                    }
+                    a
+                }
+                None => {
+                    self.front.count(proto, "servfail");
+                    answer::error_for(msg, ResponseCode::ServFail)?
+                }
+            },
+            Step::Drop => return None,
+        })
+    }
+
     /// A behaviour alarm: information rate and beacons convict the registered domain (unless
     /// allowlisted); a DGA bot is reported.
     #[allow(clippy::too_many_arguments)]
@@ -434,6 +470,12 @@ impl Front {
             return;
         };
         let name_wire = exfilguard_dataplane::hash::wire(name.labels());
+        // OCSF's protocol_name stays the IP protocol; what carried the DNS is the encapsulation
+        let (transport, encap) = match proto {
+            "dot" => ("tcp", "tls"),
+            "doh" => ("tcp", "https"),
+            p => (p, "none"),
+        };
         let ev = Event {
             ts_ns: monotonic_ns(),
             action: if decision == Decision::Released {
@@ -449,8 +491,8 @@ impl Front {
             dst: local.ip(),
             sport: client.port(),
             dport: local.port(),
-            transport: proto,
-            encap: "none",
+            transport,
+            encap,
             qtype,
             dns_id,
             rcode: 0,
@@ -599,6 +641,9 @@ async fn tcp_accept(front: Arc<Front>, tcp: TcpListener) {
                 backoff = min;
                 // Err: dropped here, so closed before any read (counted by reason)
                 if let Ok(slot) = front.limits.admit_tcp(peer) {
+                    // answers are single small writes: without this, Nagle holds each one
+                    // behind the client's delayed ACK of the previous (~40 ms per pipelined answer)
+                    let _ = s.set_nodelay(true);
                     tokio::spawn(tcp_conn(front.clone(), s, peer, slot));
                 }
             }
@@ -680,31 +725,8 @@ async fn tcp_conn(
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let out = match front.decide(&msg, peer, local, "tcp") {
-            Step::Answer(a) => a,
-            Step::Forward if limits::is_any(&msg) => match limits::any_answer(&msg) {
-                Some(a) => {
-                    lim.metrics.any_minimal.inc();
-                    a
-                }
-                None => return,
-            },
-            Step::Forward => match front.upstreams.exchange_tcp(&msg).await {
-                Some(a) => {
-                    if a.len() >= 12 && a[3] & 0x0f == 3 {
-                        front.on_nxdomain(peer, &a, "tcp");
-                    }
-                    a
-                }
-                None => {
-                    front.front.count("tcp", "servfail");
-                    match answer::error_for(&msg, ResponseCode::ServFail) {
-                        Some(a) => a,
-                        None => return,
-                    }
-                }
-            },
-            Step::Drop => return,
+        let Some(out) = front.answer_stream(&msg, peer, local, "tcp").await else {
+            return;
         };
         let mut framed = Vec::with_capacity(out.len() + 2);
         framed.extend((out.len() as u16).to_be_bytes());
@@ -774,8 +796,17 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         .iter()
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
+    let encrypted: Vec<(SocketAddr, tls::Kind)> = (cfg.resolve.listen_tls.iter())
+        .map(|a| (a, tls::Kind::Dot))
+        .chain(cfg.resolve.listen_https.iter().map(|a| (a, tls::Kind::Doh)))
+        .map(|(a, k)| Ok::<_, std::net::AddrParseError>((a.parse()?, k)))
+        .collect::<Result<_, _>>()?;
+    // certificate files are read (or the development one made) before anything else starts
+    let certs = tls::Certs::load(&cfg.resolve)?;
     // before the first thread (runtime workers, sinks, Kafka inherit the reduced sets)
-    let keep = front_capabilities(&cfg, &listen);
+    let mut bind_ports = listen.clone();
+    bind_ports.extend(encrypted.iter().map(|(a, _)| *a));
+    let keep = front_capabilities(&cfg, &bind_ports);
     if cfg.hardening.drop_caps {
         exfilguard_lockdown::drop_capabilities_to(&keep).context("dropping capabilities")?;
         tracing::info!(kept = ?keep, "capabilities dropped (no_new_privs)");
@@ -822,6 +853,7 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::new(&mut registry, &info.version, &info.sha256);
     let limit_metrics = limits::LimitMetrics::register(&mut registry);
+    let tls_metrics = tls::TlsMetrics::register(&mut registry);
     let upstreams = rt.block_on(Upstreams::connect(
         &ups,
         Duration::from_millis(cfg.resolve.timeout_ms),
@@ -883,6 +915,7 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
             EVENTS_PER_PAIR,
         )),
         limits: limits::Limits::new(&cfg.resolve, limit_metrics),
+        tls: tls_metrics,
     });
     if behaviour.is_some() {
         let weak = Arc::downgrade(&front);
@@ -909,6 +942,15 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
                 .with_context(|| format!("resolve.listen: binding tcp {local}"))?;
             tokio::spawn(tcp_accept(front.clone(), tcp));
             bound.push(local);
+        }
+        for &(addr, kind) in &encrypted {
+            let certs = certs.as_ref().context("TLS listener without a certificate")?;
+            let config = match kind {
+                tls::Kind::Dot => certs.server_config(&[])?,
+                tls::Kind::Doh => certs.server_config(&[b"h2", b"http/1.1"])?,
+            };
+            let at = tls::listen(front.clone(), addr, kind, config).await?;
+            tracing::info!(listen = %at, proto = kind.proto(), "encrypted DNS listener");
         }
         if let Some(zone) = &rpz {
             exfilguard_rpz::serve(zone.clone(), cfg.rpz.clone(), rpz_metrics)

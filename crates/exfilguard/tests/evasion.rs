@@ -1538,6 +1538,8 @@ impl Tcpdump {
             &lab.sns(),
             &[
                 "tcpdump",
+                // packets reach the file as they cross the wire, not when a ring block retires (~1 s)
+                "--immediate-mode",
                 "-U",
                 "-n",
                 "-s",

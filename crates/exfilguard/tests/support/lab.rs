@@ -187,6 +187,8 @@ impl Lab {
             &self.sns(),
             &[
                 "tcpdump",
+                // packets reach the file as they cross the wire, not when a ring block retires (~1 s)
+                "--immediate-mode",
                 "-U",
                 "-n",
                 "-s",
