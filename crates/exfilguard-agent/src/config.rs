@@ -481,8 +481,17 @@ pub enum BlockAction {
 pub struct ResolveConfig {
     /// `ip:port` addresses served over UDP and TCP.
     pub listen: Vec<String>,
-    /// `ip:port` resolvers forwarded to, round robin; one that stops answering is skipped.
+    /// `ip:port` resolvers forwarded to, round robin; one that stops answering is skipped. A bare
+    /// address means port 53 (853 with `upstream_tls`).
     pub upstreams: Vec<String>,
+    /// Forward to the upstreams over DNS over TLS (RFC 7858), whatever the client spoke.
+    pub upstream_tls: bool,
+    /// The name in the upstreams' certificates ("": their IP addresses).
+    pub upstream_tls_name: String,
+    /// PEM bundle of the CAs trusted for the upstreams (empty path: the system's store).
+    pub upstream_tls_ca: PathBuf,
+    /// Answer NXDOMAIN for `use-application-dns.net`: browsers then leave their own DoH off.
+    pub doh_canary: bool,
     pub action: BlockAction,
     pub sinkhole_ipv4: std::net::Ipv4Addr,
     pub sinkhole_ipv6: std::net::Ipv6Addr,
@@ -561,6 +570,10 @@ impl Default for ResolveConfig {
         Self {
             listen: vec!["127.0.0.1:5353".into()],
             upstreams: Vec::new(),
+            upstream_tls: false,
+            upstream_tls_name: String::new(),
+            upstream_tls_ca: PathBuf::new(),
+            doh_canary: true,
             action: BlockAction::Refused,
             sinkhole_ipv4: std::net::Ipv4Addr::UNSPECIFIED,
             sinkhole_ipv6: std::net::Ipv6Addr::UNSPECIFIED,
@@ -609,6 +622,22 @@ impl Default for ResolveConfig {
 }
 
 impl ResolveConfig {
+    /// The upstreams' addresses: `ip:port`, or a bare address for the DNS port (53, or 853
+    /// over TLS). The error names the bad entry.
+    pub fn upstream_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        let port = if self.upstream_tls { 853 } else { 53 };
+        self.upstreams
+            .iter()
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .or_else(|_| a.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, port)))
+                    .map_err(|_| {
+                        format!("resolve.upstreams: {a:?} is not an address (\"9.9.9.9\", \"9.9.9.9:53\", \"[2620:fe::fe]:53\")")
+                    })
+            })
+            .collect()
+    }
+
     /// Whether a DoT or DoH listener is configured.
     pub fn serves_tls(&self) -> bool {
         !self.listen_tls.is_empty() || !self.listen_https.is_empty()
@@ -811,7 +840,6 @@ impl Config {
         }
         for (key, list) in [
             ("resolve.listen", &self.resolve.listen),
-            ("resolve.upstreams", &self.resolve.upstreams),
             ("resolve.listen_tls", &self.resolve.listen_tls),
             ("resolve.listen_https", &self.resolve.listen_https),
         ] {
@@ -820,6 +848,15 @@ impl Config {
                     errs.push(format!("{key}: {a:?} is not an ip:port address"));
                 }
             }
+        }
+        if let Err(e) = self.resolve.upstream_addrs() {
+            errs.push(e);
+        }
+        let n = &self.resolve.upstream_tls_name;
+        if !n.is_empty() && exfilguard_dns::DnsName::parse(n).is_err() {
+            errs.push(format!(
+                "resolve.upstream_tls_name = {n:?}: not a DNS name (empty: the upstreams' addresses)"
+            ));
         }
         for (key, p) in [
             ("detect.threshold", self.detect.threshold),
@@ -876,6 +913,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_upstream_address_means_the_dns_port() {
+        let mut r = ResolveConfig {
+            upstreams: vec![
+                "9.9.9.9".into(),
+                "2620:fe::fe".into(),
+                "127.0.0.1:5301".into(),
+            ],
+            ..Default::default()
+        };
+        let port = |r: &ResolveConfig| -> Vec<u16> {
+            r.upstream_addrs()
+                .unwrap()
+                .iter()
+                .map(|a| a.port())
+                .collect()
+        };
+        assert_eq!(port(&r), [53, 53, 5301]);
+        r.upstream_tls = true;
+        assert_eq!(port(&r), [853, 853, 5301]);
+        r.upstreams = vec!["dns.example:53".into()];
+        let e = r.upstream_addrs().unwrap_err();
+        assert!(e.contains("\"dns.example:53\" is not an address"), "{e}");
+    }
 
     #[test]
     fn example_file_is_the_defaults() {

@@ -217,6 +217,16 @@ impl Front {
             }
         };
         let qtype = u16::from(q.query_type());
+        if self.cfg.resolve.doh_canary && is_doh_canary(&name) {
+            // browsers that find it missing leave their own DoH off: their queries stay here
+            self.front.count(proto, "canary");
+            return Step::Answer(answer::block(
+                &req,
+                exfilguard_agent::config::BlockAction::Nxdomain,
+                self.cfg.resolve.sinkhole_ipv4,
+                self.cfg.resolve.sinkhole_ipv6,
+            ));
+        }
         let who = client_of(client);
         if let Some(b) = &self.behaviour {
             // before the judge: an alarm convicts the domain, so this query is refused too
@@ -779,6 +789,14 @@ pub fn judge_for(cfg: &Config, detector: exfilguard_detect::Detector) -> Result<
     ))
 }
 
+/// `use-application-dns.net` or a name under it (Mozilla's canary domain).
+fn is_doh_canary(name: &DnsName) -> bool {
+    let mut l = name.labels().rev();
+    l.next().is_some_and(|t| t.eq_ignore_ascii_case(b"net"))
+        && l.next()
+            .is_some_and(|d| d.eq_ignore_ascii_case(b"use-application-dns"))
+}
+
 /// Runs the front until SIGTERM/SIGINT. SIGHUP reloads the model and lists.
 pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
     if cfg.resolve.upstreams.is_empty() {
@@ -790,12 +808,15 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
         .iter()
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
-    let ups: Vec<SocketAddr> = cfg
-        .resolve
-        .upstreams
-        .iter()
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
+    let ups = cfg.resolve.upstream_addrs().map_err(anyhow::Error::msg)?;
+    let dot = if cfg.resolve.upstream_tls {
+        let r = &cfg.resolve;
+        let ca = Some(r.upstream_tls_ca.as_path()).filter(|p| !p.as_os_str().is_empty());
+        let name = Some(r.upstream_tls_name.as_str()).filter(|n| !n.is_empty());
+        Some(upstream::DotClient::new(ca, name)?)
+    } else {
+        None
+    };
     let encrypted: Vec<(SocketAddr, tls::Kind)> = (cfg.resolve.listen_tls.iter())
         .map(|a| (a, tls::Kind::Dot))
         .chain(cfg.resolve.listen_https.iter().map(|a| (a, tls::Kind::Doh)))
@@ -867,6 +888,9 @@ pub fn run(cfg: Config, opts: ResolveOptions) -> Result<()> {
             latency: Histogram::new(exponential_buckets(50e-6, 2.0, 16)),
         },
     ))?;
+    if let Some(d) = dot {
+        let _ = upstreams.dot.set(d);
+    }
     let front_metrics = FrontMetrics::register(&mut registry, &upstreams.stats);
     let rpz_metrics = exfilguard_rpz::RpzMetrics::default();
     if rpz.is_some() {

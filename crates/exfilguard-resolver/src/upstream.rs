@@ -5,7 +5,10 @@
 //! (anything else is counted as a spoofing near miss and the socket keeps waiting; an upstream
 //! that does not preserve case is told apart from a forger by asking again). The client's id and
 //! question bytes are restored on the way back, nothing else in the answer changes. TCP: one
-//! upstream connection per query, same checks. Round robin over the upstreams that answer;
+//! upstream connection per query, same checks. DoT (`resolve.upstream_tls`, RFC 7858): every
+//! query, whatever the client spoke, goes over TLS; connections are kept and reused one query at
+//! a time (a stale one is replaced once), certificates are verified (no opportunistic mode: a
+//! failed handshake is a SERVFAIL, never a plaintext retry). Round robin over the upstreams that answer;
 //! one that misses `DOWN_AFTER` deadlines in a row is skipped for `DOWN_FOR`. What is in flight
 //! is bounded by bytes and by count (`Limits`); queries over a bound are shed.
 
@@ -60,6 +63,21 @@ fn open_files_limit() -> Option<usize> {
     }
 }
 
+/// A share of the in-flight bounds, given back when dropped.
+struct Reserved<'a> {
+    me: &'a Upstreams,
+    cost: usize,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.me
+            .in_flight_bytes
+            .fetch_sub(self.cost, Ordering::Relaxed);
+        self.me.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Where an upstream answer goes.
 pub enum Reply {
     Udp {
@@ -76,6 +94,83 @@ struct Upstream {
     /// Set once it answered with the name's case changed: no 0x20 for it, names compared
     /// case-insensitively from then on.
     folds_case: AtomicBool,
+    /// DoT: connections that answered and may be reused.
+    idle: std::sync::Mutex<Vec<DotStream>>,
+}
+
+type DotStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Idle DoT connections kept per upstream; more are opened under load and closed after.
+const DOT_IDLE_MAX: usize = 16;
+
+/// How to reach the upstreams over TLS.
+pub struct DotClient {
+    connector: tokio_rustls::TlsConnector,
+    /// The name certificates are checked against (`None`: each upstream's IP address).
+    name: Option<rustls_pki_types::ServerName<'static>>,
+}
+
+impl DotClient {
+    /// `ca`: a PEM bundle of trusted roots (`None`: the system's trust store). `name`: the
+    /// name in the upstreams' certificates (`None`: their IP addresses, as IP SANs).
+    pub fn new(ca: Option<&std::path::Path>, name: Option<&str>) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                for c in
+                    rustls_pki_types::CertificateDer::pem_file_iter(path).with_context(|| {
+                        format!("reading resolve.upstream_tls_ca {}", path.display())
+                    })?
+                {
+                    let c = c.with_context(|| format!("a certificate in {}", path.display()))?;
+                    roots
+                        .add(c)
+                        .with_context(|| format!("a CA in {}", path.display()))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(found.certs);
+                tracing::debug!(added, errors = found.errors.len(), "system trust store");
+            }
+        }
+        if roots.is_empty() {
+            anyhow::bail!(
+                "no trusted CA certificates for the DoT upstreams (set resolve.upstream_tls_ca)"
+            );
+        }
+        #[allow(deprecated)] // see tls.rs: ring's provider, no cmake
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"dot".to_vec()];
+        let name = match name {
+            Some(n) => Some(
+                rustls_pki_types::ServerName::try_from(n.to_string()).with_context(|| {
+                    format!("resolve.upstream_tls_name {n:?} is not a DNS name")
+                })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+            name,
+        })
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<DotStream> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| rustls_pki_types::ServerName::IpAddress(addr.ip().into()));
+        self.connector.connect(name, tcp).await
+    }
 }
 
 /// Outcome counters (Prometheus handles: cheap atomics, registered by the caller).
@@ -98,6 +193,8 @@ pub type NxHook = Box<dyn Fn(SocketAddr, &[u8]) + Send + Sync>;
 
 pub struct Upstreams {
     ups: Vec<Arc<Upstream>>,
+    /// Set once at start-up when the upstreams are spoken to over TLS.
+    pub dot: std::sync::OnceLock<DotClient>,
     /// Set once after start-up (the behaviour analytics watch failed lookups).
     pub nx_hook: std::sync::OnceLock<NxHook>,
     next: AtomicUsize,
@@ -331,14 +428,8 @@ impl Exchange {
 
     /// The deadline passed: SERVFAIL to the client, and the upstream counts a miss.
     async fn expire(self) {
-        let (me, up) = (&self.me, &self.up);
-        me.stats.timeouts.inc();
-        if up.misses.fetch_add(1, Ordering::Relaxed) + 1 >= DOWN_AFTER {
-            let until = me.now_ms() + DOWN_FOR.as_millis() as u64;
-            if up.down_until_ms.swap(until, Ordering::Relaxed) <= me.now_ms() {
-                tracing::warn!(upstream = %up.addr, "upstream not answering: skipped for {DOWN_FOR:?}");
-            }
-        }
+        self.me.stats.timeouts.inc();
+        self.me.miss(&self.up);
         self.servfail().await;
     }
 
@@ -392,11 +483,13 @@ impl Upstreams {
                     misses: AtomicU32::new(0),
                     down_until_ms: AtomicU64::new(0),
                     folds_case: AtomicBool::new(false),
+                    idle: std::sync::Mutex::new(Vec::new()),
                 })
             })
             .collect();
         Ok(Arc::new(Self {
             ups,
+            dot: std::sync::OnceLock::new(),
             nx_hook: std::sync::OnceLock::new(),
             next: AtomicUsize::new(0),
             timeout,
@@ -438,6 +531,16 @@ impl Upstreams {
             }
         }
         &self.ups[start % n]
+    }
+
+    /// An upstream missed a deadline (or refused): `DOWN_AFTER` in a row and it is skipped.
+    fn miss(&self, up: &Upstream) {
+        if up.misses.fetch_add(1, Ordering::Relaxed) + 1 >= DOWN_AFTER {
+            let until = self.now_ms() + DOWN_FOR.as_millis() as u64;
+            if up.down_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
+                tracing::warn!(upstream = %up.addr, "upstream not answering: skipped for {DOWN_FOR:?}");
+            }
+        }
     }
 
     /// Takes `cost` bytes and one query from the in-flight bounds, or says no.
@@ -488,6 +591,34 @@ impl Upstreams {
             }
             return;
         };
+        if self.dot.get().is_some() {
+            let me = self.clone();
+            let query = query.to_vec();
+            tokio::spawn(async move {
+                let _held = Reserved { me: &me, cost };
+                let Reply::Udp { sock, peer } = &reply;
+                let out = match me.exchange_dot(&query, name_end, q_end).await {
+                    Some(answer) => {
+                        let out = crate::limits::fit_udp(&query, &answer);
+                        if out.len() < answer.len() {
+                            me.stats.truncated.inc();
+                        }
+                        if answer[3] & 0x0f == 3 {
+                            if let Some(h) = me.nx_hook.get() {
+                                h(*peer, &answer);
+                            }
+                        }
+                        out.into_owned()
+                    }
+                    None => match crate::answer::error_for(&query, ResponseCode::ServFail) {
+                        Some(a) => a,
+                        None => return,
+                    },
+                };
+                let _ = sock.send_to(&out, *peer).await;
+            });
+            return;
+        }
         let up = self.pick().clone();
         let mut sent = query.to_vec();
         sent[..2].copy_from_slice(&rand_id().to_be_bytes());
@@ -512,6 +643,9 @@ impl Upstreams {
     /// answer must carry the id and question sent, like over UDP.
     pub async fn exchange_tcp(&self, query: &[u8]) -> Option<Vec<u8>> {
         let (name_end, q_end) = question_bounds(query)?;
+        if self.dot.get().is_some() {
+            return self.exchange_dot(query, name_end, q_end).await;
+        }
         let client_id = u16::from_be_bytes([query[0], query[1]]);
         for _ in 0..2.min(self.ups.len()) {
             let up = self.pick();
@@ -549,6 +683,84 @@ impl Upstreams {
                 }
                 _ => {
                     self.stats.timeouts.inc();
+                }
+            }
+        }
+        None
+    }
+
+    /// One query over DoT to the next upstream (failing over once), within the deadline: a
+    /// kept connection first (one that turns out closed is replaced by a fresh one), the same
+    /// answer checks as over TCP. `None`: no answer in time (the client gets SERVFAIL).
+    async fn exchange_dot(&self, query: &[u8], name_end: usize, q_end: usize) -> Option<Vec<u8>> {
+        let dot = self.dot.get()?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let started = Instant::now();
+        let client_id = u16::from_be_bytes([query[0], query[1]]);
+        let mut sent = query.to_vec();
+        let mut framed = Vec::with_capacity(query.len() + 2);
+        for _ in 0..2.min(self.ups.len()) {
+            let up = self.pick().clone();
+            // kept connections may have been closed by the upstream meanwhile: each is tried
+            // once (bounded by DOT_IDLE_MAX), then a fresh one
+            loop {
+                let kept = up.idle.lock().ok().and_then(|mut v| v.pop());
+                let reused = kept.is_some();
+                sent[..2].copy_from_slice(&rand_id().to_be_bytes());
+                framed.clear();
+                framed.extend((sent.len() as u16).to_be_bytes());
+                framed.extend(&sent);
+                let r = tokio::time::timeout_at(deadline, async {
+                    let mut s = match kept {
+                        Some(s) => s,
+                        None => dot.connect(up.addr).await?,
+                    };
+                    s.write_all(&framed).await?;
+                    loop {
+                        let mut len = [0u8; 2];
+                        s.read_exact(&mut len).await?;
+                        let mut ans = vec![0u8; u16::from_be_bytes(len) as usize];
+                        s.read_exact(&mut ans).await?;
+                        match check(&sent, name_end, q_end, &ans) {
+                            Check::Match => {}
+                            Check::CaseChanged => self.case_fallback(&up),
+                            Check::Mismatch => {
+                                // an answer to an earlier query on this connection, or junk
+                                self.stats.spoof_nearmiss.inc();
+                                continue;
+                            }
+                        }
+                        return Ok::<_, std::io::Error>((s, ans));
+                    }
+                })
+                .await;
+                match r {
+                    Ok(Ok((s, ans))) => {
+                        if let Ok(mut idle) = up.idle.lock() {
+                            if idle.len() < DOT_IDLE_MAX {
+                                idle.push(s);
+                            }
+                        }
+                        up.misses.store(0, Ordering::Relaxed);
+                        self.stats.answered.inc();
+                        self.stats.latency.observe(started.elapsed().as_secs_f64());
+                        return Some(self.restore(&ans, client_id, &query[12..q_end], q_end));
+                    }
+                    Ok(Err(e)) if reused => {
+                        tracing::debug!(upstream = %up.addr, "kept DoT connection failed ({e}): a fresh one");
+                    }
+                    Ok(Err(e)) => {
+                        // refused, reset, or a certificate that does not verify: never plaintext
+                        tracing::warn!(upstream = %up.addr, "DoT upstream: {e}");
+                        self.stats.send_errors.inc();
+                        self.miss(&up);
+                        break;
+                    }
+                    Err(_) => {
+                        self.stats.timeouts.inc();
+                        self.miss(&up);
+                        return None;
+                    }
                 }
             }
         }

@@ -182,10 +182,14 @@ impl Front {
     /// `exfilguard resolve` on loopback in front of `up` with DoT and DoH listeners and a
     /// self-signed certificate; `extra`: more TOML after `[resolve]`'s keys.
     fn start(up: &Upstream, extra: &str) -> Self {
+        Self::start_at(up.addr, extra)
+    }
+
+    fn start_at(up: SocketAddr, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports = [free_port(), free_port(), free_port(), free_port()];
         let cfg = dir.path().join("front.toml");
-        std::fs::write(&cfg, config(dir.path(), up.addr, ports, extra)).unwrap();
+        std::fs::write(&cfg, config(dir.path(), up, ports, extra)).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_exfilguard"))
             .args(["resolve", "--config"])
             .arg(&cfg)
@@ -1002,5 +1006,182 @@ fn bad_tls_settings_are_clear_errors() {
     assert!(
         e.contains("resolve.tls_cert") && e.contains("resolve.tls_key"),
         "{e}"
+    );
+}
+
+/// Unbound serving DNS over TLS only, on a loopback port, with a certificate for `dot.test`;
+/// `ok.example` and every name under it answer `A 10.9.9.9`. Logs the queries it gets.
+struct Unbound {
+    child: Child,
+    addr: SocketAddr,
+    ca: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Unbound {
+    fn start() -> Self {
+        need("unbound");
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["dot.test".to_string()]).unwrap();
+        let (ca, key) = (dir.path().join("dot.pem"), dir.path().join("dot.key"));
+        std::fs::write(&ca, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let port = free_port();
+        let conf = dir.path().join("unbound.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "server:\n  interface: 127.0.0.1@{port}\n  tls-port: {port}\n\
+                 tls-service-key: \"{}\"\n  tls-service-pem: \"{}\"\n\
+                 do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n\
+                 directory: \"{}\"\n  use-syslog: no\n  logfile: \"\"\n  verbosity: 1\n\
+                 do-udp: no\n  log-queries: yes\n  access-control: 127.0.0.0/8 allow\n\
+                 module-config: \"iterator\"\n  do-not-query-localhost: yes\n\
+                 local-zone: \"ok.example.\" redirect\n  local-data: \"ok.example. 60 A 10.9.9.9\"\n\
+                 local-zone: \"example.\" static\n",
+                key.display(),
+                ca.display(),
+                dir.path().display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("unbound")
+            .args(["-d", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("unbound.log")).unwrap())
+            .spawn()
+            .expect("starting unbound");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let t = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "unbound did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            addr,
+            ca,
+            dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("unbound.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `resolve.upstream_tls`: the front forwards UDP, TCP and DoT clients' queries to Unbound
+/// over DNS over TLS (Unbound listens for nothing else on that port), verifying its
+/// certificate; tunnel names never reach it. Attack: an upstream whose certificate is not for
+/// the configured name (a man in the middle) gets no query at all, not even in plaintext, and
+/// the client gets SERVFAIL. The browsers' DoH canary is answered NXDOMAIN by the front.
+#[test]
+fn the_front_forwards_over_dot_and_fails_closed_on_a_wrong_certificate() {
+    need("kdig");
+    let ub = Unbound::start();
+    // config() ends inside [resolve]: these keys continue it
+    let extra = |name: &str| {
+        format!(
+            "upstream_tls = true\nupstream_tls_name = \"{name}\"\nupstream_tls_ca = \"{}\"\n\
+             [behaviour]\nenabled = false\n",
+            ub.ca.display()
+        )
+    };
+    let f = Front::start_at(ub.addr, &extra("dot.test"));
+    for i in 0..5 {
+        let name = format!("host{i}.ok.example");
+        assert_eq!(
+            ask_udp(&f, "127.0.0.1", &name, RecordType::A),
+            OK(),
+            "UDP query over a DoT upstream: {}\n{}",
+            f.log(),
+            ub.log()
+        );
+    }
+    let k = kdig(
+        &f,
+        f.dot.port(),
+        &["+tls"],
+        &[("dot.ok.example", "A"), (TUNNEL, "A")],
+    );
+    assert_eq!(k.rcodes, ["NOERROR", "REFUSED"], "{}", k.out);
+    assert_eq!(k.ips, [Ipv4Addr::new(10, 9, 9, 9)], "{}", k.out);
+    // a plain TCP client
+    let mut t = TcpStream::connect(f.udp).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let q = query("tcp.ok.example", RecordType::A, 7);
+    t.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+    t.write_all(&q).unwrap();
+    let mut len = [0u8; 2];
+    t.read_exact(&mut len).unwrap();
+    let mut a = vec![0u8; u16::from_be_bytes(len) as usize];
+    t.read_exact(&mut a).unwrap();
+    assert_eq!(parse(&a), OK(), "TCP client over a DoT upstream");
+    // the canary never leaves the front
+    assert_eq!(
+        ask_udp(&f, "127.0.0.1", "use-application-dns.net", RecordType::A),
+        Some((ResponseCode::NXDomain, vec![]))
+    );
+    let log = ub.log();
+    assert!(
+        log.contains("host4.ok.example."),
+        "unbound saw no query:\n{log}"
+    );
+    assert!(
+        log.contains("dot.ok.example.") && log.contains("tcp.ok.example."),
+        "{log}"
+    );
+    assert!(
+        !log.to_lowercase().contains("tun.test.com"),
+        "a tunnel name reached the upstream"
+    );
+    assert!(
+        !log.contains("use-application-dns"),
+        "the canary was forwarded"
+    );
+    assert!(f.metric("exfilguard_resolve_upstream_answers_total") >= 7.0);
+    drop(f);
+
+    // the same upstream under a name its certificate does not carry: nothing is sent
+    let f = Front::start_at(ub.addr, &extra("other.test"));
+    for name in ["mitm1.ok.example", "mitm2.ok.example"] {
+        assert_eq!(
+            ask_udp(&f, "127.0.0.1", name, RecordType::A),
+            Some((ResponseCode::ServFail, vec![])),
+            "{}",
+            f.log()
+        );
+    }
+    let k = kdig(&f, f.dot.port(), &["+tls"], &[("mitm3.ok.example", "A")]);
+    assert_eq!(k.rcodes, ["SERVFAIL"], "{}", k.out);
+    let log = ub.log();
+    assert!(
+        !log.contains("mitm"),
+        "a query reached an upstream whose certificate failed:\n{log}"
+    );
+    assert!(
+        f.log().contains("DoT upstream") && f.log().contains("certificate"),
+        "the failure is not logged: {}",
+        f.log()
+    );
+    drop(f);
+
+    // control: the same front without upstream_tls speaks plain DNS, which Unbound's TLS port
+    // does not answer (so the answers above did come over TLS)
+    let f = Front::start_at(ub.addr, "timeout_ms = 500\n[behaviour]\nenabled = false\n");
+    assert_eq!(
+        ask_udp(&f, "127.0.0.1", "plain.ok.example", RecordType::A),
+        Some((ResponseCode::ServFail, vec![]))
     );
 }
