@@ -101,7 +101,7 @@ struct Upstream {
 type DotStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// Idle DoT connections kept per upstream; more are opened under load and closed after.
-const DOT_IDLE_MAX: usize = 16;
+const DOT_IDLE_MAX: usize = 256;
 
 /// How to reach the upstreams over TLS.
 pub struct DotClient {
