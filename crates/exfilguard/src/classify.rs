@@ -66,7 +66,7 @@ fn emit(
     format: Format,
     out: &mut impl Write,
 ) -> Result<()> {
-    let parsed: Vec<Result<DnsName, _>> = batch.iter().map(|n| DnsName::parse(n)).collect();
+    let parsed: Vec<Result<DnsName, String>> = batch.iter().map(|n| user_name(n)).collect();
     let valid: Vec<DnsName> = parsed
         .iter()
         .filter_map(|p| p.as_ref().ok().cloned())
@@ -97,6 +97,64 @@ fn emit(
     Ok(())
 }
 
+/// A name typed or pasted by an operator. DNS labels may hold any byte (dns2tcp puts `+` in
+/// them), so only what is plainly not a query name is refused, each with what to do instead:
+/// whitespace, a URL, an IP address, an over-long label (with its real length).
+pub fn user_name(text: &str) -> Result<DnsName, String> {
+    if text.chars().any(char::is_whitespace) {
+        return Err("contains whitespace: give one name per argument or line".into());
+    }
+    if let Some((_, rest)) = text.split_once("://") {
+        let host = rest.split(['/', '?', '#', ':']).next().unwrap_or("");
+        return Err(format!(
+            "a URL, not a DNS name: classify its host ({host:?})"
+        ));
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        let rev = match ip {
+            std::net::IpAddr::V4(v4) => {
+                let o = v4.octets();
+                format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+            }
+            std::net::IpAddr::V6(v6) => {
+                let hex: String = v6.octets().iter().map(|b| format!("{b:02x}")).collect();
+                let mut n: Vec<String> = hex.chars().rev().map(String::from).collect();
+                n.push("ip6.arpa".into());
+                n.join(".")
+            }
+        };
+        return Err(format!(
+            "an IP address, not a DNS name (its reverse-lookup name is {rev})"
+        ));
+    }
+    // `/` is a legal label byte (base64 tunnels use it) but never in a top-level domain
+    if let Some((host, _)) = text
+        .rsplit('.')
+        .next()
+        .filter(|tld| tld.contains('/'))
+        .and_then(|_| text.split_once('/'))
+    {
+        return Err(format!(
+            "a host followed by a path, not a DNS name: classify the host ({host:?})"
+        ));
+    }
+    if !text.contains('\\') {
+        if let Some((i, l)) = text
+            .trim_end_matches('.')
+            .split('.')
+            .enumerate()
+            .find(|(_, l)| l.len() > 63)
+        {
+            return Err(format!(
+                "label {} is {} bytes long (at most 63)",
+                i + 1,
+                l.len()
+            ));
+        }
+    }
+    DnsName::parse(text).map_err(|e| e.to_string())
+}
+
 fn write_row(out: &mut impl Write, l: &Line) -> std::io::Result<()> {
     let name: String = if l.name.chars().count() > 60 {
         l.name.chars().take(57).chain("...".chars()).collect()
@@ -124,7 +182,7 @@ fn write_row(out: &mut impl Write, l: &Line) -> std::io::Result<()> {
 
 pub fn features(names: &[String]) -> Result<()> {
     for text in names {
-        let name = DnsName::parse(text).map_err(|e| anyhow::anyhow!("{text:?}: {e}"))?;
+        let name = user_name(text).map_err(|e| anyhow::anyhow!("{text:?}: {e}"))?;
         let f = extract(&name, Lexicon::embedded());
         let map: serde_json::Map<String, serde_json::Value> = FEATURE_NAMES
             .iter()

@@ -46,6 +46,65 @@ fn classify_args_json() {
     assert!(v[2]["error"].as_str().unwrap().contains("empty label"));
 }
 
+/// Issue 25: what is plainly not a query name gets an error saying what it is, never a
+/// verdict (a URL once had the registered domain `google.com/path`, an address `1.1`, a sentence
+/// was "benign"); real tunnel names with `+` and `/` in their labels are still judged.
+#[test]
+fn classify_refuses_what_is_not_a_name_with_a_clear_error() {
+    let long = format!("{}.example.com", "a".repeat(70));
+    let out = exe()
+        .args([
+            "classify",
+            "not a name!!",
+            "https://google.com/path?q=1",
+            "google.com/path",
+            "192.168.1.1",
+            "2001:db8::1",
+            &long,
+            TUNNEL,
+            "www.example.com",
+        ])
+        .output()
+        .unwrap();
+    let v = json_lines(&out.stdout);
+    assert_eq!(v.len(), 8, "{v:?}");
+    let err = |i: usize| v[i]["error"].as_str().unwrap_or("").to_owned();
+    assert!(err(0).contains("whitespace"), "{}", err(0));
+    assert!(
+        err(1).contains("URL") && err(1).contains("\"google.com\""),
+        "{}",
+        err(1)
+    );
+    assert!(
+        err(2).contains("path") && err(2).contains("\"google.com\""),
+        "{}",
+        err(2)
+    );
+    assert!(
+        err(3).contains("IP address") && err(3).contains("1.1.168.192.in-addr.arpa"),
+        "{}",
+        err(3)
+    );
+    assert!(
+        err(4).contains("IP address") && err(4).ends_with(".8.b.d.0.1.0.0.2.ip6.arpa)"),
+        "{}",
+        err(4)
+    );
+    assert!(err(5).contains("70 bytes"), "{}", err(5));
+    for i in 0..6 {
+        assert!(
+            v[i].get("class").is_none(),
+            "a verdict for bad input: {}",
+            v[i]
+        );
+        assert!(v[i]["registered_domain"].is_null(), "{}", v[i]);
+    }
+    // controls: a base64 tunnel name (with `+` and `/`) and a plain name are judged
+    assert_eq!(v[6]["class"], "tunnel", "{}", v[6]);
+    assert_eq!(v[7]["class"], "benign", "{}", v[7]);
+    assert_eq!(v[7]["registered_domain"], "example.com");
+}
+
 #[test]
 fn classify_stdin_streams_line_by_line() {
     let mut child = exe()
