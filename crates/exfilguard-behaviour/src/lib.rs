@@ -21,8 +21,7 @@ pub mod sketch;
 use exfilguard_dns::DnsName;
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
-use sketch::{hash_of, novel_bytes, Bloom512, Doorkeeper};
-use std::hash::RandomState;
+use sketch::{hash_of, novel_bytes, Bloom1024, Doorkeeper, Keyed};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 
@@ -218,8 +217,8 @@ impl Settings {
     }
 
     /// The most memory the tracker takes, whatever the traffic: full tables plus the fixed
-    /// admission filter. Defaults: 32 768 pairs × 512 B + 16 384 clients × 456 B + 4 MiB ≈
-    /// 28.4 MB.
+    /// admission filter. Defaults: 32 768 pairs × 656 B + 16 384 clients × 456 B + 4 MiB ≈
+    /// 33.2 MB.
     pub fn memory_bound(&self) -> usize {
         self.max_pairs * PAIR_BYTES + self.max_clients * self.client_bytes() + Doorkeeper::BYTES
     }
@@ -281,7 +280,7 @@ struct Pair {
     novel_total: f64,
     queries: u32,
     unique: u32,
-    blooms: [Bloom512; 2],
+    blooms: [Bloom1024; 2],
     bloom_epoch: u64,
     history: [u8; 96],
     hist_len: u8,
@@ -335,10 +334,14 @@ impl Client {
     }
 }
 
+/// The hash seed of offline runs (`exfilguard replay`, `eval --stream`): fixed, so a run over
+/// the same input gives the same alarms at the same times.
+pub const OFFLINE_SEED: u64 = 0x6578_6669_6c67_7561;
+
 /// Per-client and per-(client, domain) behaviour, in bounded memory.
 pub struct Tracker {
     s: Settings,
-    hasher: RandomState,
+    hasher: Keyed,
     door: Doorkeeper,
     door_epoch: u64,
     pairs: LruCache<u64, Pair>,
@@ -367,7 +370,18 @@ fn fmt_secs(s: f64) -> String {
 }
 
 impl Tracker {
+    /// A tracker with a random hash key (a service: nobody can aim names at its filters).
     pub fn new(s: Settings) -> Self {
+        Self::with_key(s, Keyed::random())
+    }
+
+    /// A tracker whose hashing is fixed by `seed`: the same input gives the same alarms
+    /// (`exfilguard replay`). Not for a service facing senders who could learn the seed.
+    pub fn seeded(s: Settings, seed: u64) -> Self {
+        Self::with_key(s, Keyed::seeded(seed))
+    }
+
+    fn with_key(s: Settings, hasher: Keyed) -> Self {
         let lookup = s
             .lookup_zones
             .iter()
@@ -377,7 +391,7 @@ impl Tracker {
         Self {
             pairs: LruCache::new(NonZeroUsize::new(s.max_pairs.max(1)).expect("non-zero")),
             clients: LruCache::new(NonZeroUsize::new(s.max_clients.max(1)).expect("non-zero")),
-            hasher: RandomState::new(),
+            hasher,
             door: Doorkeeper::default(),
             door_epoch: 0,
             dga_buffer: s.dga_buffer(),
@@ -500,9 +514,14 @@ impl Tracker {
                 p.blooms.swap(0, 1);
                 p.blooms[0].clear();
             } else {
-                p.blooms.iter_mut().for_each(Bloom512::clear);
+                p.blooms.iter_mut().for_each(Bloom1024::clear);
             }
             p.bloom_epoch = epoch;
+        }
+        if p.blooms[0].is_full() {
+            // bounded error: a full filter rotates early (see Bloom1024)
+            p.blooms.swap(0, 1);
+            p.blooms[0].clear();
         }
         let new = !p.blooms[0].contains(sub_h) && !p.blooms[1].contains(sub_h);
         p.blooms[0].insert(sub_h);
@@ -819,6 +838,100 @@ mod tests {
             "below the undetected rate"
         );
         assert!(s.memory_bound() < 32 << 20, "{}", s.memory_bound());
+    }
+
+    /// Issue 25: the novelty filter's error is bounded. 1 000 unique names are ~1 000 distinct
+    /// (the 512-bit filter counted 858); an attacker who first sends 5 000 junk names to fill
+    /// it still has its real payload counted; repeats within a filter's span stay repeats.
+    #[test]
+    fn novelty_error_is_bounded_and_the_filter_cannot_be_prefilled() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut b32 = |n: usize| -> String {
+            (0..n)
+                .map(|_| b"abcdefghijklmnopqrstuvwxyz234567"[rng.random_range(0..32)] as char)
+                .collect()
+        };
+        let s = Settings {
+            info_alarm_bytes: 1e12, // count only; no alarm resets anything
+            ..Settings::default()
+        };
+        // each tracker below has one pair: the one client and its zone
+        let unique = |t: &Tracker, _: &str| t.top_info(1).first().map_or(0, |p| p.3);
+        let mut t = Tracker::seeded(s.clone(), 1);
+        for i in 0..1000u64 {
+            q(
+                &mut t,
+                i * 100,
+                "10.0.0.7",
+                &format!("{}.t.example", b32(40)),
+            );
+        }
+        let n = unique(&t, "example");
+        assert!(n >= 985, "1 000 unique names counted as {n} distinct");
+
+        let mut t = Tracker::seeded(s.clone(), 2);
+        for i in 0..5000u64 {
+            q(
+                &mut t,
+                i * 10,
+                "10.0.0.8",
+                &format!("{}.t.example", b32(12)),
+            );
+        }
+        let before = unique(&t, "example");
+        for i in 0..200u64 {
+            q(
+                &mut t,
+                50_000 + i * 10,
+                "10.0.0.8",
+                &format!("{}.t.example", b32(40)),
+            );
+        }
+        let real = unique(&t, "example") - before;
+        assert!(
+            real >= 194,
+            "after a junk pre-fill only {real} of 200 payload names counted"
+        );
+
+        // control: the same 50 names asked again and again are not new
+        let mut t = Tracker::seeded(s, 3);
+        let names: Vec<String> = (0..50).map(|_| format!("{}.t.example", b32(20))).collect();
+        for r in 0..10u64 {
+            for (i, n) in names.iter().enumerate() {
+                q(&mut t, r * 5_000 + i as u64 * 10, "10.0.0.9", n);
+            }
+        }
+        let n = unique(&t, "example");
+        assert!(
+            (48..=52).contains(&n),
+            "50 names repeated 10 times counted as {n}"
+        );
+    }
+
+    /// Issue 25: the same input gives the same alarms with the same seed (a replay).
+    #[test]
+    fn a_seeded_tracker_is_deterministic() {
+        let run = |seed: u64| {
+            let mut t = Tracker::seeded(Settings::default(), seed);
+            let mut out = Vec::new();
+            for i in 0..3000u64 {
+                let name = format!(
+                    "{:x}{}.c2.example",
+                    i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    i % 7
+                );
+                for a in q(&mut t, i * 200, "10.0.0.5", &name) {
+                    out.push((a.at_ms, a.reason));
+                }
+            }
+            (out, t.top_info(5))
+        };
+        let (a, ta) = run(9);
+        let (b, tb) = run(9);
+        assert!(!a.is_empty(), "the input alarms");
+        assert_eq!(a, b);
+        assert_eq!(format!("{ta:?}"), format!("{tb:?}"));
     }
 
     #[test]
@@ -1204,7 +1317,7 @@ mod tests {
         let s = Settings::default();
         assert_eq!(s.dga_buffer(), 40);
         assert!(s.client_bytes() <= 512, "{}", s.client_bytes());
-        assert!(s.memory_bound() < 30 << 20, "{}", s.memory_bound());
+        assert!(s.memory_bound() < 32 << 20, "{}", s.memory_bound());
         let mut t = Tracker::new(s.clone());
         for i in 0..10_000u64 {
             nx(&mut t, i, "10.0.5.1", &dga_name(i));

@@ -60,7 +60,8 @@ pub fn replay(
         memory_bound_bytes: settings.memory_bound(),
         ..Summary::default()
     };
-    let mut t = Tracker::new(settings);
+    // fixed hashing: the same input gives the same alarms (docs/behaviour.md)
+    let mut t = Tracker::seeded(settings, exfilguard_behaviour::OFFLINE_SEED);
     let dga = detector
         .model()
         .info()

@@ -99,7 +99,7 @@ pub fn run(detector: Detector, cfg: &Config, o: &StreamOptions) -> Result<Stream
     let mut tracker = cfg
         .behaviour
         .enabled
-        .then(|| Tracker::new(cfg.behaviour.clone()));
+        .then(|| Tracker::seeded(cfg.behaviour.clone(), exfilguard_behaviour::OFFLINE_SEED));
     let everyone_for = Duration::from_secs(cfg.behaviour.block_secs.max(1));
     let mut labels: BTreeMap<String, StreamStats> = BTreeMap::new();
     // per (label, client, registered domain): queries so far; per label: domains refused

@@ -230,3 +230,31 @@ fn model_override_and_threshold() {
         exfilguard_detect::N_FEATURES
     );
 }
+
+/// Issue 25: `replay` of one real tunnel log gives the same report every time (its hashing has
+/// a fixed key; with the per-process random key, runs differed in alarm count and times).
+#[test]
+fn replay_is_repeatable() {
+    let log = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tools/live-capture/captures/dns2tcp-10Bps.log.gz"
+    );
+    let run = || {
+        let out = exe().args(["replay", log]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    assert!(first.contains("information rate"), "{first}");
+    for _ in 0..3 {
+        assert_eq!(
+            run(),
+            first,
+            "replay gave another report for the same input"
+        );
+    }
+}
