@@ -91,13 +91,9 @@ fn classify_refuses_what_is_not_a_name_with_a_clear_error() {
         err(4)
     );
     assert!(err(5).contains("70 bytes"), "{}", err(5));
-    for i in 0..6 {
-        assert!(
-            v[i].get("class").is_none(),
-            "a verdict for bad input: {}",
-            v[i]
-        );
-        assert!(v[i]["registered_domain"].is_null(), "{}", v[i]);
+    for bad in &v[..6] {
+        assert!(bad.get("class").is_none(), "a verdict for bad input: {bad}");
+        assert!(bad["registered_domain"].is_null(), "{bad}");
     }
     // controls: a base64 tunnel name (with `+` and `/`) and a plain name are judged
     assert_eq!(v[6]["class"], "tunnel", "{}", v[6]);
