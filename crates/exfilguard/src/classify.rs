@@ -2,6 +2,7 @@
 
 use crate::Format;
 use anyhow::Result;
+use exfilguard_detect::verdict::fmt_p;
 use exfilguard_detect::{extract, Detector, Lexicon, Verdict, FEATURE_NAMES};
 use exfilguard_dns::DnsName;
 use serde::Serialize;
@@ -27,8 +28,8 @@ pub fn run(detector: &Detector, names: &[String], format: Format) -> Result<()> 
     if format == Format::Table {
         writeln!(
             out,
-            "{:<60} {:<8} {:>6}  {:<24} reason",
-            "name", "class", "score", "registered domain"
+            "{:<60} {:<8} {:<18} {:<22} {:<24} reason",
+            "name", "class", "risk", "p / threshold", "registered domain"
         )?;
     }
     let mut batch = Vec::with_capacity(BATCH);
@@ -155,25 +156,51 @@ pub fn user_name(text: &str) -> Result<DnsName, String> {
     DnsName::parse(text).map_err(|e| e.to_string())
 }
 
+/// A name cut on the left to `width` characters: the registered domain stays readable.
+fn cut_left(name: &str, width: usize) -> String {
+    let n = name.chars().count();
+    if n <= width {
+        return name.to_owned();
+    }
+    let tail: String = name.chars().skip(n - (width - 3)).collect();
+    format!("...{tail}")
+}
+
 fn write_row(out: &mut impl Write, l: &Line) -> std::io::Result<()> {
-    let name: String = if l.name.chars().count() > 60 {
-        l.name.chars().take(57).chain("...".chars()).collect()
-    } else {
-        l.name.to_owned()
-    };
+    let name = cut_left(l.name, 60);
     let rd = l.registered_domain.as_deref().unwrap_or("-");
     match (l.verdict, &l.error) {
-        (Some(v), _) => writeln!(
-            out,
-            "{name:<60} {:<8} {:>6.3}  {rd:<24} {}",
-            v.class.as_str(),
-            v.score,
-            v.reasons.first().map(String::as_str).unwrap_or("")
-        ),
+        (Some(v), _) => {
+            // the detector closest to its threshold, with the threshold in use: "benign 0.997"
+            // alone reads as a near miss when the DGA threshold is 0.998422
+            let top = v
+                .detectors
+                .iter()
+                .max_by(|a, b| a.risk.cmp(&b.risk).then(a.p.total_cmp(&b.p)));
+            let (risk, p) = match top {
+                Some(d) => (
+                    format!("{} {} {}", d.detector.as_str(), d.risk, d.level.as_str()),
+                    format!(
+                        "{} {} {}",
+                        fmt_p(d.p),
+                        if d.p >= d.threshold { ">=" } else { "<" },
+                        fmt_p(d.threshold)
+                    ),
+                ),
+                None => ("-".into(), format!("{:.3}", v.score)),
+            };
+            writeln!(
+                out,
+                "{name:<60} {:<8} {risk:<18} {p:<22} {rd:<24} {}",
+                v.class.as_str(),
+                v.reasons.first().map(String::as_str).unwrap_or("")
+            )
+        }
         (None, e) => writeln!(
             out,
-            "{name:<60} {:<8} {:>6}  {rd:<24} {}",
+            "{name:<60} {:<8} {:<18} {:<22} {rd:<24} {}",
             "invalid",
+            "-",
             "-",
             e.as_deref().unwrap_or("")
         ),

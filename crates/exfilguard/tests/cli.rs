@@ -158,6 +158,57 @@ fn table_format_and_lists() {
     );
 }
 
+/// Issue 25: the table shows the detector's risk and level and the threshold in use, so a
+/// high score under a higher threshold reads as what it is; long names are cut on the left so
+/// the registered domain stays visible.
+#[test]
+fn classify_table_shows_risk_and_threshold_and_keeps_the_domain() {
+    let out = exe()
+        .args([
+            "classify",
+            "--format",
+            "table",
+            "qwzxkjhfgtrp.com",
+            TUNNEL,
+            "www.example.com",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[0].contains("risk") && lines[0].contains("p / threshold"),
+        "{text}"
+    );
+    // every model row names a detector, its 0-100 risk, its level, and p against the threshold
+    for row in &lines[1..] {
+        assert!(
+            ["NONE", "LOW", "MEDIUM", "HIGH"]
+                .iter()
+                .any(|l| row.contains(l)),
+            "{row}"
+        );
+        assert!(row.contains(" < ") || row.contains(" >= "), "{row}");
+    }
+    assert!(
+        lines[2].contains("tunnel") && lines[2].contains(">="),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].contains("benign") && lines[3].contains(" < "),
+        "{}",
+        lines[3]
+    );
+    // the tunnel name (164 characters) is cut on the left: its zone is still there
+    assert!(
+        lines[2].starts_with("...") && lines[2].contains(".t.example.org"),
+        "{}",
+        lines[2]
+    );
+}
+
 #[test]
 fn broken_inputs_give_clear_errors() {
     let dir = std::env::temp_dir().join(format!("exfilguard-bad-{}", std::process::id()));
