@@ -5,6 +5,7 @@ mod classify;
 mod dataset;
 mod demo;
 mod eval;
+mod input;
 mod protect;
 mod replay;
 mod scan;

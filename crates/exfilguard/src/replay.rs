@@ -22,7 +22,8 @@ pub use line::Record;
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
-    /// pcap/pcapng, OCSF JSON lines, or `SECONDS CLIENT NAME [RCODE]` lines.
+    /// pcap/pcapng, OCSF JSON lines, or `SECONDS CLIENT NAME [RCODE]` lines, gzip-compressed
+    /// or not; `-` reads stdin.
     file: PathBuf,
     /// Configuration file whose `[behaviour]` section sets the thresholds.
     #[arg(short, long)]
@@ -112,16 +113,7 @@ pub fn replay(
 /// Reads a file of any supported kind (gzip-compressed or not) into records; unparsable lines
 /// are counted, not fatal.
 pub fn read_records(path: &std::path::Path) -> Result<(Vec<Record>, u64)> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut plain = std::io::BufReader::new(f);
-    let gz = plain.fill_buf()?.starts_with(&[0x1f, 0x8b]);
-    let mut r: Box<dyn BufRead> = if gz {
-        Box::new(std::io::BufReader::new(
-            flate2::bufread::MultiGzDecoder::new(plain),
-        ))
-    } else {
-        Box::new(plain)
-    };
+    let mut r = crate::input::open(path)?;
     let head = r
         .fill_buf()
         .with_context(|| format!("reading {}", path.display()))?;

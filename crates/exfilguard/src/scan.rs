@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ScanArgs {
-    /// pcap or pcapng file.
+    /// pcap or pcapng capture, gzip-compressed or not; `-` reads stdin.
     file: PathBuf,
     /// Output format: a table for people, or JSON lines (one per query, then one summary object).
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -69,9 +69,13 @@ struct Totals {
 const BATCH: usize = 4096;
 
 pub fn run(detector: &Detector, args: &ScanArgs) -> Result<()> {
-    let file = std::fs::File::open(&args.file)
-        .with_context(|| format!("opening {}", args.file.display()))?;
-    let frames = read_capture(file).with_context(|| format!("reading {}", args.file.display()))?;
+    let file = crate::input::open(&args.file)?;
+    let frames = read_capture(file).with_context(|| {
+        format!(
+            "reading {}: scan reads pcap and pcapng captures (gzip-compressed or not); query logs go to `exfilguard replay`",
+            args.file.display()
+        )
+    })?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut totals = Totals::default();
     let mut domains: BTreeMap<String, DomainSummary> = BTreeMap::new();

@@ -304,4 +304,15 @@ fn replay_is_repeatable() {
             "replay gave another report for the same input"
         );
     }
+    // the same log on stdin (`-`)
+    let out = exe()
+        .args(["replay", "-"])
+        .stdin(std::fs::File::open(log).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        first,
+        "replay of stdin"
+    );
 }

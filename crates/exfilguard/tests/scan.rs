@@ -119,6 +119,47 @@ fn scan_classifies_queries_and_survives_hostile_packets() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a pcap or pcapng"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a pcap or pcapng"), "{err}");
+    assert!(
+        err.contains("gzip-compressed or not"),
+        "the error lists what scan reads: {err}"
+    );
+
+    // issue 25: the same capture gzip-compressed, and on stdin, gives the same report
+    let scan = |arg: &std::path::Path, stdin: Option<&std::path::Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_exfilguard"));
+        c.args(["scan", "--format", "json"]).arg(arg);
+        if let Some(f) = stdin {
+            c.stdin(std::fs::File::open(f).unwrap());
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let plain = scan(&pcap, None);
+    assert!(plain.contains("evil.org"));
+    let gz = dir.join("t.pcap.gz");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -c {} > {}", pcap.display(), gz.display()))
+        .status()
+        .unwrap();
+    assert!(status.success(), "gzip");
+    assert_eq!(scan(&gz, None), plain, "gzip-compressed capture");
+    assert_eq!(
+        scan(std::path::Path::new("-"), Some(&pcap)),
+        plain,
+        "capture on stdin"
+    );
+    assert_eq!(
+        scan(std::path::Path::new("-"), Some(&gz)),
+        plain,
+        "gzip on stdin"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
