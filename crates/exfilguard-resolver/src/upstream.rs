@@ -654,26 +654,7 @@ impl Upstreams {
             let sent = &sent;
             let r = tokio::time::timeout(self.timeout, async move {
                 let mut s = TcpStream::connect(up.addr).await?;
-                let mut framed = Vec::with_capacity(sent.len() + 2);
-                framed.extend((sent.len() as u16).to_be_bytes());
-                framed.extend(sent);
-                s.write_all(&framed).await?;
-                loop {
-                    // bounded by the deadline around this block
-                    let mut len = [0u8; 2];
-                    s.read_exact(&mut len).await?;
-                    let mut ans = vec![0u8; u16::from_be_bytes(len) as usize];
-                    s.read_exact(&mut ans).await?;
-                    match check(sent, name_end, q_end, &ans) {
-                        Check::Match => {}
-                        Check::CaseChanged => self.case_fallback(up),
-                        Check::Mismatch => {
-                            self.stats.spoof_nearmiss.inc();
-                            continue;
-                        }
-                    }
-                    return Ok::<_, std::io::Error>(ans);
-                }
+                self.ask_stream(&mut s, up, sent, name_end, q_end).await
             })
             .await;
             match r {
@@ -689,6 +670,41 @@ impl Upstreams {
         None
     }
 
+    /// Writes `sent` length-prefixed on a TCP or TLS stream and reads answers until the one that
+    /// carries its id and question (others, e.g. a late answer on a kept connection, are counted
+    /// as near misses and skipped). Unbounded: callers put a deadline around it.
+    async fn ask_stream<S>(
+        &self,
+        s: &mut S,
+        up: &Upstream,
+        sent: &[u8],
+        name_end: usize,
+        q_end: usize,
+    ) -> std::io::Result<Vec<u8>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut framed = Vec::with_capacity(sent.len() + 2);
+        framed.extend((sent.len() as u16).to_be_bytes());
+        framed.extend(sent);
+        s.write_all(&framed).await?;
+        loop {
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).await?;
+            let mut ans = vec![0u8; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut ans).await?;
+            match check(sent, name_end, q_end, &ans) {
+                Check::Match => {}
+                Check::CaseChanged => self.case_fallback(up),
+                Check::Mismatch => {
+                    self.stats.spoof_nearmiss.inc();
+                    continue;
+                }
+            }
+            return Ok(ans);
+        }
+    }
+
     /// One query over DoT to the next upstream (failing over once), within the deadline: a
     /// kept connection first (one that turns out closed is replaced by a fresh one), the same
     /// answer checks as over TCP. `None`: no answer in time (the client gets SERVFAIL).
@@ -698,7 +714,6 @@ impl Upstreams {
         let started = Instant::now();
         let client_id = u16::from_be_bytes([query[0], query[1]]);
         let mut sent = query.to_vec();
-        let mut framed = Vec::with_capacity(query.len() + 2);
         for _ in 0..2.min(self.ups.len()) {
             let up = self.pick().clone();
             // kept connections may have been closed by the upstream meanwhile: each is tried
@@ -707,31 +722,13 @@ impl Upstreams {
                 let kept = up.idle.lock().ok().and_then(|mut v| v.pop());
                 let reused = kept.is_some();
                 sent[..2].copy_from_slice(&rand_id().to_be_bytes());
-                framed.clear();
-                framed.extend((sent.len() as u16).to_be_bytes());
-                framed.extend(&sent);
                 let r = tokio::time::timeout_at(deadline, async {
                     let mut s = match kept {
                         Some(s) => s,
                         None => dot.connect(up.addr).await?,
                     };
-                    s.write_all(&framed).await?;
-                    loop {
-                        let mut len = [0u8; 2];
-                        s.read_exact(&mut len).await?;
-                        let mut ans = vec![0u8; u16::from_be_bytes(len) as usize];
-                        s.read_exact(&mut ans).await?;
-                        match check(&sent, name_end, q_end, &ans) {
-                            Check::Match => {}
-                            Check::CaseChanged => self.case_fallback(&up),
-                            Check::Mismatch => {
-                                // an answer to an earlier query on this connection, or junk
-                                self.stats.spoof_nearmiss.inc();
-                                continue;
-                            }
-                        }
-                        return Ok::<_, std::io::Error>((s, ans));
-                    }
+                    let ans = self.ask_stream(&mut s, &up, &sent, name_end, q_end).await?;
+                    Ok::<_, std::io::Error>((s, ans))
                 })
                 .await;
                 match r {
