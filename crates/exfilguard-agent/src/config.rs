@@ -696,22 +696,67 @@ pub fn opcode_number(name: &str) -> Option<u8> {
 
 impl Config {
     /// Defaults, then the file (when given), then `EXFILGUARD__…` environment variables;
-    /// then validation. Errors name the key and the bad value.
+    /// then validation. Every problem is reported at once, each with its line and column in
+    /// the file (or the environment variable it came from).
     pub fn load(path: Option<&Path>) -> Result<Self> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let mut checked = None;
+        let mut problems = Vec::new();
         if let Some(p) = path {
-            if !p.exists() {
-                bail!("config file {} does not exist", p.display());
-            }
-            fig = fig.merge(Toml::file_exact(p));
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
+            let c = crate::diagnose::check(&text);
+            problems.extend(c.problems.iter().cloned());
+            fig = fig.merge(Serialized::defaults(&c.good));
+            checked = Some(c);
         }
         fig = fig.merge(Env::prefixed("EXFILGUARD__").split("__").lowercase(true));
-        let cfg: Config = fig.extract().map_err(|e| {
-            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
-            anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
-        })?;
-        cfg.validate()?;
-        Ok(cfg)
+        let cfg = match fig.extract::<Config>() {
+            Ok(cfg) => Ok(cfg),
+            Err(e) => {
+                problems.extend(e.into_iter().map(|e| crate::diagnose::Problem {
+                    at: None,
+                    message: figment_problem(&e),
+                }));
+                // the environment is wrong: still validate what the file says
+                let mut file_only = Figment::from(Serialized::defaults(Config::default()));
+                if let Some(c) = &checked {
+                    file_only = file_only.merge(Serialized::defaults(&c.good));
+                }
+                Err(file_only.extract::<Config>())
+            }
+        };
+        let judged = match &cfg {
+            Ok(c) | Err(Ok(c)) => Some(c),
+            Err(Err(_)) => None,
+        };
+        if let Some(cfg) = judged {
+            for m in cfg.problems() {
+                problems.push(match &checked {
+                    Some(c) => c.place(m),
+                    None => crate::diagnose::Problem {
+                        at: None,
+                        message: m,
+                    },
+                });
+            }
+        }
+        problems.sort_by_key(|p| (p.at.is_none(), p.at));
+        match cfg {
+            Ok(cfg) if problems.is_empty() => Ok(cfg),
+            _ => {
+                let from = path
+                    .map(|p| format!(" in {}", p.display()))
+                    .unwrap_or_default();
+                let n = problems.len();
+                let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+                bail!(
+                    "invalid configuration{from}: {n} problem{}\n{}",
+                    if n == 1 { "" } else { "s" },
+                    list.join("\n")
+                )
+            }
+        }
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
@@ -723,8 +768,17 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Checks what types cannot: ranges and names.
     pub fn validate(&self) -> Result<()> {
+        let errs = self.problems();
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            bail!("invalid configuration: {}", errs.join("; "))
+        }
+    }
+
+    /// What types cannot check: ranges and names. Each message starts with the key.
+    pub fn problems(&self) -> Vec<String> {
         let mut errs = Vec::new();
         let rb = self.dataplane.ringbuf_mib;
         if !(1..=256).contains(&rb) || !rb.is_power_of_two() {
@@ -902,12 +956,22 @@ impl Config {
                 ));
             }
         }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            bail!("invalid configuration: {}", errs.join("; "))
-        }
+        errs
     }
+}
+
+/// A figment error without its profile (`default.kernel.mode`), naming the variable it came
+/// from (`EXFILGUARD__KERNEL__MODE`).
+fn figment_problem(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let source = match &e.metadata {
+        Some(m) if m.name.contains("environment") => format!(
+            " (from EXFILGUARD__{})",
+            e.path.join("__").to_ascii_uppercase()
+        ),
+        _ => String::new(),
+    };
+    format!("{key}: {}{source}", e.kind)
 }
 
 #[cfg(test)]

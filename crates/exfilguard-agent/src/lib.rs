@@ -5,6 +5,7 @@
 
 pub mod analytics;
 pub mod config;
+pub mod diagnose;
 pub mod floods;
 pub mod host;
 pub mod metrics;

@@ -122,9 +122,10 @@ fn markdown_from(example: &str) -> Result<String> {
          key is optional and defaults to the value below, so an agent without a file runs on these.\n\
          An environment variable overrides the file: `EXFILGUARD__SECTION__KEY=value` (nested\n\
          sections add a level: `EXFILGUARD__EVENTS__FILE__PATH`). `exfilguard config --check FILE`\n\
-         validates a file with the environment applied; unknown keys and out-of-range values are\n\
-         errors that name the key. SIGHUP reloads the file and the model; a broken one is refused\n\
-         and the running configuration kept. The commented file is `deploy/exfilguard.toml`\n\
+         validates a file with the environment applied and reports every problem at once with its\n\
+         line and column (unknown keys with a \"did you mean\", bad values, out-of-range values).\n\
+         SIGHUP reloads the file and the model; a broken one is refused and the running\n\
+         configuration kept. The commented file is `deploy/exfilguard.toml`\n\
          (`exfilguard config --default`).\n",
     );
     for s in &secs {

@@ -247,6 +247,58 @@ fn broken_inputs_give_clear_errors() {
 }
 
 #[test]
+fn config_check_reports_every_mistake_with_its_line() {
+    let dir = std::env::temp_dir().join(format!("exfilguard-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[kernal]\nmode = \"enforce\"\n\n[kernel]\nmode = \"enforcee\"\nhold_name_len = 300\n\n\
+         [resolve]\ntimeout_ms = \"fast\"\nupstrems = [\"9.9.9.9\"]\nlisten = [\"127.0.0.1\"]\n",
+    )
+    .unwrap();
+    let out = exe()
+        .args(["config", "--check"])
+        .arg(&bad)
+        .env("EXFILGUARD__PIPELINE__BATCH_MAX", "lots")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for want in [
+        "7 problems",
+        "line 1, column 2: kernal: unknown key (did you mean `kernel`?)",
+        "line 5, column 8: kernel.mode = \"enforcee\"",
+        "line 6, column 1: kernel.hold_name_len = 300: must be in 1..=255",
+        "line 9, column 14: resolve.timeout_ms = \"fast\"",
+        "line 10, column 1: resolve.upstrems: unknown key (did you mean `upstreams`?)",
+        "line 11, column 1: resolve.listen",
+        "pipeline.batch_max: invalid type",
+        "(from EXFILGUARD__PIPELINE__BATCH_MAX)",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+    assert!(!err.contains("default."), "{err}");
+    // the control: the same file mended is valid, and a bare upstream address is port 53
+    std::fs::write(
+        &bad,
+        "[kernel]\nmode = \"enforce\"\n[resolve]\nupstreams = [\"9.9.9.9\"]\n",
+    )
+    .unwrap();
+    let out = exe()
+        .args(["config", "--check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn model_override_and_threshold() {
     let model = concat!(
         env!("CARGO_MANIFEST_DIR"),
