@@ -14,11 +14,6 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
-/// The query-log line parser of `exfilguard replay` (the `exfilguard` crate is a binary, so
-/// its source file is compiled in here).
-#[path = "../../crates/exfilguard/src/replay/line.rs"]
-pub mod replay_line;
-
 /// A target: its name (the directory under `fuzz/seeds/` and the `fuzz_targets/` binary) and
 /// its body.
 pub type Target = (&'static str, fn(&[u8]));
@@ -261,20 +256,18 @@ pub fn config_toml(data: &[u8]) {
     assert_eq!(again, cfg, "printed config:\n{printed}");
 }
 
-/// A query log for `exfilguard replay` (lines as `read_records` splits them), then the
-/// behaviour analytics over what it yields, with thresholds low enough for alarms.
+/// Any input of `exfilguard scan` and `replay` (captures, dnstap, every log format, gzip and
+/// zstd), read by `exfilguard_ingest`, then the behaviour analytics over what it yields, with
+/// thresholds low enough for alarms.
 pub fn replay_log(data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
     let mut records = Vec::new();
-    for line in text.lines() {
-        let l = line.trim();
-        if l.is_empty() || l.starts_with('#') {
-            continue;
-        }
-        if let Some(r) = replay_line::parse_line(l) {
-            check_name(&r.name);
-            records.push(r);
-        }
+    let Ok(stats) = exfilguard_ingest::read_bytes(data, |r| records.push(r)) else {
+        return;
+    };
+    assert_eq!(stats.records as usize, records.len());
+    assert!(stats.problems.len() <= exfilguard_ingest::MAX_PROBLEMS);
+    for r in &records {
+        check_name(&r.name);
     }
     records.sort_by_key(|r| r.ts_ms);
     let settings = exfilguard_behaviour::Settings {

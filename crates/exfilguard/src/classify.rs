@@ -1,8 +1,8 @@
 //! `exfilguard classify` and `exfilguard features`.
 
+use crate::view::{cut_left, risk, Rows};
 use crate::Format;
 use anyhow::Result;
-use exfilguard_detect::verdict::fmt_p;
 use exfilguard_detect::{extract, Detector, Lexicon, Verdict, FEATURE_NAMES};
 use exfilguard_dns::DnsName;
 use serde::Serialize;
@@ -22,16 +22,22 @@ pub struct Line<'a> {
 /// Largest batch before output is flushed; smaller when stdin has nothing more buffered.
 const BATCH: usize = 1024;
 
-pub fn run(detector: &Detector, names: &[String], format: Format) -> Result<()> {
+/// Returns whether a name was judged malicious (the exit status says so).
+pub fn run(detector: &Detector, names: &[String], format: Format) -> Result<bool> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    if format == Format::Table {
-        writeln!(
-            out,
-            "{:<60} {:<8} {:<18} {:<22} {:<24} reason",
-            "name", "class", "risk", "p / threshold", "registered domain"
-        )?;
-    }
+    let mut e = Emit {
+        rows: Rows::new(vec![
+            ("name", 60, false),
+            ("class", 8, false),
+            ("risk", 18, false),
+            ("p / threshold", 22, false),
+            ("registered domain", 24, false),
+            ("reason", 0, false),
+        ]),
+        format,
+        found: false,
+    };
     let mut batch = Vec::with_capacity(BATCH);
     for arg in names {
         if arg == "-" {
@@ -48,7 +54,7 @@ pub fn run(detector: &Detector, names: &[String], format: Format) -> Result<()> 
                 }
                 // Stream: classify as soon as nothing more is buffered (never block to batch).
                 if batch.len() >= BATCH || input.buffer().is_empty() {
-                    emit(detector, &mut batch, format, &mut out)?;
+                    e.emit(detector, &mut batch, &mut out)?;
                     out.flush()?;
                 }
             }
@@ -56,46 +62,59 @@ pub fn run(detector: &Detector, names: &[String], format: Format) -> Result<()> 
             batch.push(arg.clone());
         }
     }
-    emit(detector, &mut batch, format, &mut out)?;
+    e.emit(detector, &mut batch, &mut out)?;
     out.flush()?;
-    Ok(())
+    Ok(e.found)
 }
 
-fn emit(
-    detector: &Detector,
-    batch: &mut Vec<String>,
+struct Emit {
+    rows: Rows,
     format: Format,
-    out: &mut impl Write,
-) -> Result<()> {
-    let parsed: Vec<Result<DnsName, String>> = batch.iter().map(|n| user_name(n)).collect();
-    let valid: Vec<DnsName> = parsed
-        .iter()
-        .filter_map(|p| p.as_ref().ok().cloned())
-        .collect();
-    let verdicts = detector.classify_batch(&valid)?;
-    let mut v = verdicts.iter();
-    for (text, p) in batch.iter().zip(&parsed) {
-        let line = match p {
-            Ok(name) => Line {
-                name: text,
-                registered_domain: name.registered_domain(),
-                verdict: v.next(),
-                error: None,
-            },
-            Err(e) => Line {
-                name: text,
-                registered_domain: None,
-                verdict: None,
-                error: Some(format!("invalid name: {e}")),
-            },
-        };
-        match format {
-            Format::Json => writeln!(out, "{}", serde_json::to_string(&line)?)?,
-            Format::Table => write_row(out, &line)?,
+    found: bool,
+}
+
+impl Emit {
+    fn emit(
+        &mut self,
+        detector: &Detector,
+        batch: &mut Vec<String>,
+        out: &mut impl Write,
+    ) -> Result<()> {
+        let parsed: Vec<Result<DnsName, String>> = batch.iter().map(|n| user_name(n)).collect();
+        let valid: Vec<DnsName> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
+        let verdicts = detector.classify_batch(&valid)?;
+        self.found |= verdicts.iter().any(|v| v.class.is_malicious());
+        let mut v = verdicts.iter();
+        let mut rows = Vec::new();
+        for (text, p) in batch.iter().zip(&parsed) {
+            let line = match p {
+                Ok(name) => Line {
+                    name: text,
+                    registered_domain: name.registered_domain(),
+                    verdict: v.next(),
+                    error: None,
+                },
+                Err(e) => Line {
+                    name: text,
+                    registered_domain: None,
+                    verdict: None,
+                    error: Some(format!("invalid name: {e}")),
+                },
+            };
+            match self.format {
+                Format::Json => writeln!(out, "{}", serde_json::to_string(&line)?)?,
+                Format::Table => rows.push(row(&line)),
+            }
         }
+        if !rows.is_empty() {
+            write!(out, "{}", self.rows.render(rows))?;
+        }
+        batch.clear();
+        Ok(())
     }
-    batch.clear();
-    Ok(())
 }
 
 /// A name typed or pasted by an operator. DNS labels may hold any byte (dns2tcp puts `+` in
@@ -156,54 +175,28 @@ pub fn user_name(text: &str) -> Result<DnsName, String> {
     DnsName::parse(text).map_err(|e| e.to_string())
 }
 
-/// A name cut on the left to `width` characters: the registered domain stays readable.
-fn cut_left(name: &str, width: usize) -> String {
-    let n = name.chars().count();
-    if n <= width {
-        return name.to_owned();
-    }
-    let tail: String = name.chars().skip(n - (width - 3)).collect();
-    format!("...{tail}")
-}
-
-fn write_row(out: &mut impl Write, l: &Line) -> std::io::Result<()> {
-    let name = cut_left(l.name, 60);
-    let rd = l.registered_domain.as_deref().unwrap_or("-");
+fn row(l: &Line) -> Vec<String> {
+    let rd = l.registered_domain.clone().unwrap_or_else(|| "-".into());
     match (l.verdict, &l.error) {
         (Some(v), _) => {
-            // the detector closest to its threshold, with the threshold in use: "benign 0.997"
-            // alone reads as a near miss when the DGA threshold is 0.998422
-            let top = v
-                .detectors
-                .iter()
-                .max_by(|a, b| a.risk.cmp(&b.risk).then(a.p.total_cmp(&b.p)));
-            let (risk, p) = match top {
-                Some(d) => (
-                    format!("{} {} {}", d.detector.as_str(), d.risk, d.level.as_str()),
-                    format!(
-                        "{} {} {}",
-                        fmt_p(d.p),
-                        if d.p >= d.threshold { ">=" } else { "<" },
-                        fmt_p(d.threshold)
-                    ),
-                ),
-                None => ("-".into(), format!("{:.3}", v.score)),
-            };
-            writeln!(
-                out,
-                "{name:<60} {:<8} {risk:<18} {p:<22} {rd:<24} {}",
-                v.class.as_str(),
-                v.reasons.first().map(String::as_str).unwrap_or("")
-            )
+            let (risk, p) = risk(v);
+            vec![
+                cut_left(l.name, 60),
+                v.class.as_str().into(),
+                risk,
+                p,
+                rd,
+                v.reasons.first().cloned().unwrap_or_default(),
+            ]
         }
-        (None, e) => writeln!(
-            out,
-            "{name:<60} {:<8} {:<18} {:<22} {rd:<24} {}",
-            "invalid",
-            "-",
-            "-",
-            e.as_deref().unwrap_or("")
-        ),
+        (None, e) => vec![
+            cut_left(l.name, 60),
+            "invalid".into(),
+            "-".into(),
+            "-".into(),
+            rd,
+            e.clone().unwrap_or_default(),
+        ],
     }
 }
 

@@ -5,11 +5,11 @@ mod classify;
 mod dataset;
 mod demo;
 mod eval;
-mod input;
 mod protect;
 mod replay;
 mod scan;
 mod stream;
+mod view;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -60,7 +60,8 @@ enum Command {
         /// Names to classify; `-` reads stdin (streamed).
         #[arg(required = true)]
         names: Vec<String>,
-        #[arg(long, value_enum, default_value_t = Format::Json)]
+        /// A table for people, or one JSON object per name.
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Measure detection on labelled name files (TPR, FPR, precision, ROC-AUC, per label).
@@ -217,8 +218,11 @@ fn main() -> std::process::ExitCode {
     } else {
         builder.init();
     }
+    // 0: done, nothing malicious; 1: something malicious was found (classify, scan, replay);
+    // 2: an error (bad input, bad configuration, a failed service) — as grep and clamscan do
     match run(Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::from(1),
         // A closed pipe (`| head`) is the reader's choice, not an error.
         Err(e)
             if e.chain().any(|c| {
@@ -230,23 +234,33 @@ fn main() -> std::process::ExitCode {
         }
         Err(e) => {
             eprintln!("exfilguard: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(2)
         }
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// `Ok(true)`: something malicious was found.
+fn run(cli: Cli) -> Result<bool> {
     match cli.command {
         Command::Classify { names, format } => {
             classify::run(&cli.brain.detector()?, &names, format)
         }
-        Command::Eval(args) => eval::run(cli.brain.detector()?, &args),
         Command::Scan(args) => scan::run(&cli.brain.detector()?, &args),
         Command::Replay(args) => replay::run(&cli.brain.detector()?, &args),
+        command => other(cli.brain, command).map(|()| false),
+    }
+}
+
+fn other(brain: BrainArgs, command: Command) -> Result<()> {
+    match command {
+        Command::Classify { .. } | Command::Scan(_) | Command::Replay(_) => {
+            unreachable!("run() handles the commands that find")
+        }
+        Command::Eval(args) => eval::run(brain.detector()?, &args),
         Command::Run(args) => agent_cmd::run(&args),
-        Command::Resolve(args) => agent_cmd::resolve(&cli.brain, &args),
+        Command::Resolve(args) => agent_cmd::resolve(&brain, &args),
         Command::Demo(args) => demo::run(&args),
-        Command::Protect(args) => protect::run(&cli.brain, &args),
+        Command::Protect(args) => protect::run(&brain, &args),
         Command::Config(args) => agent_cmd::config(&args),
         Command::Block(args) => agent_cmd::block(&args, false),
         Command::Attached { iface } => {
@@ -260,7 +274,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Analytics(args) => agent_cmd::analytics(&args),
         Command::Features { names } => classify::features(&names),
         Command::ModelInfo => {
-            let d = cli.brain.detector()?;
+            let d = brain.detector()?;
             writeln!(
                 std::io::stdout(),
                 "{}",

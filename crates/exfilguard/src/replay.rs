@@ -2,39 +2,39 @@
 //! analytics in accelerated time (the file's clock, no waiting), so operators can try the
 //! `[behaviour]` thresholds on their own traffic before turning them on.
 //!
-//! Input, detected from the first bytes: pcap/pcapng (queries and responses), JSON lines
-//! (exfilguard's OCSF events: `time`, `src_endpoint.ip`, `query.hostname`, `rcode_id`), or
-//! text lines `SECONDS CLIENT NAME [RCODE]` (`#` starts a comment); any of them gzip-compressed.
+//! Input: whatever `exfilguard_ingest` reads (captures, dnstap, Zeek, dnsmasq/Pi-hole, BIND and
+//! Unbound logs, OCSF events, `SECONDS CLIENT NAME [RCODE]` lines; plain, gzip or zstd),
+//! recognised from the content.
 
 use crate::Format;
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use exfilguard_behaviour::{Alarm, AlarmKind, Settings, Tracker};
 use exfilguard_detect::{Detector, ModelClass};
-use exfilguard_dns::{dns_payloads, parse_message, read_capture};
 use serde::Serialize;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-mod line;
-use line::parse_line;
-pub use line::Record;
+pub use exfilguard_ingest::Record;
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
-    /// pcap/pcapng, OCSF JSON lines, or `SECONDS CLIENT NAME [RCODE]` lines, gzip-compressed
-    /// or not; `-` reads stdin.
+    /// A capture (pcap, pcapng), dnstap, or a query log (Zeek dns.log, dnsmasq/Pi-hole,
+    /// BIND, Unbound, OCSF events, `SECONDS CLIENT NAME [RCODE]`); plain, gzip or zstd; `-`
+    /// reads stdin.
     file: PathBuf,
     /// Configuration file whose `[behaviour]` section sets the thresholds.
     #[arg(short, long)]
     config: Option<PathBuf>,
     /// A table for people, or one JSON object per alarm and a summary object.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }
 
 #[derive(Serialize, Default)]
 pub struct Summary {
+    /// Records per input format read ("dnsmasq", "pcap", "zeek-tsv" …).
+    pub formats: std::collections::BTreeMap<&'static str, u64>,
     pub records: u64,
     pub queries: u64,
     pub responses: u64,
@@ -110,88 +110,30 @@ pub fn replay(
     (alarms, sum)
 }
 
-/// Reads a file of any supported kind (gzip-compressed or not) into records; unparsable lines
-/// are counted, not fatal.
-pub fn read_records(path: &std::path::Path) -> Result<(Vec<Record>, u64)> {
-    let mut r = crate::input::open(path)?;
-    let head = r
-        .fill_buf()
-        .with_context(|| format!("reading {}", path.display()))?;
+/// Reads a file of any supported kind into records in time order (logs are not always in
+/// order; the analytics need it); what could not be read is counted, not fatal.
+pub fn read_records(path: &std::path::Path) -> Result<(Vec<Record>, exfilguard_ingest::Stats)> {
     let mut out = Vec::new();
-    let mut bad = 0u64;
-    let pcap = head.len() >= 4
-        && matches!(
-            head[..4],
-            [0xd4, 0xc3, 0xb2, 0xa1]
-                | [0xa1, 0xb2, 0xc3, 0xd4]
-                | [0x4d, 0x3c, 0xb2, 0xa1]
-                | [0xa1, 0xb2, 0x3c, 0x4d]
-                | [0x0a, 0x0d, 0x0d, 0x0a]
-        );
-    if pcap {
-        for frame in read_capture(r)? {
-            let frame = match frame {
-                Ok(fr) => fr,
-                Err(e) => {
-                    eprintln!("replay: {e}");
-                    bad += 1;
-                    break;
-                }
-            };
-            let Some(link) = frame.link else { continue };
-            let Ok(payloads) = dns_payloads(&frame.data, link) else {
-                continue;
-            };
-            for p in payloads {
-                let Ok(m) = parse_message(p.payload) else {
-                    bad += 1;
-                    continue;
-                };
-                for q in m.questions {
-                    out.push(Record {
-                        ts_ms: frame.timestamp.as_millis() as u64,
-                        client: if m.is_response {
-                            p.dst.ip()
-                        } else {
-                            p.src.ip()
-                        },
-                        name: q.name,
-                        rcode: m.is_response.then_some(m.rcode as u8),
-                    });
-                }
-            }
-        }
-        out.sort_by_key(|r| r.ts_ms);
-        return Ok((out, bad));
-    }
-    for line in r.lines() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        let l = line.trim();
-        if l.is_empty() || l.starts_with('#') {
-            continue;
-        }
-        match parse_line(l) {
-            Some(r) => out.push(r),
-            None => bad += 1,
-        }
-    }
-    // logs are not always in order; the analytics need time order
+    let stats = exfilguard_ingest::read(path, |r| out.push(r))?;
     out.sort_by_key(|r| r.ts_ms);
-    Ok((out, bad))
+    Ok((out, stats))
 }
 
 /// `detector`: the brain of the global flags (`--model` …), for the per-name scores.
-pub fn run(detector: &Detector, args: &ReplayArgs) -> Result<()> {
+/// Returns whether an alarm was raised (the exit status says so).
+pub fn run(detector: &Detector, args: &ReplayArgs) -> Result<bool> {
     let cfg = exfilguard_agent::config::Config::load(args.config.as_deref())?;
-    let (records, bad) = read_records(&args.file)?;
+    let (records, stats) = read_records(&args.file)?;
     if records.is_empty() {
-        bail!(
-            "{}: no DNS records found ({bad} unparsable)",
-            args.file.display()
-        );
+        return Err(stats.nothing_read(&args.file.display().to_string()));
     }
+    if let Some(why) = &stats.stopped {
+        eprintln!("replay: reading stopped early: {why}");
+    }
+    let bad = stats.unparsable + stats.errors;
     let (alarms, mut sum) = replay(cfg.behaviour.clone(), detector, records);
     sum.skipped = bad;
+    sum.formats = stats.formats.clone();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match args.format {
         Format::Json => {
@@ -201,38 +143,76 @@ pub fn run(detector: &Detector, args: &ReplayArgs) -> Result<()> {
             writeln!(out, "{}", serde_json::json!({ "summary": sum }))?;
         }
         Format::Table => {
-            writeln!(
+            let rows = alarms
+                .iter()
+                .map(|a| {
+                    vec![
+                        format!("{:.0}s", a.after_secs),
+                        a.kind.as_str().to_string(),
+                        a.client.to_string(),
+                        a.domain.clone().unwrap_or_else(|| "-".into()),
+                        format!("{:.0}", a.novel_bytes),
+                        a.reason.clone(),
+                    ]
+                })
+                .collect();
+            write!(
                 out,
-                "{:>9}  {:<9} {:<39} {:<30} {:>9}  reason",
-                "after", "alarm", "client", "domain", "novel B"
+                "{}",
+                crate::view::table(
+                    vec![
+                        ("after", 9, true),
+                        ("alarm", 9, false),
+                        ("client", 39, false),
+                        ("domain", 30, false),
+                        ("novel B", 9, true),
+                        ("reason", 0, false),
+                    ],
+                    rows
+                )
             )?;
-            for a in &alarms {
-                writeln!(
-                    out,
-                    "{:>8.0}s  {:<9} {:<39} {:<30} {:>9.0}  {}",
-                    a.after_secs,
-                    a.kind.as_str(),
-                    a.client,
-                    a.domain.as_deref().unwrap_or("-"),
-                    a.novel_bytes,
-                    a.reason
-                )?;
-            }
             writeln!(
                 out,
                 "\nhighest information peaks (alarm at {} B):",
                 cfg.behaviour.info_alarm_bytes
             )?;
-            for (c, d, peak, uniq, q) in sum.top_info.iter().take(10) {
-                writeln!(
-                    out,
-                    "  {peak:>8.0} B  {c:<39} {d:<30} {uniq} distinct subdomains in {q} queries"
-                )?;
-            }
+            let rows = sum
+                .top_info
+                .iter()
+                .take(10)
+                .map(|(c, d, peak, uniq, q)| {
+                    vec![
+                        format!("{peak:.0} B"),
+                        c.to_string(),
+                        d.clone(),
+                        uniq.to_string(),
+                        q.to_string(),
+                    ]
+                })
+                .collect();
+            write!(
+                out,
+                "{}",
+                crate::view::table(
+                    vec![
+                        ("peak", 10, true),
+                        ("client", 39, false),
+                        ("domain", 30, false),
+                        ("distinct subdomains", 19, true),
+                        ("queries", 0, true),
+                    ],
+                    rows
+                )
+            )?;
             writeln!(
                 out,
-                "\n{} records ({} queries, {} responses, {} unparsable) over {:.0} s: {} alarms ({} information rate, {} DGA bot, {} beacon); {} pairs tracked, memory bound {:.1} MB",
+                "\n{} records (read as {}; {} queries, {} responses, {} unparsable) over {:.0} s: {} alarms ({} information rate, {} DGA bot, {} beacon); {} pairs tracked, memory bound {:.1} MB",
                 sum.records,
+                sum.formats
+                    .iter()
+                    .map(|(f, n)| format!("{f} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 sum.queries,
                 sum.responses,
                 sum.skipped,
@@ -246,5 +226,5 @@ pub fn run(detector: &Detector, args: &ReplayArgs) -> Result<()> {
             )?;
         }
     }
-    Ok(())
+    Ok(!alarms.is_empty())
 }

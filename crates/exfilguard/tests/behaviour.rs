@@ -283,7 +283,7 @@ fn behaviour_replays_detect_slow_leaks_bots_and_beacons_without_false_alarms() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
-        out.status.success(),
+        out.status.code().is_some_and(|c| c < 2), // 1: alarms raised
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -423,7 +423,7 @@ fn live_tool_captures_are_detected() {
             .output()
             .unwrap();
         assert!(
-            out.status.success(),
+            out.status.code().is_some_and(|c| c < 2), // 1: alarms raised
             "{}: {}",
             f.display(),
             String::from_utf8_lossy(&out.stderr)

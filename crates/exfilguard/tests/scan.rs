@@ -71,8 +71,10 @@ fn scan_classifies_queries_and_survives_hostile_packets() {
         .arg(&pcap)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
+    // exit status 1: malicious queries were found
+    assert_eq!(
+        out.status.code(),
+        Some(1),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -85,6 +87,8 @@ fn scan_classifies_queries_and_survives_hostile_packets() {
     let class = |i: usize| queries[i]["class"].as_str().unwrap().to_owned();
     assert_eq!(class(0), "benign");
     assert_eq!(queries[1]["dst"], "10.1.0.1:5353");
+    assert_eq!(queries[1]["client"], "10.1.0.2");
+    assert_eq!(queries[1]["qtype_name"], "AAAA");
     assert_eq!(class(1), "benign");
     assert_eq!(class(2), "tunnel");
     assert_eq!(queries[3]["transport"], "tcp");
@@ -98,6 +102,13 @@ fn scan_classifies_queries_and_survives_hostile_packets() {
     // Five malformed DNS packets and one broken IP header give per-packet errors, not a crash.
     assert!(s["totals"]["errors"].as_u64().unwrap() >= 5, "{s}");
     assert_eq!(s["domains"]["evil.org"]["malicious"], 3);
+    // the per-client summary: the tunnel's client, with its domain
+    assert_eq!(s["clients"]["10.1.0.2"]["malicious"], 3, "{s}");
+    assert_eq!(
+        s["clients"]["10.1.0.2"]["malicious_domains"][0][0],
+        "evil.org"
+    );
+    assert_eq!(s["clients"]["fd00::2"]["malicious"], 0);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("frame 7") && err.contains("frame 10"), "{err}");
 
@@ -120,9 +131,13 @@ fn scan_classifies_queries_and_survives_hostile_packets() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a pcap or pcapng"), "{err}");
+    assert_eq!(out.status.code(), Some(2), "an error is exit status 2");
     assert!(
-        err.contains("gzip-compressed or not"),
+        err.contains("no DNS records found") && err.contains("line 1 reads"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pcapng") && err.contains("Zeek dns.log") && err.contains("zstd"),
         "the error lists what scan reads: {err}"
     );
 
@@ -135,7 +150,7 @@ fn scan_classifies_queries_and_survives_hostile_packets() {
         }
         let out = c.output().unwrap();
         assert!(
-            out.status.success(),
+            out.status.code() == Some(1),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
@@ -162,4 +177,62 @@ fn scan_classifies_queries_and_survives_hostile_packets() {
         "gzip on stdin"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Issue 25: a query log scans like a capture (Zeek dns.log here), with the client column, the
+/// type's name and the per-client summary; a log of benign names only exits 0.
+#[test]
+fn scan_reads_query_logs_with_clients_and_exit_status() {
+    let zeek = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../exfilguard-ingest/tests/samples/zeek-dns.log"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_exfilguard"))
+        .args(["scan", zeek])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].trim_start().starts_with("at") && lines[0].contains("client"),
+        "{text}"
+    );
+    let tunnel = lines
+        .iter()
+        .find(|l| l.contains("t.evil.test"))
+        .expect("the tunnel query");
+    assert!(
+        tunnel.contains("192.168.1.23") && tunnel.contains("TXT") && tunnel.contains("tunnel"),
+        "{tunnel}"
+    );
+    assert!(text.contains("read as zeek-tsv 5"), "{text}");
+    let per_client = text.split("per client").nth(1).expect("a per-client table");
+    let first = per_client.lines().nth(2).unwrap_or("");
+    assert!(
+        first.starts_with("192.168.1.23") && first.contains("evil.test (1)"),
+        "the client with malicious queries comes first: {per_client}"
+    );
+
+    // the benign control
+    let dir = std::env::temp_dir().join(format!("eg-scan-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("benign.log");
+    std::fs::write(
+        &log,
+        "1796594400 192.168.1.10 www.example.com\n1796594401 192.168.1.11 mail.google.com\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_exfilguard"))
+        .args(["scan", "--format", "json"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,456 @@
+//! Query logs, one line at a time. Each line is tried against every format (files are
+//! recognised from their lines, so a syslog mixing daemons reads too); the state a format
+//! needs is kept here: Zeek's `#fields` header, and dnsmasq's pending queries (its reply
+//! lines name no client).
+
+use crate::{Record, Stats};
+use anyhow::Result;
+use chrono::{DateTime, NaiveDateTime};
+use exfilguard_dns::DnsName;
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// dnsmasq queries waiting for their reply line; older ones are forgotten past this.
+const MAX_PENDING: usize = 65_536;
+
+#[derive(Default)]
+struct State {
+    zeek_fields: Option<Vec<String>>,
+    zeek_sep: Option<String>,
+    /// dnsmasq: name → (client, qtype) of the last query not yet answered.
+    pending: HashMap<String, (IpAddr, Option<u16>)>,
+}
+
+/// What one line is.
+enum Line {
+    Records(Vec<Record>),
+    /// A line of a known daemon that carries no query (dnsmasq "forwarded", "started" …).
+    Other,
+    Unparsable,
+}
+
+pub(crate) fn read(
+    mut r: Box<dyn BufRead>,
+    stats: &mut Stats,
+    sink: &mut dyn FnMut(&mut Stats, Record),
+) -> Result<()> {
+    let mut st = State::default();
+    let mut buf = Vec::new();
+    let mut n = 0u64;
+    loop {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        n += 1;
+        let text = String::from_utf8_lossy(&buf);
+        let l = text.trim();
+        match st.line(l, n) {
+            Line::Records(rs) => rs.into_iter().for_each(|r| sink(stats, r)),
+            Line::Other => {}
+            Line::Unparsable => {
+                stats.unparsable += 1;
+                if stats.first_unparsable.is_none() {
+                    stats.first_unparsable = Some((n, l.chars().take(120).collect()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line of the stateless formats (OCSF JSON, `SECONDS CLIENT NAME [RCODE]`), for callers
+/// holding single lines.
+pub fn parse_line(l: &str) -> Option<Record> {
+    match State::default().line(l.trim(), 1) {
+        Line::Records(mut r) if !r.is_empty() => Some(r.remove(0)),
+        _ => None,
+    }
+}
+
+fn qtype(s: &str) -> Option<u16> {
+    let s = s.trim();
+    if let Some(n) = s.strip_prefix("type=").or_else(|| s.strip_prefix("TYPE")) {
+        return n.parse().ok();
+    }
+    let t = hickory_proto::rr::RecordType::from_str(&s.to_ascii_uppercase()).ok()?;
+    Some(u16::from(t))
+}
+
+fn rcode(s: &str) -> Option<u8> {
+    Some(match s.to_ascii_uppercase().as_str() {
+        "NOERROR" => 0,
+        "FORMERR" => 1,
+        "SERVFAIL" => 2,
+        "NXDOMAIN" => 3,
+        "NOTIMP" | "NOTIMPL" => 4,
+        "REFUSED" => 5,
+        "YXDOMAIN" => 6,
+        "YXRRSET" => 7,
+        "NXRRSET" => 8,
+        "NOTAUTH" => 9,
+        "NOTZONE" => 10,
+        n => n.parse().ok()?,
+    })
+}
+
+fn ms(secs: f64) -> Option<u64> {
+    (0.0..1e12)
+        .contains(&secs)
+        .then_some((secs * 1000.0) as u64)
+}
+
+/// `Dec  6 22:38:09` at the start of a syslog line; the year is not written, so 2000 (a leap
+/// year: Feb 29 reads) stands in. Returns the time and the rest of the line.
+fn syslog_time(l: &str) -> Option<(u64, &str)> {
+    let head = l.get(..15)?;
+    let t = NaiveDateTime::parse_from_str(&format!("2000 {head}"), "%Y %b %e %H:%M:%S").ok()?;
+    Some((t.and_utc().timestamp_millis().max(0) as u64, &l[15..]))
+}
+
+/// Zeek's `ts`: epoch seconds, or ISO 8601 when `LogAscii::use_json` writes it so.
+fn json_time(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Number(n) => ms(n.as_f64()?),
+        serde_json::Value::String(s) => {
+            let t = DateTime::parse_from_rfc3339(s).ok()?;
+            u64::try_from(t.timestamp_millis()).ok()
+        }
+        _ => None,
+    }
+}
+
+fn record(ts_ms: u64, client: IpAddr, name: DnsName, at: u64, format: &'static str) -> Record {
+    Record {
+        ts_ms,
+        client,
+        client_port: None,
+        server: None,
+        name,
+        qtype: None,
+        rcode: None,
+        transport: None,
+        encapsulation: Vec::new(),
+        at,
+        format,
+    }
+}
+
+impl State {
+    fn line(&mut self, l: &str, at: u64) -> Line {
+        if let Some(sep) = l.strip_prefix("#separator") {
+            // "#separator \x09"
+            let sep = sep.trim();
+            self.zeek_sep = Some(
+                match sep.strip_prefix("\\x").map(|h| u8::from_str_radix(h, 16)) {
+                    Some(Ok(b)) => (b as char).to_string(),
+                    _ => sep.to_string(),
+                },
+            );
+            return Line::Other;
+        }
+        if let Some(f) = l.strip_prefix("#fields") {
+            let sep = self.zeek_sep.clone().unwrap_or_else(|| "\t".into());
+            self.zeek_fields = Some(
+                f.split(sep.as_str())
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            );
+            return Line::Other;
+        }
+        if l.is_empty() || l.starts_with('#') {
+            return Line::Other;
+        }
+        let got = if self.zeek_fields.is_some() && !l.starts_with('{') {
+            self.zeek_tsv(l, at)
+        } else if l.starts_with('{') {
+            json(l, at)
+        } else if let Some(i) = l.find("dnsmasq[").or_else(|| l.find("pihole-FTL[")) {
+            let ts = syslog_time(l).map_or(0, |t| t.0);
+            return self.dnsmasq(&l[i..], ts, at);
+        } else if l.contains("named[") || bind_time(l).is_some() {
+            // BIND's other categories (general, lame-servers …) are no queries
+            return bind(l, at).map_or(Line::Other, Line::Records);
+        } else if l.contains(" query: ") && l.contains("client ") {
+            bind(l, at)
+        } else if l.contains("unbound[") {
+            return unbound(l, at).map_or(Line::Other, |r| Line::Records(vec![r]));
+        } else {
+            simple(l, at).map(|r| vec![r])
+        };
+        got.map_or(Line::Unparsable, Line::Records)
+    }
+
+    /// Zeek `dns.log` (TSV): one line per transaction, so a query and, when answered, its
+    /// response (`rtt` later).
+    fn zeek_tsv(&self, l: &str, at: u64) -> Option<Vec<Record>> {
+        let fields = self.zeek_fields.as_ref()?;
+        let sep = self.zeek_sep.as_deref().unwrap_or("\t");
+        let cols: Vec<&str> = l.split(sep).collect();
+        if cols.len() != fields.len() {
+            return None;
+        }
+        let get = |k: &str| {
+            fields
+                .iter()
+                .position(|f| f == k)
+                .map(|i| cols[i])
+                .filter(|v| *v != "-" && *v != "(empty)")
+        };
+        zeek(
+            get("ts")?.parse().ok().and_then(ms)?,
+            get("id.orig_h")?,
+            get("id.orig_p"),
+            get("id.resp_h"),
+            get("id.resp_p"),
+            get("proto"),
+            get("query")?,
+            get("qtype"),
+            get("rcode"),
+            get("rtt"),
+            at,
+            "zeek-tsv",
+        )
+    }
+
+    /// dnsmasq and Pi-hole (`log-queries`, also `=extra`):
+    /// `dnsmasq[1]: query[A] name from 10.0.0.5`, `dnsmasq[1]: reply name is NXDOMAIN`.
+    fn dnsmasq(&mut self, l: &str, ts_ms: u64, at: u64) -> Line {
+        let Some(msg) = l.split_once("]: ").map(|(_, m)| m) else {
+            return Line::Unparsable;
+        };
+        let mut words: Vec<&str> = msg.split_whitespace().collect();
+        // log-queries=extra: "<serial> <client>/<port> query[A] …"
+        let mut port = None;
+        if words
+            .first()
+            .is_some_and(|w| w.bytes().all(|b| b.is_ascii_digit()))
+            && words.len() > 2
+        {
+            port = words[1].rsplit_once('/').and_then(|(_, p)| p.parse().ok());
+            words.drain(..2);
+        }
+        match words.as_slice() {
+            [q, name, "from", client, ..] if q.starts_with("query[") => {
+                let (Ok(name), Ok(client)) = (DnsName::parse(name), client.parse::<IpAddr>())
+                else {
+                    return Line::Unparsable;
+                };
+                let t = q
+                    .strip_prefix("query[")
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(qtype);
+                if self.pending.len() >= MAX_PENDING {
+                    self.pending.clear();
+                }
+                self.pending.insert(name.normalized(), (client, t));
+                let mut r = record(ts_ms, client, name, at, "dnsmasq");
+                r.qtype = t;
+                r.client_port = port;
+                Line::Records(vec![r])
+            }
+            [kind, name, "is", answer, ..]
+                if matches!(
+                    *kind,
+                    "reply" | "cached" | "config" | "blocked" | "/etc/hosts"
+                ) || kind.starts_with('/') =>
+            {
+                let Ok(name) = DnsName::parse(name) else {
+                    return Line::Other;
+                };
+                // the first reply line answers the query; later ones are its other records
+                let Some((client, t)) = self.pending.remove(&name.normalized()) else {
+                    return Line::Other;
+                };
+                let rc = match *answer {
+                    "NXDOMAIN" => 3,
+                    "SERVFAIL" => 2,
+                    "REFUSED" => 5,
+                    _ => 0,
+                };
+                let mut r = record(ts_ms, client, name, at, "dnsmasq");
+                r.qtype = t;
+                r.rcode = Some(rc);
+                Line::Records(vec![r])
+            }
+            _ => Line::Other,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // Zeek's columns, by name, from TSV or JSON
+fn zeek(
+    ts_ms: u64,
+    orig_h: &str,
+    orig_p: Option<&str>,
+    resp_h: Option<&str>,
+    resp_p: Option<&str>,
+    proto: Option<&str>,
+    query: &str,
+    qtype: Option<&str>,
+    rcode: Option<&str>,
+    rtt: Option<&str>,
+    at: u64,
+    format: &'static str,
+) -> Option<Vec<Record>> {
+    let client: IpAddr = orig_h.parse().ok()?;
+    let name = DnsName::parse(query).ok()?;
+    let mut q = record(ts_ms, client, name, at, format);
+    q.client_port = orig_p.and_then(|p| p.parse().ok());
+    q.server = resp_h
+        .and_then(|h| h.parse().ok())
+        .map(|h| SocketAddr::new(h, resp_p.and_then(|p| p.parse().ok()).unwrap_or(53)));
+    q.qtype = qtype.and_then(|t| t.parse().ok());
+    q.transport = match proto {
+        Some("udp") => Some("udp"),
+        Some("tcp") => Some("tcp"),
+        _ => None,
+    };
+    let mut out = vec![q.clone()];
+    if let Some(rc) = rcode.and_then(|r| r.parse::<u8>().ok()) {
+        let rtt_ms = rtt
+            .and_then(|r| r.parse::<f64>().ok())
+            .and_then(ms)
+            .unwrap_or(0);
+        q.ts_ms += rtt_ms;
+        q.rcode = Some(rc);
+        out.push(q);
+    }
+    Some(out)
+}
+
+/// Zeek `dns.log` written as JSON, or exfilguard's own OCSF events.
+fn json(l: &str, at: u64) -> Option<Vec<Record>> {
+    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+    if let Some(orig) = v.get("id.orig_h") {
+        let s = |k: &str| {
+            v.get(k)
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+        };
+        let (p, rp, q, t, rc, rtt) = (
+            s("id.orig_p"),
+            s("id.resp_p"),
+            s("query")?,
+            s("qtype"),
+            s("rcode"),
+            s("rtt"),
+        );
+        return zeek(
+            json_time(v.get("ts")?)?,
+            orig.as_str()?,
+            p.as_deref(),
+            v.get("id.resp_h").and_then(|x| x.as_str()),
+            rp.as_deref(),
+            v.get("proto").and_then(|x| x.as_str()),
+            &q,
+            t.as_deref(),
+            rc.as_deref(),
+            rtt.as_deref(),
+            at,
+            "zeek-json",
+        );
+    }
+    let mut r = record(
+        v.get("time")?.as_u64()?,
+        v.pointer("/src_endpoint/ip")?.as_str()?.parse().ok()?,
+        DnsName::parse(v.pointer("/query/hostname")?.as_str()?).ok()?,
+        at,
+        "ocsf",
+    );
+    r.qtype = v
+        .pointer("/query/type")
+        .and_then(|t| t.as_str())
+        .and_then(qtype);
+    r.rcode = v.get("rcode_id").and_then(|r| r.as_u64()).map(|r| r as u8);
+    Some(vec![r])
+}
+
+/// `06-Dec-2026 22:38:09.123`, BIND's `print-time` stamp.
+fn bind_time(l: &str) -> Option<u64> {
+    let t = NaiveDateTime::parse_from_str(l.get(..24)?, "%d-%b-%Y %H:%M:%S%.3f").ok()?;
+    Some(t.and_utc().timestamp_millis().max(0) as u64)
+}
+
+/// BIND `querylog`: `06-Dec-2026 22:38:09.123 queries: info: client @0x7f… 10.0.0.5#41234
+/// (name): query: name IN A +E(0)K (10.0.0.1)`, also through syslog and from older versions.
+fn bind(l: &str, at: u64) -> Option<Vec<Record>> {
+    let ts = bind_time(l)
+        .or_else(|| syslog_time(l).map(|t| t.0))
+        .unwrap_or(0);
+    let after = &l[l.find("client ")? + 7..];
+    let addr = after
+        .split_whitespace()
+        .find(|w| !w.starts_with('@'))?
+        .trim_end_matches(':');
+    let (ip, port) = addr.rsplit_once('#')?;
+    let q = &l[l.find(" query: ")? + 8..];
+    let mut w = q.split_whitespace();
+    let name = DnsName::parse(w.next()?).ok()?;
+    let _class = w.next()?;
+    let mut r = record(ts, ip.parse().ok()?, name, at, "bind");
+    r.qtype = qtype(w.next()?);
+    r.client_port = port.parse().ok();
+    let rest: Vec<&str> = w.collect();
+    r.transport = rest
+        .first()
+        .map(|flags| if flags.contains('T') { "tcp" } else { "udp" });
+    r.server = rest
+        .last()
+        .and_then(|s| s.strip_prefix('(')?.strip_suffix(')')?.parse().ok())
+        .map(|ip| SocketAddr::new(ip, 53));
+    Some(vec![r])
+}
+
+/// Unbound `log-queries` (`info: 10.0.0.5 name. A IN`) and `log-replies` (`reply: 10.0.0.5
+/// name. A IN NXDOMAIN 0.000 0 45`), with `[epoch]` or `log-time-ascii` stamps. Other
+/// Unbound lines are no queries (`None`).
+fn unbound(l: &str, at: u64) -> Option<Record> {
+    let ts = match l.strip_prefix('[') {
+        Some(rest) => ms(rest.split(']').next()?.parse().ok()?)?,
+        None => syslog_time(l).map_or(0, |t| t.0),
+    };
+    let (kind, rest) = [" info: ", " reply: "]
+        .iter()
+        .find_map(|k| l.find(k).map(|i| (*k, &l[i + k.len()..])))?;
+    let w: Vec<&str> = rest.split_whitespace().collect();
+    let (client, name, t, class) = (w.first()?, w.get(1)?, w.get(2)?, w.get(3)?);
+    if !matches!(*class, "IN" | "CH" | "HS" | "ANY" | "NONE") && !class.starts_with("CLASS") {
+        return None;
+    }
+    let (ip, port) = match client.split_once('@') {
+        Some((ip, p)) => (ip, p.parse().ok()),
+        None => (*client, None),
+    };
+    let mut r = record(
+        ts,
+        ip.parse().ok()?,
+        DnsName::parse(name).ok()?,
+        at,
+        "unbound",
+    );
+    r.client_port = port;
+    r.qtype = qtype(t);
+    // 1.17 logs replies as `info:` too, told apart by the RCODE after the class
+    r.rcode = w.get(4).and_then(|x| rcode(x));
+    if kind == " reply: " && r.rcode.is_none() {
+        return None;
+    }
+    Some(r)
+}
+
+/// `SECONDS CLIENT NAME [RCODE]`.
+fn simple(l: &str, at: u64) -> Option<Record> {
+    let mut f = l.split_whitespace();
+    let ts = ms(f.next()?.parse().ok()?)?;
+    let client = f.next()?.parse().ok()?;
+    let mut r = record(ts, client, DnsName::parse(f.next()?).ok()?, at, "text");
+    r.rcode = match f.next() {
+        Some(x) => Some(rcode(x)?),
+        None => None,
+    };
+    Some(r)
+}
