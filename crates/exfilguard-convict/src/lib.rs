@@ -13,7 +13,7 @@
 //! unless the operator unprotects them. Every block says what evidence it rests on.
 
 use exfilguard_behaviour::Alarm;
-use exfilguard_detect::{fmt_p, Action, Class, Detector, Level, NameList, Source, Verdict};
+use exfilguard_detect::{fmt_p, fmt_vs, Action, Class, Detector, Level, NameList, Source, Verdict};
 use exfilguard_dns::DnsName;
 use exfilguard_kafka::fleet::FleetUpdate;
 use lru::LruCache;
@@ -618,11 +618,10 @@ impl Convictions {
         {
             let p = v.detector(Class::Dga);
             let why = match (medium(Class::Dga), self.settings.dga_bot_scope) {
-                (Some(d), _) => Some(format!(
-                    "P(dga) = {} ≥ suspect threshold {} (MEDIUM)",
-                    fmt_p(d.p),
-                    fmt_p(d.suspect)
-                )),
+                (Some(d), _) => {
+                    let (p, t) = fmt_vs(d.p, d.suspect);
+                    Some(format!("P(dga) = {p} ≥ suspect threshold {t} (MEDIUM)"))
+                }
                 (None, DgaBotScope::Unpopular) => Some(format!(
                     "an unpopular domain (P(dga) = {})",
                     p.map_or_else(|| "-".into(), |d| fmt_p(d.p))
@@ -677,10 +676,9 @@ impl Convictions {
         v.class = Class::Tunnel;
         v.source = Source::Domain;
         v.action = action;
+        let (p, t) = fmt_vs(d.p, d.suspect);
         v.reasons.push(format!(
-            "P(tunnel) = {} ≥ suspect threshold {} (MEDIUM); blocks {} for {}: {}",
-            fmt_p(d.p),
-            fmt_p(d.suspect),
+            "P(tunnel) = {p} ≥ suspect threshold {t} (MEDIUM); blocks {} for {}: {}",
             o.zone.as_deref().unwrap_or("this name"),
             o.scope.as_str(),
             o.evidence

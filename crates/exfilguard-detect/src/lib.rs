@@ -14,7 +14,7 @@ pub use lexicon::Lexicon;
 pub use lookup::{Lookup, LookupKind, KNOWN_LOOKUP_ZONES};
 pub use model::{Model, ModelClass, ModelError, ModelInfo};
 pub use policy::{ListMatch, NameList};
-pub use verdict::{fmt_p, risk_of, Action, Class, DetectorScore, Level, Source, Verdict};
+pub use verdict::{fmt_p, fmt_vs, risk_of, Action, Class, DetectorScore, Level, Source, Verdict};
 
 use exfilguard_dns::DnsName;
 
@@ -264,11 +264,10 @@ impl Detector {
             Some((i, &p)) => {
                 let class = info.classes[i];
                 let mut reasons = verdict::reasons(f, class);
+                let (p, t) = verdict::fmt_vs(p, info.thresholds[i]);
                 reasons.push(format!(
-                    "model: P({}) = {} ≥ threshold {} (HIGH)",
+                    "model: P({}) = {p} ≥ threshold {t} (HIGH)",
                     class_name(class),
-                    fmt_p(p),
-                    fmt_p(info.thresholds[i])
                 ));
                 Verdict {
                     class: class.into(),

@@ -169,6 +169,32 @@ pub fn fmt_p(p: f32) -> String {
     }
 }
 
+/// A probability and the threshold it is compared with, printed with as many digits as it
+/// takes for the printed numbers to compare as the real ones do: `0.998410 < 0.998422`, never
+/// "0.9984 < 0.9984" or "1.0000 ≥ 1.0000" for a value under its threshold.
+pub fn fmt_vs(p: f32, threshold: f32) -> (String, String) {
+    let digits = |x: f32| {
+        let q = 1.0 - x as f64;
+        if x >= 0.999 && q > 0.0 {
+            (-q.log10()).ceil() as usize + 2
+        } else {
+            4
+        }
+    };
+    let mut d = digits(p).max(digits(threshold));
+    loop {
+        let (a, b) = (format!("{p:.d$}"), format!("{threshold:.d$}"));
+        let same = match (a.parse::<f64>(), b.parse::<f64>()) {
+            (Ok(x), Ok(y)) => (x >= y) == (p >= threshold) && (x == y) == (p == threshold),
+            _ => true,
+        };
+        if same || d >= 10 {
+            return (a, b);
+        }
+        d += 1;
+    }
+}
+
 /// Reference points for the explanations only (decisions are the model's): roughly the 99th
 /// percentile of benign host names in the training split.
 const LONG_LABEL: usize = 24;
@@ -253,4 +279,30 @@ pub fn reasons(f: &Features, class: ModelClass) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_and_its_threshold_print_in_their_true_order() {
+        for (p, t) in [
+            (0.998_41_f32, 0.998_422_f32),
+            (0.998_43, 0.998_422),
+            (0.999_995, 0.999_990_5),
+            (0.999_990_4, 0.999_990_5),
+            (0.5, 0.5),
+            (0.997, 0.998_422),
+        ] {
+            let (a, b) = fmt_vs(p, t);
+            let (x, y): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+            assert_eq!(x >= y, p >= t, "{a} vs {b}");
+            assert_eq!(x == y, p == t, "{a} vs {b}");
+        }
+        assert_eq!(
+            fmt_vs(0.998_41, 0.998_422),
+            ("0.99841".into(), "0.99842".into())
+        );
+    }
 }

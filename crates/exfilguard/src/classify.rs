@@ -3,7 +3,8 @@
 use crate::view::{cut_left, risk, Rows};
 use crate::Format;
 use anyhow::Result;
-use exfilguard_detect::{extract, Detector, Lexicon, Verdict, FEATURE_NAMES};
+use exfilguard_detect::verdict::fmt_p;
+use exfilguard_detect::{extract, Detector, Lexicon, ModelClass, Verdict, FEATURE_NAMES};
 use exfilguard_dns::DnsName;
 use serde::Serialize;
 use std::io::{BufRead, Write};
@@ -215,5 +216,77 @@ pub fn features(names: &[String]) -> Result<()> {
             serde_json::json!({ "name": text, "features": map })
         )?;
     }
+    Ok(())
+}
+
+/// `exfilguard model-info`: the model's metadata, and per class the threshold the decisions
+/// use (from a verdict, so `--threshold` and the config's overrides show) next to the one the
+/// model ships, with what it means. Benign has none: it is what a name is when no detector
+/// reaches its threshold (the model file stores 1.0 there, unused).
+pub fn model_info(detector: &Detector, format: Format) -> Result<()> {
+    let info = detector.model().info();
+    let probe = detector.classify(&DnsName::parse("example.com")?)?;
+    let mut decision = Vec::new();
+    for (class, model_t) in info.classes.iter().zip(&info.thresholds) {
+        let name = match class {
+            ModelClass::Benign => "benign",
+            ModelClass::Tunnel => "tunnel",
+            ModelClass::Dga => "dga",
+        };
+        let in_use = probe.detectors.iter().find(|d| d.detector.as_str() == name);
+        decision.push(serde_json::json!({
+            "class": name,
+            "threshold_in_use": in_use.map(|d| d.threshold),
+            "suspect_in_use": in_use.map(|d| d.suspect),
+            "model_threshold": model_t,
+            "rule": match in_use {
+                Some(_) => format!("{name} when P({name}) >= threshold; from suspect on, evidence against the domain"),
+                None => "what a name is when no other class reaches its threshold (the model file's 1.0 is unused)".into(),
+            },
+        }));
+    }
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        let mut v = serde_json::to_value(info)?;
+        v["decision"] = serde_json::Value::Array(decision);
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "model {} ({} features, sha256 {})\n",
+        info.version,
+        info.features.len(),
+        info.sha256
+    )?;
+    let rows = decision
+        .iter()
+        .map(|d| {
+            let p = |k: &str| d[k].as_f64().map_or("-".into(), |x| fmt_p(x as f32));
+            vec![
+                d["class"].as_str().unwrap_or("").to_string(),
+                p("threshold_in_use"),
+                p("suspect_in_use"),
+                d["rule"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    write!(
+        out,
+        "{}",
+        crate::view::table(
+            vec![
+                ("class", 8, false),
+                ("threshold", 12, false),
+                ("suspect", 12, false),
+                ("meaning", 0, false),
+            ],
+            rows
+        )
+    )?;
+    writeln!(
+        out,
+        "\n`exfilguard features NAME` prints a name's feature vector; -o json lists the features."
+    )?;
     Ok(())
 }

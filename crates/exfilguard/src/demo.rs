@@ -28,8 +28,11 @@ pub struct DemoArgs {
     /// have been stopped.
     #[arg(long)]
     monitor: bool,
-    /// Print the final summary as JSON on stdout (for scripts and tests).
-    #[arg(long)]
+    /// `json`: print the final summary as JSON on stdout (for scripts and tests), no live table.
+    #[arg(short = 'o', long, value_enum, default_value_t = crate::Format::Table)]
+    format: crate::Format,
+    /// The old name of `--format json`.
+    #[arg(long, hide = true)]
     json: bool,
 }
 
@@ -472,14 +475,15 @@ fn dga_loop(lab_ns: String, stop: Arc<AtomicBool>) {
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
+    let json = args.json || args.format == crate::Format::Json;
     possible()?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("signal handler")?;
     }
-    let live = !args.plain && !args.json && std::io::stdout().is_terminal();
+    let live = !args.plain && !json && std::io::stdout().is_terminal();
     let say = |s: &str| {
-        if args.json {
+        if json {
             eprintln!("{s}");
         } else {
             println!("{s}");
@@ -587,7 +591,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 std::fs::read_to_string(lab.work.join("agent.log")).unwrap_or_default()
             );
         }
-        if last_draw.elapsed() >= Duration::from_secs(1) && !args.json {
+        if last_draw.elapsed() >= Duration::from_secs(1) && !json {
             last_draw = Instant::now();
             let head = format!(
                 "t = {:>3} s   events {}   convicted: {}",
@@ -635,7 +639,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         tally.add(&v);
     }
 
-    if args.json {
+    if json {
         let summary = serde_json::json!({
             "senders": tally.rows,
             "events": tally.events,

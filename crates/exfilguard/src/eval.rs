@@ -21,9 +21,12 @@ pub struct EvalArgs {
     /// rows without it are labelled by file name.
     #[arg(long)]
     label_column: Option<usize>,
-    /// Write the full report as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    /// A table for people, or the full report as JSON on stdout.
+    #[arg(short = 'o', long, value_enum, default_value_t = crate::Format::Table)]
+    format: crate::Format,
+    /// Also write the full report as JSON to this file (`--json FILE` is the old name).
+    #[arg(long, alias = "json", value_name = "FILE")]
+    report: Option<PathBuf>,
     /// Write a ROC curve and score histogram (SVG) here.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -98,8 +101,11 @@ pub fn run(detector: Detector, args: &EvalArgs) -> Result<()> {
                 passed: args.misses.as_deref(),
             },
         )?;
-        crate::stream::print(&r);
-        if let Some(p) = &args.json {
+        match args.format {
+            crate::Format::Table => crate::stream::print(&r),
+            crate::Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        }
+        if let Some(p) = &args.report {
             std::fs::write(p, serde_json::to_vec_pretty(&r)?)
                 .with_context(|| format!("writing {}", p.display()))?;
         }
@@ -137,8 +143,11 @@ pub fn run(detector: Detector, args: &EvalArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let report = summarise(detector, &scored, labels);
-    print_report(&report)?;
-    if let Some(p) = &args.json {
+    match args.format {
+        crate::Format::Table => print_report(&report)?,
+        crate::Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    if let Some(p) = &args.report {
         std::fs::write(p, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }

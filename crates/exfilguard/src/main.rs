@@ -102,8 +102,12 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Show the model's metadata (version, threshold, features, sha256).
-    ModelInfo,
+    /// Show the model's metadata (version, thresholds in use and what they mean, features,
+    /// sha256).
+    ModelInfo {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Build the training set from shared/data (see model/README.md).
     Dataset {
         #[command(subcommand)]
@@ -273,15 +277,7 @@ fn other(brain: BrainArgs, command: Command) -> Result<()> {
         Command::Quarantine(args) => agent_cmd::quarantine(&args),
         Command::Analytics(args) => agent_cmd::analytics(&args),
         Command::Features { names } => classify::features(&names),
-        Command::ModelInfo => {
-            let d = brain.detector()?;
-            writeln!(
-                std::io::stdout(),
-                "{}",
-                serde_json::to_string_pretty(d.model().info())?
-            )?;
-            Ok(())
-        }
+        Command::ModelInfo { format } => classify::model_info(&brain.detector()?, format),
         Command::Dataset { action } => match action {
             DatasetCommand::Build {
                 data,

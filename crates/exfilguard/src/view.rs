@@ -4,7 +4,7 @@
 //! detector's risk with its probability against the threshold in use.
 
 use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table, Width};
-use exfilguard_detect::verdict::fmt_p;
+use exfilguard_detect::verdict::fmt_vs;
 use exfilguard_detect::Verdict;
 
 /// A name cut on the left to `width` characters: `...t.example.org` keeps the domain.
@@ -25,15 +25,13 @@ pub fn risk(v: &Verdict) -> (String, String) {
         .iter()
         .max_by(|a, b| a.risk.cmp(&b.risk).then(a.p.total_cmp(&b.p)));
     match top {
-        Some(d) => (
-            format!("{} {} {}", d.detector.as_str(), d.risk, d.level.as_str()),
-            format!(
-                "{} {} {}",
-                fmt_p(d.p),
-                if d.p >= d.threshold { ">=" } else { "<" },
-                fmt_p(d.threshold)
-            ),
-        ),
+        Some(d) => {
+            let (p, t) = fmt_vs(d.p, d.threshold);
+            (
+                format!("{} {} {}", d.detector.as_str(), d.risk, d.level.as_str()),
+                format!("{p} {} {t}", if d.p >= d.threshold { ">=" } else { "<" }),
+            )
+        }
         None => ("-".into(), format!("{:.3}", v.score)),
     }
 }

@@ -327,11 +327,36 @@ fn model_override_and_threshold() {
     );
     // At threshold 0 every name is flagged: proves the override reaches the decision.
     assert_ne!(json_lines(&out.stdout)[0]["class"], "benign");
-    let info = exe().arg("model-info").output().unwrap();
+    let info = exe().args(["model-info", "-o", "json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(
         v["features"].as_array().unwrap().len(),
         exfilguard_detect::N_FEATURES
+    );
+    // issue 25: every class says what its threshold means; benign's 1.0 is explained, and the
+    // thresholds in use follow --threshold
+    let d = v["decision"].as_array().unwrap();
+    let benign = d.iter().find(|c| c["class"] == "benign").unwrap();
+    assert!(benign["threshold_in_use"].is_null(), "{benign}");
+    assert!(benign["rule"].as_str().unwrap().contains("unused"));
+    let tunnel = d.iter().find(|c| c["class"] == "tunnel").unwrap();
+    assert!(tunnel["threshold_in_use"].as_f64().unwrap() > 0.999);
+    let table = exe()
+        .args(["--threshold", "0.5", "model-info"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("tunnel"))
+        .unwrap_or_default();
+    assert!(row.contains("0.5000") && !row.contains("0.99999"), "{text}");
+    let table = exe().args(["model-info"]).output().unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("tunnel") && l.contains("0.99999")),
+        "{text}"
     );
 }
 

@@ -41,7 +41,7 @@ fn demo_stops_the_tunnels_lets_lookups_through_and_cleans_up() {
         return;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_exfilguard"))
-        .args(["demo", "--secs", "20", "--json"])
+        .args(["demo", "--secs", "20", "--format", "json"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
