@@ -107,7 +107,7 @@ pub fn check(text: &str) -> Checked {
             let i = leaf
                 .path
                 .iter()
-                .position(|p| p == field)
+                .rposition(|p| p == field)
                 .unwrap_or(leaf.path.len() - 1);
             let prefix = leaf.path[..=i].to_vec();
             if reported_unknown.contains(&prefix) {

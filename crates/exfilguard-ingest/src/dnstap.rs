@@ -162,7 +162,10 @@ pub(crate) fn read(
                 continue;
             }
         };
-        let ts_ms = sec.unwrap_or(0) * 1000 + u64::from(nsec.unwrap_or(0) / 1_000_000);
+        let ts_ms = sec
+            .unwrap_or(0)
+            .saturating_mul(1000)
+            .saturating_add(u64::from(nsec.unwrap_or(0) / 1_000_000));
         let server = m
             .response_address
             .as_deref()

@@ -149,9 +149,16 @@ pub fn read(path: &Path, sink: impl FnMut(Record)) -> Result<Stats> {
 }
 
 /// Reads an already opened (decompressed) stream.
-pub fn read_from(mut r: Box<dyn BufRead>, mut sink: impl FnMut(Record)) -> Result<Stats> {
+pub fn read_from(r: Box<dyn BufRead>, mut sink: impl FnMut(Record)) -> Result<Stats> {
     let mut stats = Stats::default();
-    let head = r.fill_buf()?.to_vec();
+    // the first bytes decide the kind; a pipe or a decompressor may hand out fewer than the
+    // 12 dnstap needs in one read, so read them fully and put them back
+    let mut head = Vec::with_capacity(16);
+    let mut r = r;
+    (&mut r).take(16).read_to_end(&mut head)?;
+    let r: Box<dyn BufRead> = Box::new(std::io::BufReader::new(
+        std::io::Cursor::new(head.clone()).chain(r),
+    ));
     let mut counted = |stats: &mut Stats, rec: Record| {
         stats.count(&rec);
         sink(rec)

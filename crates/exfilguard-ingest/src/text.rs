@@ -8,19 +8,21 @@ use anyhow::Result;
 use chrono::{DateTime, NaiveDateTime};
 use exfilguard_dns::DnsName;
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 /// dnsmasq queries waiting for their reply line; older ones are forgotten past this.
 const MAX_PENDING: usize = 65_536;
+/// The longest line read (a Zeek line with many answers stays far below).
+const MAX_LINE: u64 = 64 * 1024;
 
 #[derive(Default)]
 struct State {
     zeek_fields: Option<Vec<String>>,
     zeek_sep: Option<String>,
-    /// dnsmasq: name → (client, qtype) of the last query not yet answered.
-    pending: HashMap<String, (IpAddr, Option<u16>)>,
+    /// dnsmasq: serial (or name) → (client, qtype, name) of a query not yet answered.
+    pending: HashMap<String, (IpAddr, Option<u16>, DnsName)>,
 }
 
 /// What one line is.
@@ -41,10 +43,35 @@ pub(crate) fn read(
     let mut n = 0u64;
     loop {
         buf.clear();
-        if r.read_until(b'\n', &mut buf)? == 0 {
+        // a line is read up to MAX_LINE bytes; the rest of a longer one is skipped, so a log
+        // without newlines (or a decompression bomb) cannot take the memory
+        if (&mut r).take(MAX_LINE).read_until(b'\n', &mut buf)? == 0 {
             break;
         }
         n += 1;
+        if buf.len() as u64 == MAX_LINE && buf.last() != Some(&b'\n') {
+            loop {
+                let avail = r.fill_buf()?;
+                if avail.is_empty() {
+                    break;
+                }
+                match avail.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        r.consume(i + 1);
+                        break;
+                    }
+                    None => {
+                        let k = avail.len();
+                        r.consume(k);
+                    }
+                }
+            }
+            stats.unparsable += 1;
+            if stats.first_unparsable.is_none() {
+                stats.first_unparsable = Some((n, format!("a line over {MAX_LINE} bytes")));
+            }
+            continue;
+        }
         let text = String::from_utf8_lossy(&buf);
         let l = text.trim();
         match st.line(l, n) {
@@ -165,22 +192,30 @@ impl State {
         if l.is_empty() || l.starts_with('#') {
             return Line::Other;
         }
-        let got = if self.zeek_fields.is_some() && !l.starts_with('{') {
+        // The daemon is named in the syslog header (before the first ": "), never searched
+        // for in the whole line: a query name holding "dnsmasq[" must not choose the parser.
+        // A daemon's line that carries a query marker but does not parse is unparsable
+        // (counted, shown), never "other": a crafted name cannot hide its query.
+        let header = l.split_once(": ").map_or("", |(h, _)| h);
+        let got = if let Some(r) = simple(l, at) {
+            Some(vec![r])
+        } else if self.zeek_fields.is_some() && !l.starts_with('{') {
             self.zeek_tsv(l, at)
         } else if l.starts_with('{') {
             json(l, at)
-        } else if let Some(i) = l.find("dnsmasq[").or_else(|| l.find("pihole-FTL[")) {
-            let ts = syslog_time(l).map_or(0, |t| t.0);
-            return self.dnsmasq(&l[i..], ts, at);
-        } else if l.contains("named[") || bind_time(l).is_some() {
+        } else if header.contains("dnsmasq[") || header.contains("pihole-FTL[") {
+            return self.dnsmasq(l, line_time(l).unwrap_or(0), at);
+        } else if header.contains("unbound[") {
+            return unbound(l, at, header.len());
+        } else if header.contains("named[") || bind_time(l).is_some() {
             // BIND's other categories (general, lame-servers …) are no queries
-            return bind(l, at).map_or(Line::Other, Line::Records);
-        } else if l.contains(" query: ") && l.contains("client ") {
-            bind(l, at)
-        } else if l.contains("unbound[") {
-            return unbound(l, at).map_or(Line::Other, |r| Line::Records(vec![r]));
+            return match bind(l, at) {
+                Some(r) => Line::Records(r),
+                None if l.contains(" query: ") => Line::Unparsable,
+                None => Line::Other,
+            };
         } else {
-            simple(l, at).map(|r| vec![r])
+            bind(l, at)
         };
         got.map_or(Line::Unparsable, Line::Records)
     }
@@ -219,66 +254,80 @@ impl State {
 
     /// dnsmasq and Pi-hole (`log-queries`, also `=extra`):
     /// `dnsmasq[1]: query[A] name from 10.0.0.5`, `dnsmasq[1]: reply name is NXDOMAIN`.
+    /// dnsmasq writes printable bytes of a name as they are, spaces included, so the client is
+    /// what follows the *last* " from ", and a name is never split on whitespace.
     fn dnsmasq(&mut self, l: &str, ts_ms: u64, at: u64) -> Line {
-        let Some(msg) = l.split_once("]: ").map(|(_, m)| m) else {
+        let Some((_, mut msg)) = l.split_once("]: ") else {
             return Line::Unparsable;
         };
-        let mut words: Vec<&str> = msg.split_whitespace().collect();
-        // log-queries=extra: "<serial> <client>/<port> query[A] …"
+        // log-queries=extra: "<serial> <client>/<port> query[A] …": the serial ties a reply
+        // to its query
+        let mut serial = None;
         let mut port = None;
-        if words
-            .first()
-            .is_some_and(|w| w.bytes().all(|b| b.is_ascii_digit()))
-            && words.len() > 2
-        {
-            port = words[1].rsplit_once('/').and_then(|(_, p)| p.parse().ok());
-            words.drain(..2);
-        }
-        match words.as_slice() {
-            [q, name, "from", client, ..] if q.starts_with("query[") => {
-                let (Ok(name), Ok(client)) = (DnsName::parse(name), client.parse::<IpAddr>())
-                else {
-                    return Line::Unparsable;
-                };
-                let t = q
-                    .strip_prefix("query[")
-                    .and_then(|t| t.strip_suffix(']'))
-                    .and_then(qtype);
-                if self.pending.len() >= MAX_PENDING {
-                    self.pending.clear();
-                }
-                self.pending.insert(name.normalized(), (client, t));
-                let mut r = record(ts_ms, client, name, at, "dnsmasq");
-                r.qtype = t;
-                r.client_port = port;
-                Line::Records(vec![r])
+        let mut words = msg.splitn(3, ' ');
+        if let (Some(n), Some(cp), Some(rest)) = (words.next(), words.next(), words.next()) {
+            if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && cp.contains('/') {
+                serial = Some(n.to_string());
+                port = cp.rsplit_once('/').and_then(|(_, p)| p.parse().ok());
+                msg = rest;
             }
-            [kind, name, "is", answer, ..]
-                if matches!(
-                    *kind,
-                    "reply" | "cached" | "config" | "blocked" | "/etc/hosts"
-                ) || kind.starts_with('/') =>
-            {
-                let Ok(name) = DnsName::parse(name) else {
-                    return Line::Other;
-                };
-                // the first reply line answers the query; later ones are its other records
-                let Some((client, t)) = self.pending.remove(&name.normalized()) else {
-                    return Line::Other;
-                };
-                let rc = match *answer {
-                    "NXDOMAIN" => 3,
-                    "SERVFAIL" => 2,
-                    "REFUSED" => 5,
-                    _ => 0,
-                };
-                let mut r = record(ts_ms, client, name, at, "dnsmasq");
-                r.qtype = t;
-                r.rcode = Some(rc);
-                Line::Records(vec![r])
-            }
-            _ => Line::Other,
         }
+        if let Some(q) = msg.strip_prefix("query[") {
+            let Some((t, rest)) = q.split_once("] ") else {
+                return Line::Unparsable;
+            };
+            let Some((name, client)) = rest.rsplit_once(" from ") else {
+                return Line::Unparsable;
+            };
+            // "<name unprintable>" (dnsmasq's stand-in for a name with other bytes: a binary
+            // tunnel) and anything else that is no name stay visible as unparsable
+            if name == "<name unprintable>" {
+                return Line::Unparsable;
+            }
+            let (Ok(name), Ok(client)) = (DnsName::parse(name), client.trim().parse::<IpAddr>())
+            else {
+                return Line::Unparsable;
+            };
+            let t = qtype(t);
+            if self.pending.len() >= MAX_PENDING {
+                self.pending.clear();
+            }
+            let key = serial.unwrap_or_else(|| name.normalized());
+            self.pending.insert(key, (client, t, name.clone()));
+            let mut r = record(ts_ms, client, name, at, "dnsmasq");
+            r.qtype = t;
+            r.client_port = port;
+            return Line::Records(vec![r]);
+        }
+        // "reply NAME is ANSWER", "cached …", "config …", "/etc/hosts …", Pi-hole "gravity blocked …"
+        let Some((kind, rest)) = msg.split_once(' ') else {
+            return Line::Other;
+        };
+        let kind_ok = matches!(kind, "reply" | "cached" | "config" | "blocked" | "gravity")
+            || kind.starts_with('/');
+        let Some((name, answer)) = rest.rsplit_once(" is ").filter(|_| kind_ok) else {
+            return Line::Other;
+        };
+        let name = name.strip_prefix("blocked ").unwrap_or(name);
+        let Ok(name) = DnsName::parse(name) else {
+            return Line::Other;
+        };
+        // the first reply line answers the query; later ones are its other records
+        let key = serial.unwrap_or_else(|| name.normalized());
+        // with a serial the query's own name is used ("config error is REFUSED" answers it)
+        let Some((client, t, name)) = self.pending.remove(&key) else {
+            return Line::Other;
+        };
+        let rc = match answer.split_whitespace().next().unwrap_or("") {
+            "NXDOMAIN" => 3,
+            "SERVFAIL" => 2,
+            "REFUSED" => 5,
+            _ => 0,
+        };
+        let mut r = record(ts_ms, client, name, at, "dnsmasq");
+        r.qtype = t;
+        r.rcode = Some(rc);
+        Line::Records(vec![r])
     }
 }
 
@@ -369,6 +418,15 @@ fn json(l: &str, at: u64) -> Option<Vec<Record>> {
     Some(vec![r])
 }
 
+/// The stamp a daemon's line starts with: syslog (`Dec  6 22:38:09`) or RFC 3339
+/// (rsyslog's precise format, `log-time-iso`).
+fn line_time(l: &str) -> Option<u64> {
+    syslog_time(l).map(|t| t.0).or_else(|| {
+        let t = DateTime::parse_from_rfc3339(l.split_whitespace().next()?).ok()?;
+        u64::try_from(t.timestamp_millis()).ok()
+    })
+}
+
 /// `06-Dec-2026 22:38:09.123`, BIND's `print-time` stamp.
 fn bind_time(l: &str) -> Option<u64> {
     let t = NaiveDateTime::parse_from_str(l.get(..24)?, "%d-%b-%Y %H:%M:%S%.3f").ok()?;
@@ -378,9 +436,7 @@ fn bind_time(l: &str) -> Option<u64> {
 /// BIND `querylog`: `06-Dec-2026 22:38:09.123 queries: info: client @0x7f… 10.0.0.5#41234
 /// (name): query: name IN A +E(0)K (10.0.0.1)`, also through syslog and from older versions.
 fn bind(l: &str, at: u64) -> Option<Vec<Record>> {
-    let ts = bind_time(l)
-        .or_else(|| syslog_time(l).map(|t| t.0))
-        .unwrap_or(0);
+    let ts = bind_time(l).or_else(|| line_time(l)).unwrap_or(0);
     let after = &l[l.find("client ")? + 7..];
     let addr = after
         .split_whitespace()
@@ -405,41 +461,48 @@ fn bind(l: &str, at: u64) -> Option<Vec<Record>> {
     Some(vec![r])
 }
 
-/// Unbound `log-queries` (`info: 10.0.0.5 name. A IN`) and `log-replies` (`reply: 10.0.0.5
-/// name. A IN NXDOMAIN 0.000 0 45`), with `[epoch]` or `log-time-ascii` stamps. Other
-/// Unbound lines are no queries (`None`).
-fn unbound(l: &str, at: u64) -> Option<Record> {
+/// Unbound `log-queries` (`info: 10.0.0.5 name. A IN`) and `log-replies` (`info:` or
+/// `reply: 10.0.0.5 name. A IN NXDOMAIN 0.000 0 45`), also with `log-tag-queryreply`
+/// (`query:`), with `[epoch]`, `log-time-ascii` or RFC 3339 stamps. Other Unbound lines
+/// ("start of service") are no queries; a line that starts like a query and does not parse is
+/// unparsable.
+fn unbound(l: &str, at: u64, header_len: usize) -> Line {
     let ts = match l.strip_prefix('[') {
-        Some(rest) => ms(rest.split(']').next()?.parse().ok()?)?,
-        None => syslog_time(l).map_or(0, |t| t.0),
-    };
-    let (kind, rest) = [" info: ", " reply: "]
-        .iter()
-        .find_map(|k| l.find(k).map(|i| (*k, &l[i + k.len()..])))?;
-    let w: Vec<&str> = rest.split_whitespace().collect();
-    let (client, name, t, class) = (w.first()?, w.get(1)?, w.get(2)?, w.get(3)?);
-    if !matches!(*class, "IN" | "CH" | "HS" | "ANY" | "NONE") && !class.starts_with("CLASS") {
-        return None;
+        Some(rest) => rest
+            .split(']')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .and_then(ms),
+        None => line_time(l),
     }
+    .unwrap_or(0);
+    let kind = &l[..header_len];
+    let rest = &l[(header_len + 2).min(l.len())..];
+    let w: Vec<&str> = rest.split_whitespace().collect();
+    let client = w.first().copied().unwrap_or("");
     let (ip, port) = match client.split_once('@') {
         Some((ip, p)) => (ip, p.parse().ok()),
-        None => (*client, None),
+        None => (client, None),
     };
-    let mut r = record(
-        ts,
-        ip.parse().ok()?,
-        DnsName::parse(name).ok()?,
-        at,
-        "unbound",
-    );
-    r.client_port = port;
-    r.qtype = qtype(t);
-    // 1.17 logs replies as `info:` too, told apart by the RCODE after the class
-    r.rcode = w.get(4).and_then(|x| rcode(x));
-    if kind == " reply: " && r.rcode.is_none() {
-        return None;
-    }
-    Some(r)
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return Line::Other;
+    };
+    let parsed = (|| {
+        let (name, t, class) = (w.get(1)?, w.get(2)?, w.get(3)?);
+        if !matches!(*class, "IN" | "CH" | "HS" | "ANY" | "NONE") && !class.starts_with("CLASS") {
+            return None;
+        }
+        let mut r = record(ts, ip, DnsName::parse(name).ok()?, at, "unbound");
+        r.client_port = port;
+        r.qtype = qtype(t);
+        // 1.17 logs replies as `info:` too, told apart by the RCODE after the class
+        r.rcode = w.get(4).and_then(|x| rcode(x));
+        if kind.ends_with(" reply") && r.rcode.is_none() {
+            return None;
+        }
+        Some(r)
+    })();
+    parsed.map_or(Line::Unparsable, |r| Line::Records(vec![r]))
 }
 
 /// `SECONDS CLIENT NAME [RCODE]`.

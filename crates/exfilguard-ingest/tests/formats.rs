@@ -48,10 +48,12 @@ fn dnsmasq_log_queries_extra() {
             q("127.0.0.1", "aGVsbG8.t.test", "TXT", None),
             q("127.0.0.1", "aGVsbG8.t.test", "TXT", Some(3)),
             q("127.0.0.1", "x.example.com", "AAAA", None),
+            // "config error is REFUSED": tied to its query by the serial
+            q("127.0.0.1", "x.example.com", "AAAA", Some(5)),
         ]
     );
     // start-up and exit lines are dnsmasq's own, not unreadable
-    assert_eq!((st.unparsable, st.formats["dnsmasq"]), (0, 5));
+    assert_eq!((st.unparsable, st.formats["dnsmasq"]), (0, 6));
     assert_eq!(rs[0].client_port, Some(48805));
     assert_eq!(rs[1].ts_ms - rs[0].ts_ms, 0);
 }
@@ -173,4 +175,79 @@ fn nothing_readable_names_the_formats_and_the_first_line() {
     let mut n = 0;
     st = read_bytes(&raw[..raw.len() / 2], |_| n += 1).unwrap();
     assert!(n > 0 && st.stopped.is_some(), "{n} {st:?}");
+}
+
+/// An attacker's review: names crafted to pick another parser, blame another client, or hide
+/// a query. A crafted line is read right or counted as unparsable, never skipped silently.
+#[test]
+fn crafted_names_neither_hide_a_query_nor_blame_another_client() {
+    let log = "\
+Dec  6 23:08:20 dnsmasq[1]: query[TXT] aaa bbb.t.evil.com from 10.0.0.5
+Dec  6 23:08:20 dnsmasq[1]: query[A] x from 10.9.9.9 y.evil.com from 10.0.0.6
+Dec  6 23:08:20 dnsmasq[1]: query[A] <name unprintable> from 10.0.0.7
+Dec  6 23:08:20 dnsmasq[1]: forwarded www.example.com to 9.9.9.9
+06-Dec-2026 22:00:00.123 queries: info: client @0x1 10.0.0.8#5 (p.dnsmasq[.t.evil.com): query: p.dnsmasq[.t.evil.com IN TXT + (10.0.0.1)
+06-Dec-2026 22:00:00.124 queries: info: client @0x1 10.0.0.9#5 (q.x]:.t.evil.com): query: q.x]:.t.evil.com IN TXT + (10.0.0.1)
+1796594400 10.0.0.10 p.named[x]:.t.evil.com
+[1796598518] unbound[1:0] query: 10.0.0.11 c2.t.evil.com. TXT IN
+[1796598518] unbound[1:0] info: 10.0.0.12 broken
+[1796598518] unbound[1:0] info: start of service (unbound 1.17.1).
+";
+    let mut rs = Vec::new();
+    let st = read_bytes(log.as_bytes(), |r| rs.push(r)).unwrap();
+    let got: Vec<(String, String)> = rs
+        .iter()
+        .map(|r| (r.client.to_string(), r.name.to_string()))
+        .collect();
+    // the space is part of the name dnsmasq logged; the client is after the last " from "
+    // (names print with DNS escapes: a space is \032)
+    assert!(
+        got.contains(&("10.0.0.5".into(), "aaa\\032bbb.t.evil.com".into())),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(
+            "10.0.0.6".into(),
+            "x\\032from\\03210.9.9.9\\032y.evil.com".into()
+        )),
+        "{got:?}"
+    );
+    assert!(!got.iter().any(|(c, _)| c == "10.9.9.9"), "{got:?}");
+    // "dnsmasq[" or "named[" inside a name does not choose the parser
+    assert!(
+        got.contains(&("10.0.0.8".into(), "p.dnsmasq[.t.evil.com".into())),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&("10.0.0.9".into(), "q.x]:.t.evil.com".into())),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&("10.0.0.10".into(), "p.named[x]:.t.evil.com".into())),
+        "{got:?}"
+    );
+    // Unbound's log-tag-queryreply
+    assert!(
+        got.contains(&("10.0.0.11".into(), "c2.t.evil.com".into())),
+        "{got:?}"
+    );
+    // the unprintable name and the broken Unbound query are counted, not dropped silently;
+    // "forwarded" and "start of service" are the daemons' own lines
+    assert_eq!(st.unparsable, 2, "{st:?} {got:?}");
+}
+
+#[test]
+fn a_long_line_and_short_reads_are_handled() {
+    // a line of 1 MB without a newline, then a record: bounded, and the record still reads
+    let mut data = vec![b'a'; 1 << 20];
+    data.extend_from_slice(b"\n1796594400 10.0.0.1 www.example.com\n");
+    let mut n = 0;
+    let st = read_bytes(&data, |_| n += 1).unwrap();
+    assert_eq!((n, st.unparsable), (1, 1));
+    // a source that hands out one byte per read is still recognised as dnstap
+    let raw = std::fs::read(sample("unbound.dnstap")).unwrap();
+    let one_byte = std::io::BufReader::with_capacity(1, std::io::Cursor::new(raw));
+    let mut rs = Vec::new();
+    exfilguard_ingest::read_from(Box::new(one_byte), |r| rs.push(r)).unwrap();
+    assert_eq!(rs.len(), 12);
 }

@@ -80,6 +80,8 @@ struct Totals {
     frames: u64,
     queries: u64,
     responses: u64,
+    /// Responses whose query was not in the input, judged as queries.
+    unasked_responses: u64,
     malicious: u64,
     not_dns: u64,
     errors: u64,
@@ -87,6 +89,9 @@ struct Totals {
 }
 
 const BATCH: usize = 4096;
+/// Queries remembered for matching their responses; forgotten all at once past this (a
+/// response then counts as a query of its own: judged twice, never missed).
+const MAX_ASKED: usize = 1 << 20;
 
 struct Scan<'a> {
     detector: &'a Detector,
@@ -94,6 +99,8 @@ struct Scan<'a> {
     out: std::io::BufWriter<std::io::StdoutLock<'static>>,
     rows: Rows,
     pending: Vec<Record>,
+    /// (client, name) of queries whose response has not been read yet.
+    asked: HashSet<(IpAddr, String)>,
     domains: BTreeMap<String, DomainSummary>,
     clients: BTreeMap<IpAddr, ClientSummary>,
     totals: Totals,
@@ -117,6 +124,7 @@ pub fn run(detector: &Detector, args: &ScanArgs) -> Result<bool> {
             ("reason", 0, false),
         ]),
         pending: Vec::new(),
+        asked: HashSet::new(),
         domains: BTreeMap::new(),
         clients: BTreeMap::new(),
         totals: Totals::default(),
@@ -126,9 +134,20 @@ pub fn run(detector: &Detector, args: &ScanArgs) -> Result<bool> {
         if s.failed.is_some() {
             return;
         }
+        // A response is judged when its query was not seen: a one-way capture, dnstap or an
+        // Unbound log of responses only must not read as "nothing malicious".
+        let key = (r.client, r.name.normalized());
         if r.rcode.is_some() {
             s.totals.responses += 1;
-            return;
+            if s.asked.remove(&key) {
+                return;
+            }
+            s.totals.unasked_responses += 1;
+        } else {
+            if s.asked.len() >= MAX_ASKED {
+                s.asked.clear();
+            }
+            s.asked.insert(key);
         }
         s.pending.push(r);
         if s.pending.len() >= BATCH {
@@ -261,11 +280,12 @@ impl Scan<'_> {
         let read_as: Vec<String> = t.formats.iter().map(|(f, n)| format!("{f} {n}")).collect();
         writeln!(
             self.out,
-            "\n{} records read as {}: {} queries ({} malicious), {} responses; {} frames without DNS, {} errors, {} unparsable lines",
+            "\n{} records read as {}: {} queries judged ({} malicious; {} of them responses whose query was not read), {} responses; {} frames without DNS, {} errors, {} unparsable lines",
             t.records,
             read_as.join(", "),
             t.queries,
             t.malicious,
+            t.unasked_responses,
             t.responses,
             t.not_dns,
             t.errors,

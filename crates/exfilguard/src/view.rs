@@ -10,7 +10,7 @@ use exfilguard_detect::Verdict;
 /// A name cut on the left to `width` characters: `...t.example.org` keeps the domain.
 pub fn cut_left(name: &str, width: usize) -> String {
     let n = name.chars().count();
-    if n <= width {
+    if n <= width || width < 4 {
         return name.to_owned();
     }
     let tail: String = name.chars().skip(n - (width - 3)).collect();

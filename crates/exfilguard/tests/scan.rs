@@ -214,9 +214,31 @@ fn scan_reads_query_logs_with_clients_and_exit_status() {
         "the client with malicious queries comes first: {per_client}"
     );
 
-    // the benign control
+    // responses only (an Unbound log-replies log, a one-way capture): judged, not "clean"
     let dir = std::env::temp_dir().join(format!("eg-scan-log-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let replies = dir.join("replies.log");
+    std::fs::write(
+        &replies,
+        "[1796598518] unbound[1:0] reply: 10.0.0.5 www.example.com. A IN NOERROR 0.000 0 45\n\
+         [1796598519] unbound[1:0] reply: 10.0.0.5 aGVsbG8gd29ybGQgZXhmaWx0cmF0aW9u.t.evil.test. TXT IN NXDOMAIN 0.000 0 45\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_exfilguard"))
+        .args(["scan", "--format", "json", "--summary-only"])
+        .arg(&replies)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["totals"]["unasked_responses"], 2, "{v}");
+
+    // the benign control
     let log = dir.join("benign.log");
     std::fs::write(
         &log,
