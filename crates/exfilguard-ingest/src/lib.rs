@@ -20,8 +20,6 @@ mod capture;
 mod dnstap;
 mod text;
 
-pub use text::parse_line;
-
 /// What `scan` and `replay` read, for help texts and errors.
 pub const FORMATS: &str = "pcap, pcapng, dnstap (Frame Streams), Zeek dns.log (TSV or JSON), \
 dnsmasq/Pi-hole log-queries, BIND query log, Unbound log-queries/log-replies, exfilguard OCSF \
@@ -86,6 +84,15 @@ pub struct Stats {
 }
 
 pub const MAX_PROBLEMS: usize = 50;
+
+/// "dnsmasq 6, pcap 12": records per format, for reports.
+pub fn read_as(formats: &BTreeMap<&'static str, u64>) -> String {
+    formats
+        .iter()
+        .map(|(f, n)| format!("{f} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 impl Stats {
     /// Counts an error, keeping the first few messages.

@@ -88,15 +88,6 @@ pub(crate) fn read(
     Ok(())
 }
 
-/// One line of the stateless formats (OCSF JSON, `SECONDS CLIENT NAME [RCODE]`), for callers
-/// holding single lines.
-pub fn parse_line(l: &str) -> Option<Record> {
-    match State::default().line(l.trim(), 1) {
-        Line::Records(mut r) if !r.is_empty() => Some(r.remove(0)),
-        _ => None,
-    }
-}
-
 fn qtype(s: &str) -> Option<u16> {
     let s = s.trim();
     if let Some(n) = s.strip_prefix("type=").or_else(|| s.strip_prefix("TYPE")) {
@@ -130,11 +121,11 @@ fn ms(secs: f64) -> Option<u64> {
 }
 
 /// `Dec  6 22:38:09` at the start of a syslog line; the year is not written, so 2000 (a leap
-/// year: Feb 29 reads) stands in. Returns the time and the rest of the line.
-fn syslog_time(l: &str) -> Option<(u64, &str)> {
+/// year: Feb 29 reads) stands in.
+fn syslog_time(l: &str) -> Option<u64> {
     let head = l.get(..15)?;
     let t = NaiveDateTime::parse_from_str(&format!("2000 {head}"), "%Y %b %e %H:%M:%S").ok()?;
-    Some((t.and_utc().timestamp_millis().max(0) as u64, &l[15..]))
+    Some(t.and_utc().timestamp_millis().max(0) as u64)
 }
 
 /// Zeek's `ts`: epoch seconds, or ISO 8601 when `LogAscii::use_json` writes it so.
@@ -421,7 +412,7 @@ fn json(l: &str, at: u64) -> Option<Vec<Record>> {
 /// The stamp a daemon's line starts with: syslog (`Dec  6 22:38:09`) or RFC 3339
 /// (rsyslog's precise format, `log-time-iso`).
 fn line_time(l: &str) -> Option<u64> {
-    syslog_time(l).map(|t| t.0).or_else(|| {
+    syslog_time(l).or_else(|| {
         let t = DateTime::parse_from_rfc3339(l.split_whitespace().next()?).ok()?;
         u64::try_from(t.timestamp_millis()).ok()
     })

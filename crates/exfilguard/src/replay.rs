@@ -208,11 +208,7 @@ pub fn run(detector: &Detector, args: &ReplayArgs) -> Result<bool> {
                 out,
                 "\n{} records (read as {}; {} queries, {} responses, {} unparsable) over {:.0} s: {} alarms ({} information rate, {} DGA bot, {} beacon); {} pairs tracked, memory bound {:.1} MB",
                 sum.records,
-                sum.formats
-                    .iter()
-                    .map(|(f, n)| format!("{f} {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                exfilguard_ingest::read_as(&sum.formats),
                 sum.queries,
                 sum.responses,
                 sum.skipped,

@@ -277,12 +277,11 @@ impl Scan<'_> {
             writeln!(self.out, "{v}")?;
             return Ok(());
         }
-        let read_as: Vec<String> = t.formats.iter().map(|(f, n)| format!("{f} {n}")).collect();
         writeln!(
             self.out,
             "\n{} records read as {}: {} queries judged ({} malicious; {} of them responses whose query was not read), {} responses; {} frames without DNS, {} errors, {} unparsable lines",
             t.records,
-            read_as.join(", "),
+            exfilguard_ingest::read_as(&t.formats),
             t.queries,
             t.malicious,
             t.unasked_responses,
