@@ -6,6 +6,7 @@
  *   - look up, unlink or rename anything in the pin directory, rename it, mount over it, or
  *     unmount the bpffs that holds it;
  *   - ptrace the agent or open its memory (pidfd_getfd would steal its fds).
+ * And only the agent itself (its tgid) may set PACKET_QDISC_BYPASS or any SOL_XDP option.
  * Program fds stay available read-only: `bpftool prog show` and `net show` keep working, and a
  * program fd cannot detach a link-attached program.
  *
@@ -26,6 +27,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define PTRACE_MODE_ATTACH 0x02
 #define GUARD_MAP 1
 #define GUARD_LINK 3
+#define SOL_PACKET 263
+#define PACKET_QDISC_BYPASS 20
+#define SOL_XDP 283
 
 const volatile __u32 agent_tgid = 0;
 const volatile __u64 dir_ino = 0;
@@ -56,10 +60,11 @@ struct {
 	__type(value, __u8);
 } eg_guard_ids SEC(".maps");
 
-/* refusals by hook: 0 map fd, 1 link fd, 2 pin directory, 3 ptrace, 4 mount/unmount/rename */
+/* refusals by hook: 0 map fd, 1 link fd, 2 pin directory, 3 ptrace, 4 mount/unmount/rename,
+ * 5 setsockopt */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 5);
+	__uint(max_entries, 6);
 	__type(key, __u32);
 	__type(value, __u64);
 } eg_guard_refused SEC(".maps");
@@ -140,8 +145,6 @@ int BPF_PROG(eg_guard_map, struct bpf_map *map, fmode_t fmode)
 
 /* Links have no per-object hook: their fds come from BPF_LINK_GET_FD_BY_ID or from a pin
  * (the pin directory is guarded below). */
-/* Links have no per-object hook: their fds come from BPF_LINK_GET_FD_BY_ID or from a pin
- * (the pin directory is guarded below). */
 SEC("lsm/bpf")
 int BPF_PROG(eg_guard_bpf, int cmd, union bpf_attr *attr)
 {
@@ -199,4 +202,19 @@ int BPF_PROG(eg_guard_mount, const char *dev_name, const struct path *path)
 	if (!is_pin_dir(BPF_CORE_READ(path, dentry, d_inode)) || allowed())
 		return 0;
 	return refuse(4);
+}
+
+/* Sends that skip tc egress: eg_setsockopt (cgroup/setsockopt) refuses these to all but the
+ * agent, but the kernel runs cgroup sockopt programs for 64-bit syscalls only (__sys_setsockopt
+ * skips them when in_compat_syscall()), so a CAP_NET_RAW process would still get them through
+ * int $0x80. This LSM hook runs for both. Same options as eg_setsockopt, the agent's tgid only
+ * (not the exfilguard commands: none of them sends raw frames), refused in every mode: the
+ * guard is the hardened piece. */
+SEC("lsm/socket_setsockopt")
+int BPF_PROG(eg_guard_setopt, struct socket *sock, int level, int optname)
+{
+	if (!((level == SOL_PACKET && optname == PACKET_QDISC_BYPASS) || level == SOL_XDP) ||
+	    is_agent())
+		return 0;
+	return refuse(5);
 }

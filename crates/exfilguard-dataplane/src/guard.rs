@@ -1,8 +1,10 @@
 //! The BPF LSM guard (`bpf/guard.bpf.c`): while the agent runs, only the agent and processes
 //! running its executable file (the `exfilguard` commands) may get fds on exfilguard's maps and
-//! links, touch, rename, mount over or unmount its pin directory, or ptrace the agent. The
-//! guard is not pinned: it goes with the agent's fds, so a killed agent (or one whose
-//! executable changed in an upgrade) never locks its successor out.
+//! links, touch, rename, mount over or unmount its pin directory, or ptrace the agent; and
+//! only the agent may set `PACKET_QDISC_BYPASS` or `SOL_XDP` options, from 32-bit syscalls
+//! too (which skip the data plane's cgroup/setsockopt program). The guard is not pinned: it
+//! goes with the agent's fds, so a killed agent (or one whose executable changed in an upgrade)
+//! never locks its successor out.
 
 use crate::{Ctx, DataplaneError, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -24,7 +26,7 @@ pub enum ObjectKind {
 }
 
 /// Refusal counters (`eg_guard_refused`), in index order.
-pub const REFUSAL_NAMES: [&str; 5] = ["map_fd", "link_fd", "pin_dir", "ptrace", "mount"];
+pub const REFUSAL_NAMES: [&str; 6] = ["map_fd", "link_fd", "pin_dir", "ptrace", "mount", "sockopt"];
 
 pub struct Guard {
     skel: skel::GuardSkel<'static>,

@@ -3,13 +3,15 @@
 //! (BPF LSM built in, enabled with `lsm=...,bpf`) on an initramfs holding busybox, bpftool and
 //! `examples/guard_lab` (the agent's guard over a pinned map), and plays the other root
 //! process: bpftool and the shell try to write the map, detach the guard's links, unpin,
-//! list, rename, mount over or unmount the pin directory and read the agent's memory, with and
+//! list, rename, mount over or unmount the pin directory, read the agent's memory and set
+//! PACKET_QDISC_BYPASS through the 64-bit and the i386 (`int $0x80`) setsockopt, with and
 //! without the guard. (`cargo test -p exfilguard-dataplane --test guard_vm` alone does not
 //! rebuild the example: build it with `--examples` first.)
 //!
 //! Needs qemu-system-x86_64, busybox, bpftool, cpio and a guest kernel
 //! (`tools/guest-kernel/fetch.sh`, or EXFILGUARD_GUEST_KERNEL). No root and no KVM needed
-//! (TCG, about 15 s). Missing pieces fail the test unless EXFILGUARD_SKIP_VM_TESTS=1.
+//! (TCG, about 18 s). Missing pieces fail the test unless EXFILGUARD_SKIP_VM_TESTS=1; a guest
+//! kernel without IA32 emulation fails it unless EXFILGUARD_SKIP_COMPAT_TESTS=1.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -104,6 +106,7 @@ fn install(root: &Path, bin: &Path, name: &str) {
 const INIT: &str = r#"#!/bin/sh
 mount -t devtmpfs dev /dev; mount -t proc proc /proc; mount -t sysfs sys /sys
 mount -t bpf bpf /sys/fs/bpf; mount -t securityfs s /sys/kernel/security; mount -t tmpfs t /tmp
+mount -t cgroup2 cg /sys/fs/cgroup
 step() { n=$1; shift; o=$("$@" 2>&1); r=$?; echo "STEP $n rc=$r $(echo "$o" | tr '\n' ' ' | cut -c1-400)"; }
 val() { sed -n "s/.*$1=\([0-9]*\).*/\1/p" $2; }
 wait_ready() { i=0; while [ $i -lt 120 ]; do grep -q 'READY\|FAILED' $1 && break; sleep 1; i=$((i+1)); done; }
@@ -113,6 +116,7 @@ guard_lab hold $D > /tmp/hold 2>&1 &
 wait_ready /tmp/hold
 echo "HOLD1 $(grep READY /tmp/hold)"
 grep PROG /tmp/hold
+grep AGENT /tmp/hold
 PID=$(val pid /tmp/hold); MAP=$(val map /tmp/hold); LINK=$(val links /tmp/hold)
 step pin_update bpftool map update pinned $D/eg_lab key 1 0 0 0 value 1 0 0 0
 step id_update bpftool map update id $MAP key 1 0 0 0 value 1 0 0 0
@@ -128,10 +132,13 @@ step authorised guard_lab write $D
 step rename_dir mv $D /sys/fs/bpf/moved
 step mount_over mount -t tmpfs t $D
 step umount_bpffs umount /sys/fs/bpf
+step sockopt_guard guard_lab sockopt
 kill $PID; i=0; while [ $i -lt 60 ] && ! grep -q REMOVED /tmp/hold; do sleep 1; i=$((i+1)); done
 echo "STOP1 $(grep REMOVED /tmp/hold)"
 step free_pin_update bpftool map update pinned $D/eg_lab key 1 0 0 0 value 1 0 0 0
 step free_link bpftool link show id $LINK
+step sockopt_free guard_lab sockopt
+step sockopt_cgroup guard_lab sockopt /sys/fs/cgroup
 guard_lab hold $D > /tmp/hold2 2>&1 &
 wait_ready /tmp/hold2
 echo "HOLD2 $(grep READY /tmp/hold2)"
@@ -264,6 +271,32 @@ fn boot(t: &Tools) -> Run {
     Run { lines, steps }
 }
 
+/// The two results of a `guard_lab sockopt` step: `SOCKOPT64 …` and `SOCKOPT32 …` (None when
+/// the guest kernel cannot run i386 system calls and EXFILGUARD_SKIP_COMPAT_TESTS=1 says to
+/// skip that path; without it, a missing compat path fails the test).
+fn sockopt(run: &Run, step: &str) -> (String, Option<String>) {
+    let (rc, out) = run.step(step);
+    let (p64, p32) = out
+        .split_once("SOCKOPT32 ")
+        .unwrap_or_else(|| panic!("{step}: rc={rc} {out}"));
+    let p64 = p64
+        .trim()
+        .strip_prefix("SOCKOPT64 ")
+        .unwrap_or_else(|| panic!("{step}: rc={rc} {out}"))
+        .to_string();
+    eprintln!("{step}: 64-bit {p64} | compat {}", p32.trim());
+    if p32.starts_with("UNAVAILABLE") {
+        let why = format!("{step}: the guest cannot make i386 system calls: {p32}");
+        if std::env::var("EXFILGUARD_SKIP_COMPAT_TESTS").as_deref() == Ok("1") {
+            eprintln!("!!! SKIPPED the compat setsockopt path: {why} (EXFILGUARD_SKIP_COMPAT_TESTS=1) !!!");
+            return (p64, None);
+        }
+        panic!("{why}; set EXFILGUARD_SKIP_COMPAT_TESTS=1 to skip explicitly");
+    }
+    assert_eq!(rc, 0, "{step}: {out}");
+    (p64, Some(p32.trim().to_string()))
+}
+
 #[test]
 fn guard_refuses_other_processes_while_the_agent_runs() {
     let Some(t) = tools() else { return };
@@ -277,7 +310,7 @@ fn guard_refuses_other_processes_while_the_agent_runs() {
         .iter()
         .filter(|l| l.starts_with("PROG "))
         .collect();
-    assert_eq!(progs.len(), 7, "{progs:?}");
+    assert_eq!(progs.len(), 8, "{progs:?}");
     for p in progs {
         eprintln!("{p}");
         let verified: u32 = p
@@ -314,6 +347,7 @@ fn guard_refuses_other_processes_while_the_agent_runs() {
         "eg_guard_bpf",
         "eg_guard_dir",
         "eg_guard_ptrace",
+        "eg_guard_setopt",
     ] {
         assert!(progs.contains(p), "{p} not listed: {progs}");
     }
@@ -323,6 +357,28 @@ fn guard_refuses_other_processes_while_the_agent_runs() {
     run.refused("rename_dir", EPERM);
     run.refused("mount_over", "permission denied"); // busybox's words for EPERM
     run.refused("umount_bpffs", EPERM);
+    // Sends that skip tc egress: PACKET_QDISC_BYPASS is refused to another root process through
+    // the 64-bit syscall and through int $0x80, which skips cgroup/setsockopt (see the
+    // stand-in below); the agent keeps it on both paths.
+    const REFUSED: &str = "refused errno=1:";
+    const SET: &str = "ok readback=1";
+    let (p64, p32) = sockopt(&run, "sockopt_guard");
+    assert!(p64.starts_with(REFUSED), "64-bit, guard on: {p64}");
+    if let Some(p32) = p32 {
+        assert!(p32.starts_with(REFUSED), "compat, guard on: {p32}");
+    }
+    let agent = run.line("AGENT ");
+    eprintln!("{agent}");
+    assert!(
+        agent.starts_with(&format!("AGENT sockopt64: {SET} sockopt32: ")),
+        "the agent's own 64-bit setsockopt: {agent}"
+    );
+    let agent32 = agent.rsplit("sockopt32: ").next().unwrap_or_default();
+    if !(agent32.starts_with("UNAVAILABLE")
+        && std::env::var("EXFILGUARD_SKIP_COMPAT_TESTS").as_deref() == Ok("1"))
+    {
+        assert_eq!(agent32, SET, "the agent's own compat setsockopt: {agent}");
+    }
     // Every refusal above came from the guard's hooks: its counters at the clean stop.
     let stop = run.line("STOP1 ");
     let counts: HashMap<&str, u64> = stop
@@ -337,6 +393,7 @@ fn guard_refuses_other_processes_while_the_agent_runs() {
         ("pin_dir", 4),
         ("ptrace", 1),
         ("mount", 3),
+        ("sockopt", 2),
     ] {
         assert!(counts[hook] >= min, "{hook}: {stop}");
     }
@@ -344,6 +401,19 @@ fn guard_refuses_other_processes_while_the_agent_runs() {
     let (rc, out) = run.step("free_pin_update");
     assert_eq!(rc, 0, "after a clean stop: {out}");
     run.refused("free_link", "No such file or directory");
+    // Without the guard both paths set the option (the benign control) ...
+    let (p64, p32) = sockopt(&run, "sockopt_free");
+    assert_eq!(p64, SET, "64-bit, no guard");
+    if let Some(p32) = p32 {
+        assert_eq!(p32, SET, "compat, no guard");
+    }
+    // ... and a cgroup/setsockopt program like eg_setsockopt refuses the 64-bit call only:
+    // the compat call still sets the option (the hole the guard's lsm/socket_setsockopt closes).
+    let (p64, p32) = sockopt(&run, "sockopt_cgroup");
+    assert!(p64.starts_with(REFUSED), "64-bit, cgroup/setsockopt: {p64}");
+    if let Some(p32) = p32 {
+        assert_eq!(p32, SET, "compat, cgroup/setsockopt only");
+    }
 
     // A restart puts a new guard in place; it lives as long as the agent: after kill -9 it is
     // gone too (a successor with another executable is never locked out).
