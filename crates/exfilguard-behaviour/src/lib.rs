@@ -473,6 +473,14 @@ impl Tracker {
         let sub: Vec<u8> = name.labels().take(n_sub).flatten().copied().collect();
         let key = hash_of(&self.hasher, &(client, origin, rd.as_str()));
         let sub_h = hash_of(&self.hasher, &sub.to_ascii_lowercase());
+        // the exact text when it has capitals: case variants are new to the doorkeeper and
+        // to the information estimate below (one bit per letter)
+        let cased = sub.iter().any(u8::is_ascii_uppercase);
+        let exact_h = if cased {
+            hash_of(&self.hasher, &sub)
+        } else {
+            sub_h
+        };
 
         let window_ms = self.s.window_secs * 1000;
         let epoch = ts_ms / window_ms.max(1);
@@ -481,7 +489,7 @@ impl Tracker {
             self.door_epoch = epoch;
         }
         if !self.pairs.contains(&key) {
-            if !self.door.admit(key, sub_h) {
+            if !self.door.admit(key, exact_h) {
                 return out;
             }
             self.pairs.push(
@@ -525,10 +533,22 @@ impl Tracker {
         }
         let new = !p.blooms[0].contains(sub_h) && !p.blooms[1].contains(sub_h);
         p.blooms[0].insert(sub_h);
+        // a name seen before in another letter case: the case itself is the message (one bit
+        // per letter: a 0x20-style channel in one allowed name), counted once per variant
+        let mut case_bytes = 0.0;
+        if cased {
+            if !new && !p.blooms[0].contains(exact_h) && !p.blooms[1].contains(exact_h) {
+                case_bytes = sub.iter().filter(|c| c.is_ascii_alphabetic()).count() as f64 / 8.0;
+            }
+            p.blooms[0].insert(exact_h);
+        }
         let dt = ts_ms.saturating_sub(p.last_ms) as f64 / 1000.0;
         p.info *= (-dt / s.info_tau_secs as f64).exp();
         p.last_ms = ts_ms;
         p.queries += 1;
+        p.info += case_bytes;
+        p.novel_total += case_bytes;
+        p.info_peak = p.info_peak.max(p.info);
         if new {
             p.unique += 1;
             let nb = novel_bytes(&sub, &p.history[..p.hist_len as usize]);
@@ -825,6 +845,60 @@ mod tests {
 
     fn q(t: &mut Tracker, ts: u64, c: &str, n: &str) -> Vec<Alarm> {
         t.observe_query(ts, ip(c), &DnsName::parse(n).unwrap())
+    }
+
+    /// Issue 21: letter case as a channel. Case variants of one name carry a bit per letter;
+    /// they used to count as nothing new. Control: the same name repeated, in one case, stays
+    /// quiet, and a variant repeated counts once.
+    #[test]
+    fn case_variants_of_one_name_count_as_information() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        let base = "documentationportalserviceaccount";
+        let mut t = Tracker::new(Settings::default());
+        let mut quiet = Tracker::new(Settings::default());
+        let mut alarms = Vec::new();
+        for i in 0..400u64 {
+            let variant: String = base
+                .chars()
+                .map(|c| {
+                    if rng.random::<bool>() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            alarms.extend(q(
+                &mut t,
+                i * 1000,
+                "10.0.0.1",
+                &format!("{variant}.example.com"),
+            ));
+            let none = q(
+                &mut quiet,
+                i * 1000,
+                "10.0.0.1",
+                &format!("{base}.example.com"),
+            );
+            assert!(none.is_empty(), "one name repeated alarmed: {none:?}");
+        }
+        let info = alarms.iter().find(|a| a.kind == AlarmKind::InfoRate);
+        assert!(
+            info.is_some(),
+            "400 case variants (33 bits each) passed unseen"
+        );
+        // one variant over and over is one variant
+        let mut same = Tracker::new(Settings::default());
+        for i in 0..400u64 {
+            let none = q(
+                &mut same,
+                i * 1000,
+                "10.0.0.1",
+                "DocumentationPortal.example.com",
+            );
+            assert!(none.is_empty());
+        }
     }
 
     #[test]

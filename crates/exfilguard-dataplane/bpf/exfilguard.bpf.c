@@ -253,11 +253,15 @@ struct pkt {
 	__u8 fail;      /* enum fail_why, when locate() says LOC_FAIL */
 	__u8 udp_encap; /* a VXLAN/GENEVE header was decoded (the payload has two readings) */
 	__u8 hk;        /* enum hdr_kind of the message at dns_off */
-	__u8 urg, _p[3]; /* TCP URG: the receiver takes a byte out of the stream */
+	__u8 urg;     /* TCP URG: the receiver takes a byte out of the stream */
+	__u8 syn;     /* TCP SYN (Fast Open data follows the SYN's sequence number) */
+	__u8 dns_flow; /* TCP off port 53 whose stream began as DNS: held to port 53's rules */
+	__u8 _p;
 	__u8 saddr[16], daddr[16];
 	struct dnshdr h;
 	__u32 frag_id;    /* IP identification of a first fragment (p->frag) */
 	__u32 frag_proto; /* its protocol */
+	__u32 seq;        /* TCP sequence number */
 	struct frag_key fk; /* the eg_frags key, built here: kept off the stack */
 };
 
@@ -310,6 +314,18 @@ static __always_inline int hdr_kind(const struct dnshdr *h, __u16 sport, __u16 d
 	if (qd <= 4 && an <= 8 && ns <= 8 && ar <= 8 && opcode <= 6 && opcode != 3)
 		return H_ODD;
 	return H_NONE;
+}
+
+/* Port 53, or a TCP stream off it that began as DNS (tcp_flow): whole-message strict. */
+static __always_inline int strict53(const struct pkt *p, int kind)
+{
+	return p->dport == 53 || (kind == K_SOCK && p->dns_flow);
+}
+
+/* The port whose rules hdr_kind applies. */
+static __always_inline __u16 edport(const struct pkt *p, int kind)
+{
+	return strict53(p, kind) ? 53 : p->dport;
 }
 
 /* Header sanity of a response (XDP): QR=1, opcode QUERY, one question. */
@@ -385,6 +401,8 @@ static __always_inline int find_l4_fast(void *ctx, int kind, const void *nfbase,
 			return LOC_NONE;
 		p->l4 = IPPROTO_TCP;
 		p->urg = !!(t[13] & 0x20);
+		p->syn = !!(t[13] & 0x02);
+		p->seq = ((__u32)t[4] << 24) | ((__u32)t[5] << 16) | ((__u32)t[6] << 8) | t[7];
 		p->pay = l4 + (t[12] >> 4) * 4;
 	}
 	p->end = end;
@@ -633,6 +651,8 @@ static __always_inline int find_l4(void *ctx, int kind, const void *nfbase, stru
 			p->dport = bpf_ntohs(tcp.dest);
 			p->l4 = IPPROTO_TCP;
 			p->urg = tcp.urg;
+			p->syn = tcp.syn;
+			p->seq = bpf_ntohl(tcp.seq);
 			p->pay = l4_off + tcp.doff * 4;
 			p->end = l4_end;
 			return LOC_DNS;
@@ -689,7 +709,7 @@ static __always_inline int locate(void *ctx, int kind, const void *nfbase, struc
 	__u32 plen = p->end > p->pay ? p->end - p->pay : 0;
 	__u8 b[14];
 	int have = plen >= 14 && !ld(ctx, kind, nfbase, p->pay, b, 14);
-	int at53 = p->dport == 53;
+	int at53 = strict53(p, kind);
 
 	if (p->l4 == IPPROTO_UDP) {
 		__u16 segs = p->gso >> 16, size = p->gso & 0xffff;
@@ -744,10 +764,10 @@ static __always_inline int locate(void *ctx, int kind, const void *nfbase, struc
 	int bare = 0;
 	if (have) {
 		__builtin_memcpy(&p->h, &b[2], sizeof(p->h));
-		p->hk = hdr_kind(&p->h, p->sport, p->dport);
+		p->hk = hdr_kind(&p->h, p->sport, edport(p, kind));
 		struct dnshdr h0;
 		__builtin_memcpy(&h0, b, sizeof(h0));
-		bare = hdr_kind(&h0, p->sport, p->dport) != H_NONE;
+		bare = hdr_kind(&h0, p->sport, edport(p, kind)) != H_NONE;
 	}
 	if (p->frag && (p->hk != H_NONE || bare || at53)) {
 		p->fail = F_FRAG;
@@ -990,7 +1010,7 @@ static __always_inline int msg_eval(void *ctx, int kind, const void *nfbase, str
 	if (p->hk == H_ODD) {
 		/* off port 53 an odd header must at least carry a real class */
 		__u16 c = ni->qclass;
-		if (p->dport != 53 && c != 1 && c != 3 && c != 4 && c != 254 && c != 255)
+		if (!strict53(p, kind) && c != 1 && c != 3 && c != 4 && c != 254 && c != 255)
 			return -1;
 		r |= EG_R_ODD_MESSAGE;
 	} else if (ni->qclass != 1 && ni->qclass != 3 && ni->qclass != 255) {
@@ -1373,6 +1393,17 @@ static __always_inline struct name_info *ni_slot(int kind)
 		if (!in || !p || !ni)                                                            \
 			return V_DROP;                                                           \
 		return decide(ctx, KIND, (const void *)base, in, p, ni, multi);                  \
+	}                                                                                        \
+	__noinline int observe_q_##SUFFIX(struct eg_in *in, struct pkt *p)                       \
+	{                                                                                        \
+		__u32 slot = KIND;                                                               \
+		struct name_info *ni = ni_slot(KIND);                                            \
+		struct scratch *s = bpf_map_lookup_elem(&eg_scratch, &slot);                     \
+		if (!in || !p || !ni || !s)                                                      \
+			return -1;                                                               \
+		__u64 cookie = in->cookie;                                                       \
+		struct eg_proc *proc = cookie ? bpf_map_lookup_elem(&eg_socks, &cookie) : 0;     \
+		return observe(p, s, ni, proc, cookie, in->ifindex, EG_KIND_QUERY, in->hook);    \
 	}
 
 EG_PIECES(K_SKB, struct __sk_buff, skb)
@@ -1393,10 +1424,196 @@ EG_PIECES(K_NF, struct bpf_nf_ctx, nf)
 	((kind) == K_NF	    ? msg_eval_nf(ctx, base, p)                                          \
 	 : (kind) == K_SOCK ? msg_eval_sock(ctx, base, p)                                        \
 			    : msg_eval_skb(ctx, base, p))
+#define OBSERVE_Q(kind, in, p)                                                                   \
+	((kind) == K_NF	    ? observe_q_nf(in, p)                                                \
+	 : (kind) == K_SOCK ? observe_q_sock(in, p)                                              \
+			    : observe_q_skb(in, p))
 #define DECIDE(kind, ctx, base, in, p, multi)                                                    \
 	((kind) == K_NF	    ? decide_nf(ctx, base, in, p, multi)                                 \
 	 : (kind) == K_SOCK ? decide_sock(ctx, base, in, p, multi)                               \
 			    : decide_skb(ctx, base, in, p, multi))
+
+/* The walk over the messages of one TCP segment (or TSO super-packet): a bpf_loop
+ * callback, so the verifier checks one step, not sixteen. Each message must be whole and a
+ * query; it is judged, the first to block or hold is picked, and a passing message before
+ * the last goes to the analytics here (the last one in decide()). Kept small: this frame sits
+ * between egress and msg_eval on the 512-byte stack. */
+struct tcp_walk {
+	void *ctx;
+	__u64 base;
+	struct eg_in *in;
+	__u32 o, end, pick, n;
+	__u8 picked_block, res;
+};
+enum { W_OK = 0, W_PARTIAL, W_NOT_DNS, W_UNOBSERVED };
+
+#define TCP_STEP(KIND, SUFFIX)                                                                   \
+	static long tcp_step_##SUFFIX(__u64 idx, void *data)                                     \
+	{                                                                                        \
+		struct tcp_walk *w = data;                                                       \
+		__u32 slot = KIND;                                                               \
+		struct pkt *p = bpf_map_lookup_elem(&eg_pkt, &slot);                             \
+		struct name_info *ni = ni_slot(KIND);                                            \
+		struct eg_config *cfg = get_config();                                            \
+		__be16 l;                                                                        \
+		if (w->o >= w->end)                                                              \
+			return 1;                                                                \
+		if (!p || !ni || !cfg || w->o + 14 > w->end ||                                   \
+		    ld(w->ctx, KIND, (const void *)w->base, w->o, &l, 2) ||                      \
+		    ld(w->ctx, KIND, (const void *)w->base, w->o + 2, &p->h, sizeof(p->h)))      \
+			goto partial;                                                            \
+		__u32 mlen = bpf_ntohs(l);                                                       \
+		if (mlen < 17 || w->o + 2 + mlen > w->end)                                       \
+			goto partial;                                                            \
+		p->hk = hdr_kind(&p->h, p->sport, edport(p, KIND));                              \
+		if (p->hk == H_NONE)                                                             \
+			goto partial;                                                            \
+		p->dns_off = w->o + 2;                                                           \
+		p->dns_len = mlen;                                                               \
+		if (EVAL(KIND, w->ctx, w->base, p)) {                                            \
+			w->res = !w->n && !strict53(p, KIND) ? W_NOT_DNS : W_PARTIAL;            \
+			return 1;                                                                \
+		}                                                                                \
+		w->n++;                                                                          \
+		if (ni->block_hash && !w->picked_block) {                                        \
+			w->pick = w->o;                                                          \
+			w->picked_block = 1;                                                     \
+		} else if (!w->pick && (suspicion(cfg, ni) | ni->msg_reasons) &&                 \
+			   (ni->msg_reasons || !bpf_map_lookup_elem(&eg_allow, &ni->full_hash))) { \
+			w->pick = w->o;                                                          \
+		} else if (!w->pick && !ni->block_hash && w->o + 2 + mlen < w->end &&            \
+			   cfg->observe && !cfg->report_all && OBSERVE_Q(KIND, w->in, p) &&      \
+			   !cfg->fail_open && cfg->mode == EG_MODE_ENFORCE) {                    \
+			/* the ring full: the segment waits for TCP's retransmission rather   \
+			 * than pass with a message unseen */                                    \
+			w->res = W_UNOBSERVED;                                                   \
+			return 1;                                                                \
+		}                                                                                \
+		w->o += 2 + mlen;                                                                \
+		return 0;                                                                        \
+	partial:                                                                                 \
+		w->res = W_PARTIAL;                                                              \
+		return 1;                                                                        \
+	}
+TCP_STEP(K_SKB, skb)
+TCP_STEP(K_SOCK, sock)
+TCP_STEP(K_NF, nf)
+#define TCP_CB(kind) ((kind) == K_NF ? tcp_step_nf : (kind) == K_SOCK ? tcp_step_sock : tcp_step_skb)
+
+/* TCP streams off port 53, at the socket layer: the kernel learns from a stream's first 14
+ * bytes (length prefix + DNS header), wherever the sender cut them, whether it is DNS; a DNS
+ * stream is then held to port 53's rules for its life. Without it a resolver on another port
+ * (5353, 443: public resolvers listen there) took a query cut at an odd offset, since no
+ * segment of it looked like DNS on its own. */
+#define FLOW_HEAD 14
+enum flow_state { FLOW_LEARN = 1, FLOW_DNS = 2, FLOW_OTHER = 3, FLOW_BROKEN = 4 };
+struct eg_flow {
+	__u8 state;
+	__u8 _p;
+	__u16 filled; /* bit i: byte i of the stream seen */
+	__u8 head[FLOW_HEAD];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct eg_flow);
+} eg_flows SEC(".maps");
+
+/* The start of a DNS/TCP stream as a resolver reads it: a length that holds a header and a
+ * header of any message with a question — a query, or a response or other opcode leading the
+ * queries that follow it. Small counts keep other protocols out (TLS, HTTP, SSH, Kafka,
+ * Postgres, RDP, MongoDB fail it on their first bytes). */
+static __always_inline int dns_head(const __u8 *b, __u16 sport, __u16 dport)
+{
+	struct dnshdr h;
+	__builtin_memcpy(&h, &b[2], sizeof(h));
+	if (((b[0] << 8) | b[1]) < 12)
+		return 0;
+	if (hdr_kind(&h, sport, dport) != H_NONE)
+		return 1;
+	__u16 fl = bpf_ntohs(h.flags), qd = bpf_ntohs(h.qd);
+	__u8 op = (fl >> 11) & 0xf;
+	return qd <= 4 && bpf_ntohs(h.an) <= 8 && bpf_ntohs(h.ns) <= 8 && bpf_ntohs(h.ar) <= 8 &&
+	       op <= 6 && op != 3;
+}
+
+/* 1: a DNS stream (p->dns_flow); 0: not, or not known (a socket older than the agent);
+ * -1: this segment must not pass (the stream's first message cannot be judged whole). */
+__noinline int tcp_flow(struct __sk_buff *skb, struct pkt *p)
+{
+	if (!skb || !p)
+		return 0;
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	sk = bpf_sk_fullsock(sk);
+	if (!tp || !sk)
+		return 0;
+	/* snd_una - bytes_acked is the SYN's sequence number (bytes_acked counts the SYN once
+	 * acked): the stream offset of this segment's first byte, with no SYN seen here */
+	__u32 isn = BPF_CORE_READ(tp, snd_una) - (__u32)BPF_CORE_READ(tp, bytes_acked);
+	__u32 off = p->seq + p->syn - isn - 1;
+	__u32 plen = p->end - p->pay;
+	struct eg_flow *f = bpf_sk_storage_get(&eg_flows, sk, 0, 0);
+	__u8 b[FLOW_HEAD];
+	if (!f) {
+		if (off >= FLOW_HEAD)
+			return 0; /* its head was seen whole and was not DNS (or predates the agent) */
+		if (!off && plen >= FLOW_HEAD) {
+			/* the common case: the first segment holds the head */
+			if (bpf_skb_load_bytes(skb, p->pay, b, FLOW_HEAD))
+				return -1;
+			if (!dns_head(b, p->sport, p->dport))
+				return 0;
+		}
+		f = bpf_sk_storage_get(&eg_flows, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!f)
+			return -1; /* no memory to follow the stream: it does not pass */
+		if (!off && plen >= FLOW_HEAD) {
+			f->state = FLOW_DNS;
+			stat(EG_S_TCP_FLOW);
+			return 1;
+		}
+		f->state = FLOW_LEARN;
+	}
+	if (f->state == FLOW_DNS)
+		return 1;
+	if (f->state == FLOW_BROKEN)
+		return -1;
+	if (f->state != FLOW_LEARN)
+		return 0;
+	/* learning: this segment's bytes that fall within the head */
+	if (off < FLOW_HEAD) {
+		__u32 n = plen < FLOW_HEAD ? plen : FLOW_HEAD;
+		if (n < 1 || n > FLOW_HEAD || bpf_skb_load_bytes(skb, p->pay, b, n))
+			return -1;
+#pragma unroll
+		for (__u32 i = 0; i < FLOW_HEAD; i++) {
+			__u32 j = i - off;
+			if (i >= off && j < n && j < FLOW_HEAD) {
+				f->head[i] = b[j];
+				f->filled |= 1 << i;
+			}
+		}
+	}
+	if (f->filled != (1 << FLOW_HEAD) - 1) {
+		/* bytes past the head with part of the head never seen here: not followable */
+		if (off + plen > FLOW_HEAD)
+			f->state = FLOW_OTHER;
+		return 0;
+	}
+	if (!dns_head(f->head, p->sport, p->dport)) {
+		f->state = FLOW_OTHER;
+		return 0;
+	}
+	/* DNS, and its first message began in bytes that passed before the head was whole: that
+	 * message can never be judged whole, nor can a server's framing after it be known */
+	stat(EG_S_TCP_FLOW);
+	f->state = FLOW_BROKEN;
+	return -1;
+}
 
 /* One packet: locate the DNS message(s), judge each, decide. UDP carries one message; a TCP
  * segment (or TSO super-packet) a run of up to EG_TCP_MSGS whole ones. */
@@ -1413,6 +1630,16 @@ static __always_inline int egress(void *ctx, int kind, __u64 base, struct eg_in 
 	p->flags = in->flags | PF_EGRESS;
 	p->gso = in->gso;
 	int r = FIND(kind, ctx, base, p);
+	if (kind == K_SOCK && r == LOC_DNS && p->l4 == IPPROTO_TCP && !p->encap && p->dport != 53 &&
+	    p->end > p->pay) {
+		int f = tcp_flow(ctx, p);
+		if (f < 0) {
+			p->fail = F_TCP;
+			r = LOC_FAIL;
+		} else {
+			p->dns_flow = f;
+		}
+	}
 	r = LOC(kind, ctx, base, p, r);
 	int enc = p->udp_encap ? V_ENCAP : 0;
 	if (r == LOC_NONE) {
@@ -1448,59 +1675,35 @@ static __always_inline int egress(void *ctx, int kind, __u64 base, struct eg_in 
 		return DECIDE(kind, ctx, base, in, p, 0) | enc;
 	}
 
-	/* TCP: every message whole inside the segment, each judged; the first that needs a
-	 * decision decides (block beats judgement) */
-	struct name_info *ni = ni_slot(kind);
-	if (!ni)
-		return V_DROP;
-	__u32 o = p->pay, pick = 0, picked_block = 0, n = 0, end = p->end;
-	__u8 b[14];
-	for (int i = 0; i < EG_TCP_MSGS; i++) {
-		if (o >= end)
-			break;
-		if (o + 14 > end || ld(ctx, kind, (const void *)base, o, b, 14))
-			goto partial;
-		__u32 mlen = (b[0] << 8) | b[1];
-		if (mlen < 17 || o + 2 + mlen > end)
-			goto partial;
-		__builtin_memcpy(&p->h, &b[2], sizeof(p->h));
-		p->hk = hdr_kind(&p->h, p->sport, p->dport);
-		if (p->hk == H_NONE)
-			goto partial;
-		p->dns_off = o + 2;
-		p->dns_len = mlen;
-		if (EVAL(kind, ctx, base, p)) {
-			/* off port 53, a first message that is no query: not a DNS stream */
-			if (!n && p->dport != 53) {
-				stat(EG_S_NON_DNS);
-				return V_PASS | enc;
-			}
-			goto partial;
-		}
-		n++;
-		if (ni->block_hash && !picked_block) {
-			pick = o;
-			picked_block = 1;
-		} else if (!pick && (suspicion(cfg, ni) | ni->msg_reasons) &&
-			   (ni->msg_reasons || !bpf_map_lookup_elem(&eg_allow, &ni->full_hash))) {
-			pick = o;
-		}
-		o += 2 + mlen;
+	/* TCP: every message whole inside the segment, each judged (tcp_step); the first that
+	 * needs a decision decides (block beats judgement) */
+	struct tcp_walk w = { .ctx = ctx, .base = base, .in = in, .o = p->pay, .end = p->end };
+	bpf_loop(EG_TCP_MSGS, TCP_CB(kind), &w, 0);
+	if (w.res == W_NOT_DNS) {
+		/* off port 53, a first message that is no query: not a DNS stream */
+		stat(EG_S_NON_DNS);
+		return V_PASS | enc;
 	}
-	if (o < end)
-		goto partial; /* more messages than judged here */
+	if (w.res == W_UNOBSERVED) {
+		stat(EG_S_OBSERVE_HELD);
+		return V_DROP | enc;
+	}
+	if (w.res || !w.n || w.o < w.end)
+		goto partial; /* a cut message, or more messages than judged here */
+	__u32 pick = w.pick;
 	if (pick && pick + 2 != p->dns_off) {
-		if (ld(ctx, kind, (const void *)base, pick, b, 14))
+		__be16 l;
+		if (ld(ctx, kind, (const void *)base, pick, &l, 2) ||
+		    ld(ctx, kind, (const void *)base, pick + 2, &p->h, sizeof(p->h)))
 			goto partial;
-		__builtin_memcpy(&p->h, &b[2], sizeof(p->h));
-		p->hk = hdr_kind(&p->h, p->sport, p->dport);
+		p->hk = hdr_kind(&p->h, p->sport, edport(p, kind));
 		p->dns_off = pick + 2;
-		p->dns_len = (b[0] << 8) | b[1];
+		p->dns_len = bpf_ntohs(l);
 		if (EVAL(kind, ctx, base, p))
 			goto partial;
 	}
 	/* nothing picked: every message plain or cleared, the last one decides (and is observed) */
-	return DECIDE(kind, ctx, base, in, p, pick && n > 1) | enc;
+	return DECIDE(kind, ctx, base, in, p, pick && w.n > 1) | enc;
 partial:
 	p->fail = F_TCP;
 	return fail_closed(cfg, p) | enc;

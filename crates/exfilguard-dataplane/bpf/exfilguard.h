@@ -125,6 +125,7 @@ enum eg_stat {
 	EG_S_ENCDNS_REPORTED,   /* monitor mode: not sanctioned, allowed and reported */
 	EG_S_ENCDNS_DENIED,     /* enforce mode: not sanctioned, refused with EPERM */
 	EG_S_ENCDNS_QUIET,      /* ... of them counted without a ring record (retry loops) */
+	EG_S_TCP_FLOW, /* TCP streams off port 53 learnt to be DNS (held to port 53's rules) */
 	EG_S_MAX,
 };
 

@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfilguard";
 
 /// Names of the per-CPU counters (`enum eg_stat`), in index order.
-pub const STAT_NAMES: [&str; 45] = [
+pub const STAT_NAMES: [&str; 46] = [
     "packets",
     "non_dns",
     "dns_queries",
@@ -80,6 +80,7 @@ pub const STAT_NAMES: [&str; 45] = [
     "encdns_reported",
     "encdns_denied",
     "encdns_quiet",
+    "tcp_flow",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -438,12 +439,14 @@ impl Dataplane {
             std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
             drop_outdated_config_pin(dir);
             let m = &mut open.maps;
-            let pinned: [(&str, &mut libbpf_rs::OpenMapMut<'_>); 5] = [
+            let pinned: [(&str, &mut libbpf_rs::OpenMapMut<'_>); 6] = [
                 ("eg_blocklist", &mut m.eg_blocklist),
                 ("eg_allow", &mut m.eg_allow),
                 ("eg_quarantine", &mut m.eg_quarantine),
                 ("eg_config", &mut m.eg_config),
                 ("eg_socks", &mut m.eg_socks),
+                // a DNS stream off port 53 stays one across a restart
+                ("eg_flows", &mut m.eg_flows),
             ];
             for (name, map) in pinned {
                 map.set_pin_path(dir.join(name))

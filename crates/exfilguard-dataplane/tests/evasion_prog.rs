@@ -696,3 +696,50 @@ fn fragments_of_large_answers_pass_on_ingress() {
         assert_eq!(v, 2 /* XDP_PASS */, "{what} of a large answer");
     }
 }
+
+/// A TCP segment of several plain queries: every one of them reaches the analytics (before,
+/// only the last did, so a tunnel pipelining names under the plain thresholds was counted one
+/// name per segment). A full ring holds the segment for TCP's retransmission.
+#[test]
+fn every_message_of_a_tcp_segment_is_observed() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut dp = Dataplane::load(LoadOptions {
+        pin_dir: None,
+        observe_bytes: 4096,
+        ..Default::default()
+    })
+    .unwrap();
+    dp.heartbeat().unwrap();
+    let policy = KernelPolicy {
+        observe: true,
+        ..Default::default()
+    };
+    dp.set_policy(&policy).unwrap();
+    let names: Vec<String> = (0..5).map(|i| format!("w{i}.example.com")).collect();
+    let mut seg = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        seg.extend_from_slice(&prefixed(&query(n, 1, 70 + i as u16)));
+    }
+    assert_eq!(tc(&dp, &tcp_frame(40000, 53, &seg)), PASS);
+    let seen: Vec<String> = dp
+        .drain_observations()
+        .unwrap()
+        .iter()
+        .map(|e| e.name_text())
+        .collect();
+    assert_eq!(
+        seen, names,
+        "every message of the segment observed, in order"
+    );
+    // the ring fills: the segment is held for retransmission, never passed with a message unseen
+    let mut dropped = 0;
+    for _ in 0..40 {
+        if tc(&dp, &tcp_frame(40000, 53, &seg)) == DROP {
+            dropped += 1;
+        }
+    }
+    let s = stats(&dp);
+    assert!(dropped > 0 && s["observe_held"] >= dropped, "{s:?}");
+}

@@ -15,7 +15,8 @@
 //! the agent on its veth; server netns 10.77.0.2 / fd77::2, dnsmasq on port 53; VXLAN
 //! 10.88.0.0/24 over the veth; a second veth 10.79.0.0/24 + fd79::/64 the agent is not told
 //! about; best-effort VLAN sub-interfaces on the server (10.81.0.0/24 on 802.1Q 100,
-//! 10.82.0.0/24 on QinQ 200/300); a tun device routing 10.66.0.2/32 (probe 7). The tunnel zone of probe `slug` is
+//! 10.82.0.0/24 on QinQ 200/300); a tun device routing 10.66.0.2/32 (probe 7); a TCP listener
+//! on the server's port 5353 that reads and discards (probe 13). The tunnel zone of probe `slug` is
 //! `t.<slug>-tunnel.test` (a registered domain of its own: one probe's conviction does not decide
 //! another's); control names are `<word>.<slug>.test`, short and plain.
 //!
@@ -64,7 +65,7 @@ type ProbeFn = fn(&World, &mut Probe, &mut StdRng);
 /// (slug, what the probe tries, probe). The slug names the probe's zone and control names
 /// (at most 9 letters: control names stay plain). Probe 12 (`case`) follows them with an agent
 /// session of its own (`letter_case`).
-const PROBES: [(&str, &str, ProbeFn); 12] = [
+const PROBES: [(&str, &str, ProbeFn); 13] = [
     (
         "baseline",
         "baseline: tunnel queries on plain UDP/53 (no evasion)",
@@ -93,6 +94,11 @@ const PROBES: [(&str, &str, ProbeFn); 12] = [
     ("gso", "UDP GSO (UDP_SEGMENT)", udp_gso),
     ("afpacket", "AF_PACKET with PACKET_QDISC_BYPASS", af_packet),
     ("vlan", "802.1Q / 802.1ad tagged frames", vlan_tags),
+    (
+        "altport",
+        "DNS over TCP to a resolver on another port, cut anywhere",
+        tcp_other_port,
+    ),
 ];
 const CASE: (&str, &str) = ("case", "letter-case variants of an allowed name");
 
@@ -320,6 +326,134 @@ fn tcp_split(w: &World, p: &mut Probe, rng: &mut StdRng) {
             l_linger: 0,
         };
         let _ = setsockopt(&c, libc::SOL_SOCKET, libc::SO_LINGER, &off);
+    }
+}
+
+/// A resolver's TCP port other than 53 (public resolvers listen on 443 and 5353 too).
+const ALT_PORT: u16 = 5353;
+
+/// Probe 13: DNS over TCP to a resolver on port 5353, where no port rule says "DNS": the first
+/// 3 bytes alone, then the rest; the 2-byte length alone; a plain query whole, then a tunnel
+/// query cut after 5 bytes; a query cut in its name; a stream led by a response (QR=1), its
+/// queries cut at odd offsets. Controls: queries whole on one connection, and two non-DNS
+/// streams whose first segments are shorter than a DNS header (a Redis-like PING, an HTTP
+/// request cut after one byte).
+fn tcp_other_port(w: &World, p: &mut Probe, rng: &mut StdRng) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = in_netns(&w.lab.sns(), || {
+        std::net::TcpListener::bind((SERVER, ALT_PORT))
+    })
+    .expect("a listener on the server's alternative DNS port");
+    let drain = {
+        let stop = stop.clone();
+        std::thread::spawn(move || drain(listener, &stop))
+    };
+    let ns = w.ns();
+    let dst = SocketAddr::from((SERVER, ALT_PORT));
+    let connect = || {
+        in_netns(&ns, || {
+            let c = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+            c.set_nodelay(true)?;
+            Ok::<_, io::Error>(c)
+        })
+    };
+    let mut conns = Vec::new();
+
+    let ctl = connect();
+    for word in ["www", "mail", "ns"] {
+        let name = p.name(word);
+        let r = writes(&ctl, &[&framed(&query(rng.random(), &name))]);
+        p.control(&format!("{word}: whole query on port {ALT_PORT}"), &name, r);
+        pause(30);
+    }
+    conns.push(ctl);
+    let redis: [&[u8]; 2] = [
+        b"PING\r\n",
+        b"*3\r\n$3\r\nSET\r\n$5\r\nalpha\r\n$5\r\nomega\r\n",
+    ];
+    let r = writes(&connect(), &redis);
+    p.control_data(
+        "non-DNS stream, 6-byte first segment (PING)",
+        vec![b"$5\r\nalpha\r\n$5\r\nomega".to_vec()],
+        r,
+        false,
+    );
+    let http: [&[u8]; 2] = [
+        b"G",
+        b"ET /index.html HTTP/1.1\r\nHost: portal.example\r\n\r\n",
+    ];
+    let r = writes(&connect(), &http);
+    p.control_data(
+        "non-DNS stream, 1-byte first segment (HTTP)",
+        vec![b"ET /index.html HTTP/1.1".to_vec()],
+        r,
+        false,
+    );
+
+    let plain = framed(&query(rng.random(), &p.name("lead")));
+    let mut response = Msg::query(rng.random(), &p.name("resp"));
+    response.flags = 0x8180;
+    let response = framed(&response.bytes());
+    let mut cut =
+        |p: &mut Probe, what: &str, lead: Option<Vec<u8>>, at: &dyn Fn(usize) -> usize| {
+            let c = connect();
+            if let Some(lead) = lead {
+                let _ = writes(&c, &[&lead]);
+                pause(30);
+            }
+            let (label, name) = p.tunnel(rng);
+            let f = framed(&query(rng.random(), &name));
+            let k = at(label.len());
+            let r = writes(&c, &[&f[..k], &f[k..]]);
+            p.secret(what, &label, &name, r);
+            conns.push(c);
+        };
+    cut(p, "first 3 bytes alone, then the rest", None, &|_| 3);
+    cut(p, "2-byte length alone, then the message", None, &|_| 2);
+    cut(p, "message cut in its name", None, &|n| 2 + 12 + 1 + n / 2);
+    cut(
+        p,
+        "a plain query whole, then one cut after 5 bytes",
+        Some(plain),
+        &|_| 5,
+    );
+    cut(
+        p,
+        "led by a response (QR=1), then cut after 3 bytes",
+        Some(response),
+        &|_| 3,
+    );
+
+    pause(1500);
+    for c in conns.into_iter().flatten() {
+        let off = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let _ = setsockopt(&c, libc::SOL_SOCKET, libc::SO_LINGER, &off);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = drain.join();
+}
+
+/// Accepts and reads every connection until `stop` (what arrived is judged from the capture).
+fn drain(listener: std::net::TcpListener, stop: &AtomicBool) {
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let mut readers = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut c, _)) => readers.push(std::thread::spawn(move || {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                while matches!(io::Read::read(&mut c, &mut buf), Ok(n) if n > 0) {}
+            })),
+            Err(_) => pause(20),
+        }
+    }
+    for r in readers {
+        let _ = r.join();
     }
 }
 
