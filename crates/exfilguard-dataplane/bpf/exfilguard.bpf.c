@@ -285,6 +285,7 @@ enum fail_why {
 	F_TCP,        /* DNS over TCP that is not a run of whole messages */
 	F_GSO,        /* UDP GSO super-packet with a DNS query in a segment */
 	F_MALFORMED,  /* non-DNS payload to port 53 */
+	F_USER_PAGES, /* DNS in pages the sender can still write (MSG_ZEROCOPY, vmsplice) */
 };
 #define EG_MAX_DEPTH 3   /* outer IP header + two encapsulations */
 #define EG_FRAG_MIN 256  /* payload a first fragment must carry: no stack makes them smaller */
@@ -1149,6 +1150,9 @@ static __always_inline int fail_closed(struct eg_config *cfg, struct pkt *p)
 	case F_GSO:
 		stat(EG_S_GSO_DROP);
 		break;
+	case F_USER_PAGES:
+		stat(EG_S_USER_PAGES);
+		break;
 	default:
 		stat(EG_S_MALFORMED);
 		if (!cfg->drop_malformed53)
@@ -1508,6 +1512,7 @@ TCP_STEP(K_NF, nf)
 #define FLOW_HEAD 14
 enum flow_state { FLOW_LEARN = 1, FLOW_DNS = 2, FLOW_OTHER = 3, FLOW_BROKEN = 4 };
 struct eg_flow {
+	__u32 isn;    /* the stream this state is for: a socket can connect again */
 	__u8 state;
 	__u8 _p;
 	__u16 filled; /* bit i: byte i of the stream seen */
@@ -1520,22 +1525,21 @@ struct {
 	__type(value, struct eg_flow);
 } eg_flows SEC(".maps");
 
-/* The start of a DNS/TCP stream as a resolver reads it: a length that holds a header and a
- * header of any message with a question — a query, or a response or other opcode leading the
- * queries that follow it. Small counts keep other protocols out (TLS, HTTP, SSH, Kafka,
- * Postgres, RDP, MongoDB fail it on their first bytes). */
-static __always_inline int dns_head(const __u8 *b, __u16 sport, __u16 dport)
+/* The start of a DNS/TCP stream as a resolver reads it: a length that holds a question and a
+ * header with exactly one question and few records — a query (QUERY, IQUERY, STATUS, NOTIFY,
+ * UPDATE), or a response leading the queries after it. One question and small counts keep
+ * other protocols out: TLS, HTTP/1 and /2, SSH, SMTP, Postgres, MySQL, Redis, MQTT, AMQP,
+ * Kafka, SMB, LDAP, MongoDB, RDP, memcached and Cassandra fail it on their first bytes. */
+static __always_inline int dns_head(const __u8 *b)
 {
 	struct dnshdr h;
 	__builtin_memcpy(&h, &b[2], sizeof(h));
-	if (((b[0] << 8) | b[1]) < 12)
-		return 0;
-	if (hdr_kind(&h, sport, dport) != H_NONE)
-		return 1;
-	__u16 fl = bpf_ntohs(h.flags), qd = bpf_ntohs(h.qd);
+	__u16 fl = bpf_ntohs(h.flags);
 	__u8 op = (fl >> 11) & 0xf;
-	return qd <= 4 && bpf_ntohs(h.an) <= 8 && bpf_ntohs(h.ns) <= 8 && bpf_ntohs(h.ar) <= 8 &&
-	       op <= 6 && op != 3;
+	if (((b[0] << 8) | b[1]) < 17 || bpf_ntohs(h.qd) != 1 || bpf_ntohs(h.an) > 8 ||
+	    bpf_ntohs(h.ns) > 8 || bpf_ntohs(h.ar) > 8)
+		return 0;
+	return (fl >> 15) ? op == 0 : op <= 5 && op != 3;
 }
 
 /* 1: a DNS stream (p->dns_flow); 0: not, or not known (a socket older than the agent);
@@ -1558,20 +1562,37 @@ __noinline int tcp_flow(struct __sk_buff *skb, struct pkt *p)
 	__u32 plen = p->end - p->pay;
 	struct eg_flow *f = bpf_sk_storage_get(&eg_flows, sk, 0, 0);
 	__u8 b[FLOW_HEAD];
-	if (!f) {
-		if (off >= FLOW_HEAD)
+	/* urgent data in the head: the server takes the byte out, shifting what it reads
+	 * against what is learnt here */
+	if (p->urg && off < FLOW_HEAD)
+		return -1;
+	if (!f || f->isn != isn) {
+		/* a new stream: the socket's first, or it connected again */
+		if (off >= FLOW_HEAD) {
+			if (f)
+				f->state = FLOW_OTHER;
 			return 0; /* its head was seen whole and was not DNS (or predates the agent) */
-		if (!off && plen >= FLOW_HEAD) {
+		}
+		int head_here = !off && plen >= FLOW_HEAD;
+		if (head_here) {
 			/* the common case: the first segment holds the head */
 			if (bpf_skb_load_bytes(skb, p->pay, b, FLOW_HEAD))
 				return -1;
-			if (!dns_head(b, p->sport, p->dport))
+			if (!dns_head(b)) {
+				if (f) {
+					f->isn = isn;
+					f->state = FLOW_OTHER;
+				}
 				return 0;
+			}
 		}
-		f = bpf_sk_storage_get(&eg_flows, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!f)
+			f = bpf_sk_storage_get(&eg_flows, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!f)
 			return -1; /* no memory to follow the stream: it does not pass */
-		if (!off && plen >= FLOW_HEAD) {
+		f->isn = isn;
+		f->filled = 0;
+		if (head_here) {
 			f->state = FLOW_DNS;
 			stat(EG_S_TCP_FLOW);
 			return 1;
@@ -1581,7 +1602,7 @@ __noinline int tcp_flow(struct __sk_buff *skb, struct pkt *p)
 	if (f->state == FLOW_DNS)
 		return 1;
 	if (f->state == FLOW_BROKEN)
-		return -1;
+		return off ? -1 : 1; /* a retransmission from the start is judged whole */
 	if (f->state != FLOW_LEARN)
 		return 0;
 	/* learning: this segment's bytes that fall within the head */
@@ -1604,7 +1625,7 @@ __noinline int tcp_flow(struct __sk_buff *skb, struct pkt *p)
 			f->state = FLOW_OTHER;
 		return 0;
 	}
-	if (!dns_head(f->head, p->sport, p->dport)) {
+	if (!dns_head(f->head)) {
 		f->state = FLOW_OTHER;
 		return 0;
 	}
@@ -1613,6 +1634,16 @@ __noinline int tcp_flow(struct __sk_buff *skb, struct pkt *p)
 	stat(EG_S_TCP_FLOW);
 	f->state = FLOW_BROKEN;
 	return -1;
+}
+
+/* Page fragments the sender still owns (MSG_ZEROCOPY) or shares (vmsplice + splice): what
+ * was judged here can be rewritten before the device reads it. No DNS client sends this way;
+ * a held frame is a copy, so holding would be safe, but there is nothing to hold it for. */
+static __always_inline int user_pages(void *ctx)
+{
+	struct sk_buff *k = bpf_cast_to_kern_ctx(ctx);
+	struct skb_shared_info *sh = (struct skb_shared_info *)(k->head + k->end);
+	return BPF_CORE_READ(sh, flags) & 3; /* SKBFL_ZEROCOPY_ENABLE | SKBFL_SHARED_FRAG */
 }
 
 /* One packet: locate the DNS message(s), judge each, decide. UDP carries one message; a TCP
@@ -1641,6 +1672,10 @@ static __always_inline int egress(void *ctx, int kind, __u64 base, struct eg_in 
 		}
 	}
 	r = LOC(kind, ctx, base, p, r);
+	if (r == LOC_DNS && (kind == K_SKB || kind == K_SOCK) && user_pages(ctx)) {
+		p->fail = F_USER_PAGES;
+		r = LOC_FAIL;
+	}
 	int enc = p->udp_encap ? V_ENCAP : 0;
 	if (r == LOC_NONE) {
 		stat(EG_S_NON_DNS);
@@ -2172,7 +2207,12 @@ int eg_connect6(struct bpf_sock_addr *ctx)
 SEC("cgroup/setsockopt")
 int eg_setsockopt(struct bpf_sockopt *ctx)
 {
-	int bypass = (ctx->level == 263 /* SOL_PACKET */ && ctx->optname == 20 /* QDISC_BYPASS */) ||
+	/* sends that skip tc (QDISC_BYPASS, AF_XDP), and AF_PACKET's virtio-net header, whose
+	 * GSO request tc sees as one datagram (gso_segs not yet counted) */
+	int po = ctx->optname;
+	int bypass = (ctx->level == 263 /* SOL_PACKET */ &&
+		      (po == 20 /* QDISC_BYPASS */ || po == 15 /* VNET_HDR */ ||
+		       po == 24 /* VNET_HDR_SZ */)) ||
 		     ctx->level == 283 /* SOL_XDP */;
 	if (!bypass)
 		return 1;

@@ -126,6 +126,7 @@ enum eg_stat {
 	EG_S_ENCDNS_DENIED,     /* enforce mode: not sanctioned, refused with EPERM */
 	EG_S_ENCDNS_QUIET,      /* ... of them counted without a ring record (retry loops) */
 	EG_S_TCP_FLOW, /* TCP streams off port 53 learnt to be DNS (held to port 53's rules) */
+	EG_S_USER_PAGES, /* DNS in pages the sender can still rewrite (zerocopy, vmsplice): dropped */
 	EG_S_MAX,
 };
 

@@ -6,7 +6,8 @@
  *   - look up, unlink or rename anything in the pin directory, rename it, mount over it, or
  *     unmount the bpffs that holds it;
  *   - ptrace the agent or open its memory (pidfd_getfd would steal its fds).
- * And only the agent itself (its tgid) may set PACKET_QDISC_BYPASS or any SOL_XDP option.
+ * And only the agent itself (its tgid) may set PACKET_QDISC_BYPASS, PACKET_VNET_HDR(_SZ) or
+ * any SOL_XDP option.
  * Program fds stay available read-only: `bpftool prog show` and `net show` keep working, and a
  * program fd cannot detach a link-attached program.
  *
@@ -29,6 +30,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define GUARD_LINK 3
 #define SOL_PACKET 263
 #define PACKET_QDISC_BYPASS 20
+#define PACKET_VNET_HDR 15
+#define PACKET_VNET_HDR_SZ 24
 #define SOL_XDP 283
 
 const volatile __u32 agent_tgid = 0;
@@ -213,7 +216,9 @@ int BPF_PROG(eg_guard_mount, const char *dev_name, const struct path *path)
 SEC("lsm/socket_setsockopt")
 int BPF_PROG(eg_guard_setopt, struct socket *sock, int level, int optname)
 {
-	if (!((level == SOL_PACKET && optname == PACKET_QDISC_BYPASS) || level == SOL_XDP) ||
+	if (!((level == SOL_PACKET && (optname == PACKET_QDISC_BYPASS || optname == PACKET_VNET_HDR ||
+					optname == PACKET_VNET_HDR_SZ)) ||
+	      level == SOL_XDP) ||
 	    is_agent())
 		return 0;
 	return refuse(5);

@@ -332,7 +332,7 @@ fn verifier_cost_is_reported_and_within_budget() {
         );
     }
     let budget = |name: &str| match name {
-        "eg_tc_egress" | "eg_netfilter" | "eg_sock_egress" => 400_000,
+        "eg_tc_egress" | "eg_netfilter" | "eg_sock_egress" => 250_000,
         "eg_xdp_ingress" => 65_000,
         // attribution, quarantine and the encrypted-DNS policy (two unrolled port lists)
         "eg_sendmsg4" | "eg_sendmsg6" | "eg_connect4" | "eg_connect6" => 7_000,

