@@ -255,13 +255,7 @@ fn baseline(w: &World, p: &mut Probe, rng: &mut StdRng) {
 fn tcp_split(w: &World, p: &mut Probe, rng: &mut StdRng) {
     let ns = w.ns();
     let dst = SocketAddr::from((SERVER, 53));
-    let connect = || {
-        in_netns(&ns, || {
-            let c = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
-            c.set_nodelay(true)?;
-            Ok::<_, io::Error>(c)
-        })
-    };
+    let connect = || nodelay_conn(&ns, dst);
     let mut conns = Vec::new();
 
     // control: what `dig +tcp +keepopen` does, several queries on one connection, each query
@@ -327,13 +321,7 @@ fn tcp_split(w: &World, p: &mut Probe, rng: &mut StdRng) {
 
     // time for retransmissions of anything dropped, then reset (no lingering retries)
     pause(1500);
-    for c in conns.into_iter().flatten() {
-        let off = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        let _ = setsockopt(&c, libc::SOL_SOCKET, libc::SO_LINGER, &off);
-    }
+    reset_all(conns);
 }
 
 /// A resolver's TCP port other than 53 (public resolvers listen on 443 and 5353 too).
@@ -357,13 +345,7 @@ fn tcp_other_port(w: &World, p: &mut Probe, rng: &mut StdRng) {
     };
     let ns = w.ns();
     let dst = SocketAddr::from((SERVER, ALT_PORT));
-    let connect = || {
-        in_netns(&ns, || {
-            let c = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
-            c.set_nodelay(true)?;
-            Ok::<_, io::Error>(c)
-        })
-    };
+    let connect = || nodelay_conn(&ns, dst);
     let mut conns = Vec::new();
 
     let ctl = connect();
@@ -432,13 +414,7 @@ fn tcp_other_port(w: &World, p: &mut Probe, rng: &mut StdRng) {
     );
 
     pause(1500);
-    for c in conns.into_iter().flatten() {
-        let off = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        let _ = setsockopt(&c, libc::SOL_SOCKET, libc::SO_LINGER, &off);
-    }
+    reset_all(conns);
     stop.store(true, Ordering::Relaxed);
     let _ = drain.join();
 }
@@ -496,6 +472,26 @@ fn zerocopy(w: &World, p: &mut Probe, rng: &mut StdRng) {
         );
         pause(50);
         drop(buf);
+    }
+}
+
+/// A TCP connection from namespace `ns`, TCP_NODELAY (each write one segment).
+fn nodelay_conn(ns: &str, dst: SocketAddr) -> io::Result<TcpStream> {
+    in_netns(ns, || {
+        let c = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+        c.set_nodelay(true)?;
+        Ok(c)
+    })
+}
+
+/// Closes the probe's connections with a reset (linger 0): no retransmission lingers on.
+fn reset_all(conns: Vec<io::Result<TcpStream>>) {
+    for c in conns.into_iter().flatten() {
+        let off = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let _ = setsockopt(&c, libc::SOL_SOCKET, libc::SO_LINGER, &off);
     }
 }
 
