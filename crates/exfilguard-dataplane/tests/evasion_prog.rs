@@ -29,6 +29,27 @@ fn load() -> Option<Dataplane> {
     Some(dp)
 }
 
+/// The programs with a one-page observation ring (it fills after a few records) and the
+/// observation on.
+fn load_observing() -> Option<Dataplane> {
+    if !kernel_tests_possible() {
+        return None;
+    }
+    let mut dp = Dataplane::load(LoadOptions {
+        pin_dir: None,
+        observe_bytes: 4096,
+        ..Default::default()
+    })
+    .expect("loading the BPF programs (verifier)");
+    dp.heartbeat().unwrap();
+    dp.set_policy(&KernelPolicy {
+        observe: true,
+        ..Default::default()
+    })
+    .unwrap();
+    Some(dp)
+}
+
 fn tc(dp: &Dataplane, frame: &[u8]) -> i32 {
     dp.test_run_tc(frame, 1).expect("BPF_PROG_TEST_RUN").0
 }
@@ -566,21 +587,9 @@ fn the_socket_layer_judges_before_any_device() {
 
 #[test]
 fn a_full_observation_ring_holds_instead_of_passing_unseen() {
-    if !kernel_tests_possible() {
+    let Some(mut dp) = load_observing() else {
         return;
-    }
-    let mut dp = Dataplane::load(LoadOptions {
-        pin_dir: None,
-        observe_bytes: 4096,
-        ..Default::default()
-    })
-    .unwrap();
-    dp.heartbeat().unwrap();
-    dp.set_policy(&KernelPolicy {
-        observe: true,
-        ..Default::default()
-    })
-    .unwrap();
+    };
     let mut held = 0;
     for i in 0..40u16 {
         if tc(&dp, &udp53(&query(BENIGN, 1, i))) == DROP {
@@ -702,21 +711,9 @@ fn fragments_of_large_answers_pass_on_ingress() {
 /// name per segment). A full ring holds the segment for TCP's retransmission.
 #[test]
 fn every_message_of_a_tcp_segment_is_observed() {
-    if !kernel_tests_possible() {
+    let Some(dp) = load_observing() else {
         return;
-    }
-    let mut dp = Dataplane::load(LoadOptions {
-        pin_dir: None,
-        observe_bytes: 4096,
-        ..Default::default()
-    })
-    .unwrap();
-    dp.heartbeat().unwrap();
-    let policy = KernelPolicy {
-        observe: true,
-        ..Default::default()
     };
-    dp.set_policy(&policy).unwrap();
     let names: Vec<String> = (0..5).map(|i| format!("w{i}.example.com")).collect();
     let mut seg = Vec::new();
     for (i, n) in names.iter().enumerate() {
