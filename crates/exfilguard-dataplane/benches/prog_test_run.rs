@@ -261,6 +261,8 @@ fn connect_cost(dp: &mut Dataplane) {
         rows[2].1.push(connects(fd, web, N));
         rows[3].1.push(connects(fd, dot_ok, N));
     }
+    dp.set_policy(&off).unwrap();
+    let tcp = tcp_cost(dp, &cg);
     dp.detach_all();
     // SAFETY: closing the socket opened above.
     unsafe { libc::close(fd) };
@@ -274,4 +276,75 @@ fn connect_cost(dp: &mut Dataplane) {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!("| {what} | {:.1} |", v[ROUNDS / 2]);
     }
+    println!();
+    println!(
+        "| bulk TCP over loopback, 16 KiB writes | ns/KiB (median of {ROUNDS} × {TCP_MIB} MiB) |"
+    );
+    println!("|---|---|");
+    for (what, mut v) in tcp {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("| {what} | {:.1} |", v[ROUNDS / 2]);
+    }
+}
+
+const TCP_MIB: usize = 256;
+
+/// ns per KiB of one loopback TCP stream of TCP_MIB MiB (16 KiB writes; the reader drains).
+fn tcp_send(to: SocketAddr, fill: &[u8]) -> f64 {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(to).unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..TCP_MIB * 64 {
+        c.write_all(fill).unwrap();
+    }
+    drop(c);
+    t.elapsed().as_nanos() as f64 / (TCP_MIB * 1024) as f64
+}
+
+/// What a bulk TCP sender off port 53 pays at the socket layer (the stream framing follower
+/// of `tcp_flow`): hooks detached, then attached, for a stream whose first two bytes are zero
+/// (never followed), random bytes (a frame step per ~32 KiB) and a run of 0x01 bytes (a step
+/// per 259 bytes). Rounds alternate the configurations.
+fn tcp_cost(dp: &mut Dataplane, cg: &std::path::Path) -> Vec<(String, Vec<f64>)> {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let mut buf = vec![0u8; 1 << 16];
+            while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    let mut zero = vec![0u8; 16 << 10];
+    zero[2] = 1;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let random: Vec<u8> = (0..16 << 10)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let ones = vec![1u8; 16 << 10];
+    let kinds = [
+        ("zero length first (not followed)", &zero),
+        ("random bytes (followed)", &random),
+        ("0x01 bytes (a frame per 259 bytes)", &ones),
+    ];
+    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+    for (k, _) in &kinds {
+        rows.push((format!("{k}, no hooks"), vec![]));
+        rows.push((format!("{k}, socket layer attached"), vec![]));
+    }
+    for _ in 0..ROUNDS {
+        for (i, (_, fill)) in kinds.iter().enumerate() {
+            dp.detach_all();
+            rows[2 * i].1.push(tcp_send(to, fill));
+            dp.attach_socket_layer(cg).unwrap();
+            rows[2 * i + 1].1.push(tcp_send(to, fill));
+        }
+    }
+    rows
 }

@@ -981,8 +981,21 @@ static __always_inline int extra_ok(void *ctx, int kind, const void *nfbase, str
 		if (code == 10) { /* COOKIE: client 8, or client + server 16..40 */
 			if (len != 8 && (len < 16 || len > 40))
 				return 0;
-		} else if (code == 8) { /* client subnet: family, prefixes, address */
-			if (len < 4 || len > 20)
+		} else if (code == 8) {
+			/* client subnet, as RFC 7871 has it and at most as precise as its section
+			 * 11.1 asks (/24, /56): every byte of it reaches the server, and a resolver
+			 * forwards it on */
+			__u8 e[4], last = 0;
+			if (len < 4 || len > 11 || ld(ctx, kind, nfbase, o + 4, e, sizeof(e)))
+				return 0;
+			__u8 src = e[2];
+			if (e[0] || (e[1] != 1 && e[1] != 2) || e[3] || src > (e[1] == 1 ? 24 : 56) ||
+			    len != 4 + (src + 7) / 8)
+				return 0;
+			/* the address bits past the prefix must be zero */
+			if ((src & 7) && ld(ctx, kind, nfbase, o + 4 + len - 1, &last, 1))
+				return 0;
+			if (last & (0xff >> (src & 7)))
 				return 0;
 		} else if (code == 3 || code == 9 || code == 11) { /* NSID, EXPIRE, keepalive */
 			if (len)
@@ -1504,19 +1517,25 @@ TCP_STEP(K_SOCK, sock)
 TCP_STEP(K_NF, nf)
 #define TCP_CB(kind) ((kind) == K_NF ? tcp_step_nf : (kind) == K_SOCK ? tcp_step_sock : tcp_step_skb)
 
-/* TCP streams off port 53, at the socket layer: the kernel learns from a stream's first 14
- * bytes (length prefix + DNS header), wherever the sender cut them, whether it is DNS; a DNS
- * stream is then held to port 53's rules for its life. Without it a resolver on another port
- * (5353, 443: public resolvers listen there) took a query cut at an odd offset, since no
- * segment of it looked like DNS on its own. */
+/* TCP streams off port 53, at the socket layer: the kernel follows each stream's framing as
+ * a resolver reads it (2-byte length, message, next length...) and learns every frame's first
+ * 14 bytes (length prefix + DNS header), wherever the sender cut them. The first frame that
+ * is a DNS message makes the stream DNS: it is then held to port 53's rules for its life.
+ * Without it a resolver on another port (5353, 443: public resolvers listen there) took a
+ * query cut at an odd offset, since no segment of it looked like DNS on its own; and a stream
+ * led by a frame no query looks like (opcode 7, five questions, random bytes), which the
+ * resolvers tried answer with an error and keep reading after, was never followed at all. */
 #define FLOW_HEAD 14
+/* frame heads looked at in one segment: a hostile stream of 3-byte frames meets the end */
+#define FLOW_FRAMES 2048
 enum flow_state { FLOW_LEARN = 1, FLOW_DNS = 2, FLOW_OTHER = 3, FLOW_BROKEN = 4 };
 struct eg_flow {
 	__u32 isn;    /* the stream this state is for: a socket can connect again */
+	__u32 at;     /* stream offset of the frame whose head is learnt */
 	__u8 state;
 	__u8 _p;
-	__u16 filled; /* bit i: byte i of the stream seen */
-	__u8 head[FLOW_HEAD];
+	__u16 filled; /* bit i: byte i of that frame seen */
+	__u8 head[2 * FLOW_HEAD]; /* its first 14 bytes; room past them so any load fits */
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -1542,8 +1561,76 @@ static __always_inline int dns_head(const __u8 *b)
 	return (fl >> 15) ? op == 0 : op <= 5 && op != 3;
 }
 
+struct flow_walk {
+	struct __sk_buff *skb;
+	struct eg_flow *f;
+	__u32 off, plen, pay;
+	int res; /* as tcp_flow's; 2 while frames remain */
+};
+
+/* One frame head of a followed stream: learn the bytes of it this segment holds, and when it
+ * is whole decide (DNS from here) or step over the frame to the next. */
+static long flow_step(__u64 idx, void *data)
+{
+	struct flow_walk *w = data;
+	struct eg_flow *f = w->f;
+	if (!f)
+		return 1;
+	__s32 d = f->at - w->off; /* the frame's start, from this segment's first byte */
+	if (d >= (__s32)w->plen) {
+		w->res = 0; /* it starts after this segment: all here belongs to frames stepped over */
+		return 1;
+	}
+	__u32 from = d > 0 ? d : 0;   /* first byte of the head in this segment */
+	__u32 skip = d < 0 ? -d : 0;  /* head bytes that came before it */
+	__u32 n = skip < FLOW_HEAD ? FLOW_HEAD - skip : 0;
+	if (n > w->plen - from)
+		n = w->plen - from;
+	if (skip < FLOW_HEAD && n >= 1 && n <= FLOW_HEAD) {
+		/* straight into the head, at its offset: no byte loop for the verifier to walk */
+		if (bpf_skb_load_bytes(w->skb, w->pay + from, &f->head[skip], n)) {
+			w->res = -1;
+			return 1;
+		}
+		f->filled |= ((1 << n) - 1) << skip;
+	}
+	if (f->filled != (1 << FLOW_HEAD) - 1) {
+		/* the rest of the head comes in a later segment, unless this one reaches past it:
+		 * then bytes of it went by unseen (sent while no agent ran) and it is not followable */
+		if (skip + n >= FLOW_HEAD)
+			f->state = FLOW_OTHER;
+		w->res = 0;
+		return 1;
+	}
+	if (dns_head(f->head)) {
+		stat(EG_S_TCP_FLOW);
+		if (!d && w->plen >= FLOW_HEAD) {
+			/* the message starts this segment: judged from here on, like port 53 */
+			f->state = FLOW_DNS;
+			w->res = 1;
+			return 1;
+		}
+		/* its first bytes passed in an earlier segment (or behind other frames in this
+		 * one): it can never be judged whole, nor the framing after it trusted */
+		f->state = FLOW_BROKEN;
+		w->res = -1;
+		return 1;
+	}
+	__u32 len = (f->head[0] << 8) | f->head[1];
+	if (!len) {
+		/* a zero length: every resolver tried (Unbound, PowerDNS Recursor, BIND, dnsmasq,
+		 * dnsdist) drops the connection on it, so nothing after it is read as DNS */
+		f->state = FLOW_OTHER;
+		w->res = 0;
+		return 1;
+	}
+	f->at += 2 + len;
+	f->filled = 0;
+	return 0;
+}
+
 /* 1: a DNS stream (p->dns_flow); 0: not, or not known (a socket older than the agent);
- * -1: this segment must not pass (the stream's first message cannot be judged whole). */
+ * -1: this segment must not pass (a DNS message in it cannot be judged whole). */
 __noinline int tcp_flow(struct __sk_buff *skb, struct pkt *p)
 {
 	if (!skb || !p)
@@ -1561,24 +1648,20 @@ __noinline int tcp_flow(struct __sk_buff *skb, struct pkt *p)
 	__u32 off = p->seq + p->syn - isn - 1;
 	__u32 plen = p->end - p->pay;
 	struct eg_flow *f = bpf_sk_storage_get(&eg_flows, sk, 0, 0);
-	__u8 b[FLOW_HEAD];
-	/* urgent data in the head: the server takes the byte out, shifting what it reads
-	 * against what is learnt here */
-	if (p->urg && off < FLOW_HEAD)
-		return -1;
 	if (!f || f->isn != isn) {
 		/* a new stream: the socket's first, or it connected again */
 		if (off >= FLOW_HEAD) {
 			if (f)
 				f->state = FLOW_OTHER;
-			return 0; /* its head was seen whole and was not DNS (or predates the agent) */
+			return 0; /* its head was seen whole and was not followed (or predates the agent) */
 		}
-		int head_here = !off && plen >= FLOW_HEAD;
-		if (head_here) {
-			/* the common case: the first segment holds the head */
-			if (bpf_skb_load_bytes(skb, p->pay, b, FLOW_HEAD))
+		if (!off && plen >= FLOW_HEAD) {
+			/* the common case: the first segment holds the head; a zero length (Kafka,
+			 * Postgres: 4-byte lengths) ends the stream's following at once, no state */
+			__u8 b[2];
+			if (bpf_skb_load_bytes(skb, p->pay, b, 2))
 				return -1;
-			if (!dns_head(b)) {
+			if (!b[0] && !b[1]) {
 				if (f) {
 					f->isn = isn;
 					f->state = FLOW_OTHER;
@@ -1591,12 +1674,8 @@ __noinline int tcp_flow(struct __sk_buff *skb, struct pkt *p)
 		if (!f)
 			return -1; /* no memory to follow the stream: it does not pass */
 		f->isn = isn;
+		f->at = 0;
 		f->filled = 0;
-		if (head_here) {
-			f->state = FLOW_DNS;
-			stat(EG_S_TCP_FLOW);
-			return 1;
-		}
 		f->state = FLOW_LEARN;
 	}
 	if (f->state == FLOW_DNS)
@@ -1605,35 +1684,21 @@ __noinline int tcp_flow(struct __sk_buff *skb, struct pkt *p)
 		return off ? -1 : 1; /* a retransmission from the start is judged whole */
 	if (f->state != FLOW_LEARN)
 		return 0;
-	/* learning: this segment's bytes that fall within the head */
-	if (off < FLOW_HEAD) {
-		__u32 n = plen < FLOW_HEAD ? plen : FLOW_HEAD;
-		if (n < 1 || n > FLOW_HEAD || bpf_skb_load_bytes(skb, p->pay, b, n))
-			return -1;
-#pragma unroll
-		for (__u32 i = 0; i < FLOW_HEAD; i++) {
-			__u32 j = i - off;
-			if (i >= off && j < n && j < FLOW_HEAD) {
-				f->head[i] = b[j];
-				f->filled |= 1 << i;
-			}
-		}
+	/* urgent data in a followed stream: a resolver takes the byte out of what it reads,
+	 * shifting its framing against the one followed here (telnet's and FTP's interrupts
+	 * pay for this off port 53) */
+	if (p->urg)
+		return -1;
+	struct flow_walk w = { .skb = skb, .f = f, .off = off, .plen = plen, .pay = p->pay,
+			       .res = 2 };
+	bpf_loop(FLOW_FRAMES, flow_step, &w, 0);
+	if (w.res == 2) {
+		/* more frames in one segment than are looked at: the framing is lost, so the
+		 * stream passes nothing more */
+		f->state = FLOW_BROKEN;
+		return -1;
 	}
-	if (f->filled != (1 << FLOW_HEAD) - 1) {
-		/* bytes past the head with part of the head never seen here: not followable */
-		if (off + plen > FLOW_HEAD)
-			f->state = FLOW_OTHER;
-		return 0;
-	}
-	if (!dns_head(f->head)) {
-		f->state = FLOW_OTHER;
-		return 0;
-	}
-	/* DNS, and its first message began in bytes that passed before the head was whole: that
-	 * message can never be judged whole, nor can a server's framing after it be known */
-	stat(EG_S_TCP_FLOW);
-	f->state = FLOW_BROKEN;
-	return -1;
+	return w.res;
 }
 
 /* Page fragments the sender still owns (MSG_ZEROCOPY) or shares (vmsplice + splice): what

@@ -301,18 +301,25 @@ fn mount_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A pinned `eg_config` from a release with another layout cannot be reused (libbpf refuses
-/// the load): unpin it so this release pins its own; the agent rewrites the policy anyway.
-fn drop_outdated_config_pin(dir: &Path) {
-    let path = dir.join("eg_config");
-    let want = std::mem::size_of::<skel::types::eg_config>() as u32;
-    if let Ok(old) = libbpf_rs::MapHandle::from_pinned_path(&path) {
-        if old.value_size() != want {
-            log::warn!(
-                "pinned eg_config has {} bytes per value, this release needs {want}: re-pinning",
-                old.value_size()
-            );
-            let _ = std::fs::remove_file(&path);
+/// A pinned map from a release with another value layout cannot be reused (libbpf refuses the
+/// load): unpin it so this release pins its own. The agent rewrites the policy anyway; TCP
+/// streams off port 53 open across the upgrade are no longer followed (as sockets older than
+/// the agent).
+fn drop_outdated_pins(dir: &Path) {
+    let sizes = [
+        ("eg_config", std::mem::size_of::<skel::types::eg_config>()),
+        ("eg_flows", std::mem::size_of::<skel::types::eg_flow>()),
+    ];
+    for (name, want) in sizes {
+        let path = dir.join(name);
+        if let Ok(old) = libbpf_rs::MapHandle::from_pinned_path(&path) {
+            if old.value_size() as usize != want {
+                log::warn!(
+                    "pinned {name} has {} bytes per value, this release needs {want}: re-pinning",
+                    old.value_size()
+                );
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 }
@@ -438,7 +445,7 @@ impl Dataplane {
         if let Some(dir) = &opts.pin_dir {
             mount_bpffs(dir)?;
             std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-            drop_outdated_config_pin(dir);
+            drop_outdated_pins(dir);
             let m = &mut open.maps;
             let pinned: [(&str, &mut libbpf_rs::OpenMapMut<'_>); 6] = [
                 ("eg_blocklist", &mut m.eg_blocklist),

@@ -250,6 +250,49 @@ fn data_outside_the_question_is_held() {
     }
 }
 
+/// A client subnet's address bytes reach the server and are forwarded on by resolvers: only
+/// the form RFC 7871 gives and the precision its section 11.1 asks (/24, /56) pass; a whole
+/// address, bytes or bits past the prefix, or a scope in a query are held (EXTRA_DATA), as
+/// the agent's `outside_question` names them. Controls: /24, /56, /20 and /0 pass.
+#[test]
+fn client_subnet_beyond_its_rfc_is_held() {
+    let Some(dp) = load() else { return };
+    let ecs = |id: u16, d: &[u8]| udp53(&query_with_opt(BENIGN, id, &[(8, d.to_vec())]));
+    let controls: [&[u8]; 4] = [
+        &[0, 1, 24, 0, 192, 0, 2],
+        &[0, 2, 56, 0, 0x20, 1, 0xd, 0xb8, 0, 0, 0x12],
+        &[0, 1, 20, 0, 10, 1, 0x10],
+        &[0, 1, 0, 0],
+    ];
+    for (i, c) in controls.iter().enumerate() {
+        assert_eq!(tc(&dp, &ecs(100 + i as u16, c)), PASS, "control {c:?}");
+    }
+    let attacks: [(&str, &[u8]); 5] = [
+        ("a whole IPv4 address (/32)", &[0, 1, 32, 0, 192, 0, 2, 77]),
+        (
+            "an IPv6 /64",
+            &[0, 2, 64, 0, 0x20, 1, 0xd, 0xb8, 0, 0, 0x12, 7],
+        ),
+        (
+            "bytes past the prefix",
+            &[0, 1, 24, 0, 192, 0, 2, 0x61, 0x61, 0x61],
+        ),
+        ("bits past the prefix", &[0, 1, 20, 0, 10, 1, 0x1f]),
+        ("a scope in a query", &[0, 1, 24, 24, 192, 0, 2]),
+    ];
+    for (i, (what, d)) in attacks.into_iter().enumerate() {
+        let control = ecs(200 + i as u16, controls[0]);
+        expect(&dp, what, &ecs(300 + i as u16, d), &control, "odd_message");
+        assert_eq!(tc(&dp, &ecs(400 + i as u16, d)), DROP);
+        let ev = dp.drain_events().unwrap();
+        assert!(
+            ev[0].reasons.contains(&"extra_data"),
+            "{what}: {:?}",
+            ev[0].reasons
+        );
+    }
+}
+
 /// Issue 22: a plain name in any opcode but QUERY (IQUERY, STATUS, NOTIFY, UPDATE, DSO,
 /// unassigned) is held for the agent, never passed as plainly benign; a tunnel name in any
 /// opcode is held too. The QUERY control passes.

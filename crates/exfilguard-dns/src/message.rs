@@ -161,10 +161,31 @@ pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
         why.push(format!("{} additional records", msg.additionals.len()));
     }
     if let Some(edns) = &msg.edns {
+        // the parser skips bytes it does not need (an address longer than its prefix): the
+        // raw length of a plain query's OPT record, straight after the question, counts them
+        let read: usize = edns
+            .options()
+            .options
+            .iter()
+            .map(|(_, o)| 4 + usize::from(o.len()))
+            .sum();
+        let lone = msg.queries.len() == 1 && msg.answers.is_empty() && msg.authorities.is_empty();
+        if let (true, Some(&[0, _, _, _, _, _, _, _, _, hi, lo])) = (
+            lone && msg.additionals.is_empty(),
+            bytes.get(used..used + 11),
+        ) {
+            let rdlen = usize::from(u16::from_be_bytes([hi, lo]));
+            if rdlen != read {
+                why.push(format!(
+                    "EDNS options of {rdlen} bytes, {read} of them read"
+                ));
+            }
+        }
         for (code, opt) in &edns.options().options {
             let code = u16::from(*code);
             let ok = match opt {
-                EdnsOption::Subnet(_) | EdnsOption::NSID(_) => true,
+                EdnsOption::Subnet(cs) => subnet_ok(cs),
+                EdnsOption::NSID(p) => p.as_ref().is_empty(),
                 // COOKIE: client 8, with the server's 16..40
                 EdnsOption::Unknown(10, d) => d.len() == 8 || (16..=40).contains(&d.len()),
                 // PADDING: zero bytes up to a block boundary
@@ -182,6 +203,19 @@ pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
         bytes: bytes.len() - used,
         unexplained: (!why.is_empty()).then(|| why.join(", ")),
     })
+}
+
+/// A client subnet as RFC 7871 has it, at most as precise as its section 11.1 asks (/24 for
+/// IPv4, /56 for IPv6): every byte of it reaches the server, and resolvers forward it on.
+/// The kernel's `extra_ok` applies the same rule.
+fn subnet_ok(cs: &hickory_proto::rr::rdata::opt::ClientSubnet) -> bool {
+    let src = u32::from(cs.source_prefix());
+    let (bits, max) = match cs.addr() {
+        std::net::IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 24),
+        std::net::IpAddr::V6(a) => (u128::from(a), 56),
+    };
+    // and the address bits past the prefix are zero
+    cs.scope_prefix() == 0 && src <= max && bits.checked_shl(src).unwrap_or(0) == 0
 }
 
 /// Cheap header sanity check that recognises DNS on any port: 12-byte header, standard or
@@ -328,6 +362,37 @@ mod outside_tests {
         assert_eq!((cookie.bytes, cookie.unexplained), (23, None));
         let pad = outside_question(&with_opt(q("www.example.com"), 12, &[0; 80])).unwrap();
         assert_eq!(pad.unexplained, None, "zero padding");
+        // client subnets as forwarders send them: /24, /56, /20, and "none" (/0)
+        for ecs in [
+            &[0, 1, 24, 0, 192, 0, 2][..],
+            &[0, 2, 56, 0, 0x20, 1, 0xd, 0xb8, 0, 0, 0x12],
+            &[0, 1, 20, 0, 10, 1, 0x10],
+            &[0, 1, 0, 0],
+        ] {
+            let o = outside_question(&with_opt(q("www.example.com"), 8, ecs)).unwrap();
+            assert_eq!(o.unexplained, None, "{ecs:?}");
+        }
+    }
+
+    /// A client subnet carries its address bytes to the server and on: only the precision
+    /// RFC 7871 section 11.1 asks for, in the form it gives, is explained (as in the kernel).
+    #[test]
+    fn client_subnet_beyond_its_rfc_is_named() {
+        let cases: [&[u8]; 6] = [
+            &[0, 1, 32, 0, 192, 0, 2, 77], // a whole address (/32)
+            &[0, 2, 64, 0, 0x20, 1, 0xd, 0xb8, 0, 0, 0x12, 7], // /64
+            &[0, 1, 24, 0, 192, 0, 2, 0x61, 0x61, 0x61], // bytes past the prefix
+            &[0, 1, 20, 0, 10, 1, 0x1f],   // bits past the prefix
+            &[0, 1, 24, 24, 192, 0, 2],    // a scope, in a query
+            &[0, 1, 24, 0, 192, 0],        // an address cut short
+        ];
+        for ecs in cases {
+            let msg = with_opt(q("www.example.com"), 8, ecs);
+            let why = outside_question(&msg)
+                .map(|o| o.unexplained.unwrap_or_default())
+                .unwrap_or_else(|e| e.to_string());
+            assert!(!why.is_empty(), "{ecs:?} passed as explained");
+        }
     }
 
     #[test]

@@ -330,9 +330,12 @@ const ALT_PORT: u16 = 5353;
 /// Probe 13: DNS over TCP to a resolver on port 5353, where no port rule says "DNS": the first
 /// 3 bytes alone, then the rest; the 2-byte length alone; a plain query whole, then a tunnel
 /// query cut after 5 bytes; a query cut in its name; a stream led by a response (QR=1), its
-/// queries cut at odd offsets. Controls: queries whole on one connection, and two non-DNS
-/// streams whose first segments are shorter than a DNS header (a Redis-like PING, an HTTP
-/// request cut after one byte).
+/// queries cut at odd offsets; streams led by a frame no query looks like, which resolvers
+/// answer with an error and read on after (opcode 7 with five questions, 200 bytes of garbage,
+/// a 5-byte frame), the tunnel query after it cut or whole in the same segment. Controls:
+/// queries whole on one connection, two non-DNS streams whose first segments are shorter than
+/// a DNS header (a Redis-like PING, an HTTP request cut after one byte), and two whose bytes,
+/// read as DNS framing, make many frames (UTF-16BE text, a run of 0x01 bytes).
 fn tcp_other_port(w: &World, p: &mut Probe, rng: &mut StdRng) {
     let stop = Arc::new(AtomicBool::new(false));
     let listener = in_netns(&w.lab.sns(), || {
@@ -379,6 +382,36 @@ fn tcp_other_port(w: &World, p: &mut Probe, rng: &mut StdRng) {
         false,
     );
 
+    // benign streams that, read as DNS framing, step over many frames: still theirs
+    let utf16: Vec<u8> = "Grüße aus dem Büro, "
+        .repeat(100)
+        .encode_utf16()
+        .flat_map(u16::to_be_bytes)
+        .collect();
+    let r = writes(&connect(), &[&utf16]);
+    p.control_data(
+        "non-DNS stream, UTF-16BE text (a 'frame' every 70-250 bytes)",
+        vec![utf16[..64].to_vec()],
+        r,
+        false,
+    );
+    let ones = vec![1u8; 6000];
+    let r = writes(&connect(), &[&ones[..100], &ones[100..]]);
+    p.control_data(
+        "non-DNS stream, 6000 bytes of 0x01 (a 'frame' every 259 bytes)",
+        vec![ones[..64].to_vec()],
+        r,
+        false,
+    );
+
+    // frames no query looks like, which resolvers answer with an error and read on after
+    // (tried: opcode 7 and random bytes, Unbound and BIND; a 5-byte frame, dnsmasq)
+    let mut junk = query(rng.random(), &p.name("junk"));
+    junk[2] = 0x38; // opcode 7
+    junk[5] = 5; // five questions
+    let junk = framed(&junk);
+    let garbage = framed(&(0..200u8).collect::<Vec<u8>>());
+    let tiny = framed(&[1, 2, 3, 4, 5]);
     let plain = framed(&query(rng.random(), &p.name("lead")));
     let mut response = Msg::query(rng.random(), &p.name("resp"));
     response.flags = 0x8180;
@@ -412,6 +445,36 @@ fn tcp_other_port(w: &World, p: &mut Probe, rng: &mut StdRng) {
         Some(response),
         &|_| 3,
     );
+    cut(
+        p,
+        "led by a frame of opcode 7 and five questions, then cut after 3 bytes",
+        Some(junk.clone()),
+        &|_| 3,
+    );
+    cut(
+        p,
+        "led by a frame of 200 bytes of garbage, then cut after 5 bytes",
+        Some(garbage),
+        &|_| 5,
+    );
+    cut(
+        p,
+        "led by a 5-byte frame, then cut in its name",
+        Some(tiny),
+        &|n| 2 + 12 + 1 + n / 2,
+    );
+    let c = connect();
+    let (label, name) = p.tunnel(rng);
+    let mut seg = junk;
+    seg.extend(framed(&query(rng.random(), &name)));
+    let r = writes(&c, &[&seg]);
+    p.secret(
+        "a frame of opcode 7 and a whole query in one segment",
+        &label,
+        &name,
+        r,
+    );
+    conns.push(c);
 
     pause(1500);
     reset_all(conns);
