@@ -1701,6 +1701,30 @@ __noinline int tcp_flow(struct __sk_buff *skb, struct pkt *p)
 	return w.res;
 }
 
+/* A stream's state, changed outside tcp_flow. FLOW_BROKEN: a followed stream whose segment
+ * was dropped after its frames were stepped over, when the retransmission can differ (pages
+ * the sender rewrites); no segment of it passes any more. 0: a SYN, so a socket that connects
+ * again starts afresh even if its new ISN equals the old one (connect(AF_UNSPEC) after 4 GiB). */
+__noinline int flow_set(struct __sk_buff *skb, int state)
+{
+	if (!skb)
+		return 0;
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 0;
+	if (!state) {
+		bpf_sk_storage_delete(&eg_flows, sk);
+		return 0;
+	}
+	struct eg_flow *f = bpf_sk_storage_get(&eg_flows, sk, 0, 0);
+	if (f && f->state == FLOW_LEARN)
+		f->state = state;
+	return 0;
+}
+
 /* Page fragments the sender still owns (MSG_ZEROCOPY) or shares (vmsplice + splice): what
  * was judged here can be rewritten before the device reads it. No DNS client sends this way;
  * a held frame is a copy, so holding would be safe, but there is nothing to hold it for. */
@@ -1735,11 +1759,17 @@ static __always_inline int egress(void *ctx, int kind, __u64 base, struct eg_in 
 		} else {
 			p->dns_flow = f;
 		}
+	} else if (kind == K_SOCK && r == LOC_DNS && p->l4 == IPPROTO_TCP && !p->encap && p->syn) {
+		flow_set(ctx, 0);
 	}
 	r = LOC(kind, ctx, base, p, r);
 	if (r == LOC_DNS && (kind == K_SKB || kind == K_SOCK) && user_pages(ctx)) {
 		p->fail = F_USER_PAGES;
 		r = LOC_FAIL;
+		/* a followed stream has stepped over this segment's frames already, and its
+		 * retransmission comes from the same pages, rewritten at will: it ends here */
+		if (kind == K_SOCK && p->l4 == IPPROTO_TCP && !p->encap && p->dport != 53)
+			flow_set(ctx, FLOW_BROKEN);
 	}
 	int enc = p->udp_encap ? V_ENCAP : 0;
 	if (r == LOC_NONE) {

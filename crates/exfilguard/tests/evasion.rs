@@ -332,7 +332,9 @@ const ALT_PORT: u16 = 5353;
 /// query cut after 5 bytes; a query cut in its name; a stream led by a response (QR=1), its
 /// queries cut at odd offsets; streams led by a frame no query looks like, which resolvers
 /// answer with an error and read on after (opcode 7 with five questions, 200 bytes of garbage,
-/// a 5-byte frame), the tunnel query after it cut or whole in the same segment. Controls:
+/// a 5-byte frame), the tunnel query after it cut or whole in the same segment; a whole odd
+/// frame sent zero-copy, dropped, and rewritten into a junk frame and a tunnel query before
+/// TCP retransmits it from the same pages. Controls:
 /// queries whole on one connection, two non-DNS streams whose first segments are shorter than
 /// a DNS header (a Redis-like PING, an HTTP request cut after one byte), and two whose bytes,
 /// read as DNS framing, make many frames (UTF-16BE text, a run of 0x01 bytes).
@@ -410,6 +412,7 @@ fn tcp_other_port(w: &World, p: &mut Probe, rng: &mut StdRng) {
     junk[2] = 0x38; // opcode 7
     junk[5] = 5; // five questions
     let junk = framed(&junk);
+    let junk2 = junk.clone();
     let garbage = framed(&(0..200u8).collect::<Vec<u8>>());
     let tiny = framed(&[1, 2, 3, 4, 5]);
     let plain = framed(&query(rng.random(), &p.name("lead")));
@@ -476,8 +479,50 @@ fn tcp_other_port(w: &World, p: &mut Probe, rng: &mut StdRng) {
     );
     conns.push(c);
 
+    // a whole odd frame (two questions) sent zero-copy is dropped (`user_pages`) after the
+    // follower stepped over it; TCP retransmits from the same pages, rewritten meanwhile into
+    // a 5-byte frame and a tunnel query of the same total length
+    let c = connect();
+    let _ = writes(&c, &[&junk2]);
+    pause(30);
+    let (label, name) = p.tunnel(rng);
+    let q = framed(&query(rng.random(), &name));
+    let mut odd = query(rng.random(), &p.name("odd"));
+    odd[5] = 2;
+    odd.resize(5 + q.len(), 0);
+    let mut buf = framed(&odd);
+    let r = c.as_ref().map_err(again).and_then(|s| {
+        let on: libc::c_int = 1;
+        setsockopt(s, libc::SOL_SOCKET, libc::SO_ZEROCOPY, &on)?;
+        // SAFETY: send(2) on a connected socket from a live buffer of its length.
+        let n = unsafe {
+            libc::send(
+                s.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_ZEROCOPY,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    });
+    // the first transmission left inside send(); the retransmission reads these pages
+    let mut swapped = vec![0, 5, 1, 2, 3, 4, 5];
+    swapped.extend_from_slice(&q);
+    buf.copy_from_slice(&swapped);
+    p.secret(
+        "a whole frame sent zero-copy, dropped, rewritten before TCP retransmits it",
+        &label,
+        &name,
+        r,
+    );
+    conns.push(c);
+
     pause(1500);
     reset_all(conns);
+    drop(buf);
     stop.store(true, Ordering::Relaxed);
     let _ = drain.join();
 }
