@@ -494,19 +494,7 @@ fn tcp_other_port(w: &World, p: &mut Probe, rng: &mut StdRng) {
     let r = c.as_ref().map_err(again).and_then(|s| {
         let on: libc::c_int = 1;
         setsockopt(s, libc::SOL_SOCKET, libc::SO_ZEROCOPY, &on)?;
-        // SAFETY: send(2) on a connected socket from a live buffer of its length.
-        let n = unsafe {
-            libc::send(
-                s.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_ZEROCOPY,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        send_zerocopy(s, &buf)
     });
     // the first transmission left inside send(); the retransmission reads these pages
     let mut swapped = vec![0, 5, 1, 2, 3, 4, 5];
@@ -549,20 +537,7 @@ fn zerocopy(w: &World, p: &mut Probe, rng: &mut StdRng) {
         let (label, tunnel) = p.tunnel(rng);
         let mut buf = query(rng.random(), &plain_name);
         let evil = query(rng.random(), &tunnel);
-        // SAFETY: send(2) on a connected socket from a live buffer of its length.
-        let n = unsafe {
-            libc::send(
-                s.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_ZEROCOPY,
-            )
-        };
-        let r = if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        };
+        let r = send_zerocopy(&s, &buf);
         // the race: the pages still belong to this process
         let k = buf.len().min(evil.len());
         buf[..k].copy_from_slice(&evil[..k]);
@@ -1979,6 +1954,24 @@ fn check(r: libc::c_int) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// send(2) with MSG_ZEROCOPY on a connected socket: the kernel keeps referring to `buf`'s
+/// pages after the call returns.
+fn send_zerocopy(s: &impl AsRawFd, buf: &[u8]) -> io::Result<()> {
+    // SAFETY: send(2) on a connected socket from a live buffer of its length.
+    let n = unsafe {
+        libc::send(
+            s.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_ZEROCOPY,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn setsockopt<T>(
