@@ -294,6 +294,8 @@ enum fail_why {
 
 enum hdr_kind { H_NONE = 0, H_PLAIN = 1, H_ODD = 2 };
 
+#define Q_FREE_BITS 0x06cf /* AA 0x400, TC 0x200, RA 0x80, Z 0x40, RCODE 0xf */
+
 /* What a DNS server would make of these 12 bytes as a query. Plain: QR=0, opcode QUERY, one
  * question, no answer or authority records, at most OPT + TSIG. Odd: anything else a server
  * still reads as a message with a question (other opcodes, records in a query, several
@@ -968,6 +970,10 @@ static __always_inline int extra_ok(void *ctx, int kind, const void *nfbase, str
 	__u32 rdlen = (rr[9] << 8) | rr[10];
 	if (rr[0] || rr[1] || rr[2] != 41 || rdlen != ni->extra - 11)
 		return 0;
+	/* the OPT TTL of a query: extended RCODE 0, version 0 (a server answers BADVERS to
+	 * any other), flags DO and CO (RFC 3225, 9824) only: the rest are 30 free bits */
+	if (rr[5] || rr[6] || (rr[7] & 0x3f) || rr[8])
+		return 0;
 	o += 11;
 	__u32 end = o + rdlen;
 #pragma unroll
@@ -1029,6 +1035,10 @@ static __always_inline int msg_eval(void *ctx, int kind, const void *nfbase, str
 		r |= EG_R_ODD_MESSAGE;
 	} else if (ni->qclass != 1 && ni->qclass != 3 && ni->qclass != 255) {
 		r |= EG_R_ODD_MESSAGE; /* a free 16-bit field: IN, CH, ANY are what clients ask */
+	} else if (bpf_ntohs(p->h.flags) & Q_FREE_BITS) {
+		/* AA, TC, RA, Z and RCODE are a response's or reserved: no client sets them in a
+		 * query, so set they are 8 free bits a plain query would carry out unjudged */
+		r |= EG_R_ODD_MESSAGE;
 	} else if (!extra_ok(ctx, kind, nfbase, p, ni, cfg)) {
 		r |= EG_R_EXTRA_DATA;
 	}

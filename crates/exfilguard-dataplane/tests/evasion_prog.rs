@@ -293,6 +293,92 @@ fn client_subnet_beyond_its_rfc_is_held() {
     }
 }
 
+/// The free bits of a plain query: the header bits only responses set (AA, TC, RA), the
+/// reserved Z, an RCODE, and the OPT TTL beyond extended RCODE 0, version 0 and the DO/CO
+/// flags. Set, they carried up to 38 bits per benign-looking query past the kernel unjudged;
+/// now the query is held (`odd_message` / `extra_data`), on port 53 and off it, and a plain
+/// header of that kind whose question cannot be read off port 53 still fails closed. Controls:
+/// RD+AD+CD and an OPT with DO and CO pass.
+#[test]
+fn free_header_and_opt_bits_are_held() {
+    let Some(dp) = load() else { return };
+    let flagged = |bits: u16, id: u16| {
+        let mut m = query(BENIGN, 1, id);
+        m[2..4].copy_from_slice(&(0x0100 | bits).to_be_bytes());
+        m
+    };
+    let ttl = query(BENIGN, 1, 0).len() + 5;
+    let opt_ttl = |t: [u8; 4], id: u16| {
+        let mut m = query_with_opt(BENIGN, id, &[(10, vec![7; 8])]);
+        m[ttl..ttl + 4].copy_from_slice(&t);
+        m
+    };
+    let other = |m: &[u8]| udp_frame(sa("10.0.0.1:40000"), sa("10.0.0.2:5300"), m);
+    assert_eq!(tc(&dp, &udp53(&flagged(0x0030, 1))), PASS, "RD AD CD");
+    assert_eq!(
+        tc(&dp, &other(&flagged(0x0030, 2))),
+        PASS,
+        "RD AD CD off 53"
+    );
+    assert_eq!(tc(&dp, &udp53(&opt_ttl([0, 0, 0xc0, 0], 3))), PASS, "DO CO");
+    let _ = dp.drain_events().unwrap();
+    let control = udp53(&flagged(0, 4));
+    for (i, bits) in [0x0400u16, 0x0200, 0x0080, 0x0040, 0x0001, 0x000f]
+        .into_iter()
+        .enumerate()
+    {
+        let id = 10 + i as u16;
+        let what = format!("header bits {bits:#06x}");
+        expect(
+            &dp,
+            &what,
+            &udp53(&flagged(bits, id)),
+            &control,
+            "odd_message",
+        );
+        expect(
+            &dp,
+            &what,
+            &other(&flagged(bits, id)),
+            &control,
+            "odd_message",
+        );
+    }
+    for (i, t) in [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0x3f, 0], [0, 0, 0, 0xff]]
+        .into_iter()
+        .enumerate()
+    {
+        let m = opt_ttl(t, 30 + i as u16);
+        expect(
+            &dp,
+            &format!("OPT TTL {t:?}"),
+            &udp53(&m),
+            &control,
+            "odd_message",
+        );
+        assert_eq!(tc(&dp, &udp53(&m)), DROP);
+        let ev = dp.drain_events().unwrap();
+        assert!(
+            ev[0].reasons.contains(&"extra_data"),
+            "{t:?}: {:?}",
+            ev[0].reasons
+        );
+    }
+    // off port 53 a plain header with TC set whose name ends in a compression pointer: a
+    // server still reads it, so it fails closed as the same header without TC does
+    let mut ptr = flagged(0x0200, 40);
+    let at = ptr.len() - 5;
+    ptr[at] = 0xc0;
+    ptr.insert(at + 1, 12);
+    expect(
+        &dp,
+        "TC + pointer off 53",
+        &other(&ptr),
+        &control,
+        "malformed",
+    );
+}
+
 /// Issue 22: a plain name in any opcode but QUERY (IQUERY, STATUS, NOTIFY, UPDATE, DSO,
 /// unassigned) is held for the agent, never passed as plainly benign; a tunnel name in any
 /// opcode is held too. The QUERY control passes.

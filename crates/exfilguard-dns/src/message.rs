@@ -101,6 +101,11 @@ pub struct Outside {
 /// Largest block a client pads a query to (RFC 8467 recommends 128; 468 is its upper policy).
 const PAD_MAX: usize = 468;
 
+/// Header bits a query does not set: AA, TC, RA, Z and RCODE.
+const Q_FREE_BITS: u16 = 0x06cf;
+/// EDNS "compact answers OK" (RFC 9824), the one flag beside DO a client sets.
+const EDNS_CO: u16 = 0x4000;
+
 /// The policy on data outside the question of a query (`exfilguard-detect` holds the one on
 /// names). Hickory parses the message; this judges what it found.
 pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
@@ -130,6 +135,15 @@ pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
     }
     match msg.metadata.op_code {
         OpCode::Query => {
+            // AA, TC, RA, Z, RCODE: a response's or reserved, free bits in a query (the
+            // kernel's Q_FREE_BITS)
+            let flags = u16::from_be_bytes([bytes[2], bytes[3]]);
+            if flags & Q_FREE_BITS != 0 {
+                why.push(format!(
+                    "header bits {:#06x} no query sets",
+                    flags & Q_FREE_BITS
+                ));
+            }
             if !msg.answers.is_empty() || !msg.authorities.is_empty() {
                 why.push(format!(
                     "{} answer and {} authority records in a query",
@@ -180,6 +194,16 @@ pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
                     "EDNS options of {rdlen} bytes, {read} of them read"
                 ));
             }
+        }
+        // the OPT TTL: extended RCODE and version 0, flags DO and CO only (the kernel's
+        // extra_ok)
+        let z = edns.flags().z & !EDNS_CO;
+        if edns.rcode_high() != 0 || edns.version() != 0 || z != 0 {
+            why.push(format!(
+                "EDNS extended rcode {}, version {}, flags {z:#06x}",
+                edns.rcode_high(),
+                edns.version()
+            ));
         }
         for (code, opt) in &edns.options().options {
             let code = u16::from(*code);
@@ -362,6 +386,16 @@ mod outside_tests {
         assert_eq!((cookie.bytes, cookie.unexplained), (23, None));
         let pad = outside_question(&with_opt(q("www.example.com"), 12, &[0; 80])).unwrap();
         assert_eq!(pad.unexplained, None, "zero padding");
+        // the header bits clients set (RD, AD, CD) and the OPT flags DO and CO
+        let mut m = with_opt(q("www.example.com"), 10, &[1; 8]);
+        m[2..4].copy_from_slice(&0x0130u16.to_be_bytes());
+        let ttl = q("www.example.com").len() + 5;
+        m[ttl..ttl + 4].copy_from_slice(&[0, 0, 0xc0, 0]);
+        assert_eq!(
+            outside_question(&m).unwrap().unexplained,
+            None,
+            "RD AD CD, DO CO"
+        );
         // client subnets as forwarders send them: /24, /56, /20, and "none" (/0)
         for ecs in [
             &[0, 1, 24, 0, 192, 0, 2][..],
@@ -392,6 +426,32 @@ mod outside_tests {
                 .map(|o| o.unexplained.unwrap_or_default())
                 .unwrap_or_else(|e| e.to_string());
             assert!(!why.is_empty(), "{ecs:?} passed as explained");
+        }
+    }
+
+    /// The header bits only responses set (AA, TC, RA), the reserved Z bit, an RCODE, and an
+    /// OPT TTL beyond extended RCODE 0, version 0 and the DO/CO flags are free bits a query
+    /// would carry past a hold unjudged (as the kernel's `Q_FREE_BITS` and `extra_ok`).
+    #[test]
+    fn free_header_and_opt_bits_are_named() {
+        for bits in [0x0400u16, 0x0200, 0x0080, 0x0040, 0x0005] {
+            let mut m = q("www.example.com");
+            m[2..4].copy_from_slice(&(0x0100 | bits).to_be_bytes());
+            let why = outside_question(&m)
+                .unwrap()
+                .unexplained
+                .unwrap_or_default();
+            assert!(why.contains("header bits"), "{bits:#06x}: {why:?}");
+        }
+        let ttl = q("www.example.com").len() + 5;
+        for opt_ttl in [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0x20, 0], [0, 0, 0, 1]] {
+            let mut m = with_opt(q("www.example.com"), 10, &[1; 8]);
+            m[ttl..ttl + 4].copy_from_slice(&opt_ttl);
+            let why = outside_question(&m)
+                .unwrap()
+                .unexplained
+                .unwrap_or_default();
+            assert!(why.contains("EDNS extended rcode"), "{opt_ttl:?}: {why:?}");
         }
     }
 

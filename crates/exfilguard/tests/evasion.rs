@@ -810,6 +810,44 @@ fn data_outside(w: &World, p: &mut Probe, rng: &mut StdRng) {
             });
         }
     }
+    // the free bits of a plain query: the name is benign, the data is in header bits no
+    // query sets (AA TC RA Z RCODE, 8 bits) or in the OPT TTL past DO and CO (30 bits); such a
+    // query arriving at all is the leak. Control: RD AD CD with DO and CO, as `dig +dnssec`.
+    let n = p.name("ftp");
+    let mut m = Msg::query(rng.random(), &n).opt(&[(10, &cookie)]);
+    m.flags = 0x0130;
+    m.additional[0][5..9].copy_from_slice(&[0, 0, 0xc0, 0]);
+    p.control(
+        "RD AD CD, OPT with DO and CO",
+        &n,
+        send(&s, dst, &m.bytes()),
+    );
+    for (domain, variant) in [
+        ("hdrbits", "data in the header bits AA TC RA Z RCODE"),
+        (
+            "optbits",
+            "data in the OPT TTL (extended RCODE, version, flags)",
+        ),
+    ] {
+        for word in ["www", "mail"] {
+            let name = format!("{word}.{domain}.test");
+            let mut m = Msg::query(rng.random(), &name).opt(&[(10, &cookie)]);
+            if domain == "hdrbits" {
+                m.flags |= rng.random_range(1..=u16::MAX) & 0x06cf | 0x0200;
+            } else {
+                let free: u32 = rng.random::<u32>() & !0xc000 | 0x0100_0000;
+                m.additional[0][5..9].copy_from_slice(&free.to_be_bytes());
+            }
+            let r = send(&s, dst, &m.bytes());
+            p.secrets.push(Secret {
+                variant: variant.to_string(),
+                bytes: wire_name(&name),
+                qname: Some(name),
+                needs_outside: false,
+                sent: sent(r),
+            });
+        }
+    }
 }
 
 /// Probe 6: Encapsulations sent from raw sockets on the client host: IP-in-IP, GRE (plain, with a
