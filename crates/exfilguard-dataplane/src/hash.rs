@@ -49,6 +49,12 @@ pub fn name_hash(wire: &[u8]) -> u64 {
     fnv(FNV_OFFSET, wire)
 }
 
+/// Allow-cache key of a question: the exact wire name (case kept) and its type, as the
+/// kernel's `full_hash` (a name cleared for one type does not excuse another).
+pub fn question_hash(wire: &[u8], qtype: u16) -> u64 {
+    fnv(name_hash(wire), &qtype.to_be_bytes())
+}
+
 /// Blocklist key of a domain given as lower-cased labels; `None` beyond 8 labels.
 pub fn suffix_hash<'a>(
     labels: impl DoubleEndedIterator<Item = &'a [u8]> + ExactSizeIterator,

@@ -379,6 +379,32 @@ fn free_header_and_opt_bits_are_held() {
     );
 }
 
+/// The allow cache holds exact questions: a name cleared for one type (TXT here) does not
+/// excuse any other rare type asked of it. Keyed on the name alone, one release let every
+/// type of that name pass unheld: 16 bits per query in the type, no hold, no event.
+#[test]
+fn a_cleared_name_does_not_excuse_other_types() {
+    let Some(dp) = load() else { return };
+    let ask = |qtype: u16, id: u16| udp53(&query(BENIGN, qtype, id));
+    assert_eq!(tc(&dp, &ask(16, 1)), DROP, "a rare type is held");
+    let ev = dp.drain_events().unwrap();
+    assert!(ev[0].reasons.contains(&"rare_qtype"), "{:?}", ev[0].reasons);
+    dp.maps().allow_name_hash(ev[0].name_hash).unwrap();
+    assert_eq!(tc(&dp, &ask(16, 2)), PASS, "the cleared question passes");
+    assert_eq!(tc(&dp, &ask(1, 3)), PASS, "A is plain");
+    for (i, qtype) in [10u16, 99, 0x1234, 0xff00].into_iter().enumerate() {
+        let id = 10 + i as u16;
+        assert_eq!(
+            tc(&dp, &ask(qtype, id)),
+            DROP,
+            "type {qtype} passed on TXT's clearance"
+        );
+        let ev = dp.drain_events().unwrap();
+        assert_eq!(ev[0].action, Action::Hold, "type {qtype}");
+        assert!(ev[0].reasons.contains(&"rare_qtype"), "{:?}", ev[0].reasons);
+    }
+}
+
 /// Issue 22: a plain name in any opcode but QUERY (IQUERY, STATUS, NOTIFY, UPDATE, DSO,
 /// unassigned) is held for the agent, never passed as plainly benign; a tunnel name in any
 /// opcode is held too. The QUERY control passes.

@@ -62,8 +62,8 @@ fn decisions_on_every_path() {
     assert_eq!(ev[0].name_text(), TUNNEL);
     assert_eq!(
         ev[0].name_hash,
-        exfilguard_dataplane::hash::name_hash(&ev[0].name_wire),
-        "kernel and agent agree on the name hash"
+        exfilguard_dataplane::hash::question_hash(&ev[0].name_wire, 16),
+        "kernel and agent agree on the question hash"
     );
     assert_eq!(ev[0].qtype, 16);
     assert_eq!(ev[0].dport, 53);

@@ -65,7 +65,7 @@ const B32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
 type ProbeFn = fn(&World, &mut Probe, &mut StdRng);
 
 /// (slug, what the probe tries, probe). The slug names the probe's zone and control names
-/// (at most 9 letters: control names stay plain). Probe 12 (`case`) follows them with an agent
+/// (at most 9 letters: control names stay plain). Probe 14 (`case`) follows them with an agent
 /// session of its own (`letter_case`).
 const PROBES: [(&str, &str, ProbeFn); 14] = [
     (
@@ -107,7 +107,7 @@ const PROBES: [(&str, &str, ProbeFn); 14] = [
         zerocopy,
     ),
 ];
-const CASE: (&str, &str) = ("case", "letter-case variants of an allowed name");
+const CASE: (&str, &str) = ("case", "letter-case and type variants of an allowed name");
 
 #[test]
 fn evasion_probes() {
@@ -327,7 +327,7 @@ fn tcp_split(w: &World, p: &mut Probe, rng: &mut StdRng) {
 /// A resolver's TCP port other than 53 (public resolvers listen on 443 and 5353 too).
 const ALT_PORT: u16 = 5353;
 
-/// Probe 13: DNS over TCP to a resolver on port 5353, where no port rule says "DNS": the first
+/// Probe 12: DNS over TCP to a resolver on port 5353, where no port rule says "DNS": the first
 /// 3 bytes alone, then the rest; the 2-byte length alone; a plain query whole, then a tunnel
 /// query cut after 5 bytes; a query cut in its name; a stream led by a response (QR=1), its
 /// queries cut at odd offsets; streams led by a frame no query looks like, which resolvers
@@ -515,7 +515,7 @@ fn tcp_other_port(w: &World, p: &mut Probe, rng: &mut StdRng) {
     let _ = drain.join();
 }
 
-/// Probe 14: MSG_ZEROCOPY: the datagram's pages stay the sender's, so what the kernel judged
+/// Probe 13: MSG_ZEROCOPY: the datagram's pages stay the sender's, so what the kernel judged
 /// can be rewritten before the device (or the peer) reads it. Attack: plain-looking queries
 /// sent zero-copy, each buffer overwritten with a tunnel query of the same length as soon as
 /// the send returns. Both the plain name (what was judged) and the tunnel label (what a won
@@ -1217,8 +1217,8 @@ fn vlan_tags(w: &World, p: &mut Probe, rng: &mut StdRng) {
     }
 }
 
-/// Probe 12: Letter case: a name the agent clears but long enough to be held, then 20 case variants
-/// of it. Each variant must be judged — an agent event for its DNS id, or held (the session's
+/// Probe 14: Letter case and type: a name the agent clears but long enough to be held, then 20
+/// case variants of it and the exact name asking 5 rare types. Each variant must be judged — an agent event for its DNS id, or held (the session's
 /// summary counts holds: the name itself is one) — not passed silently by a case-insensitive allow
 /// cache. Judged on the agent's JSON lines, from an agent session of its own (started after the
 /// main one stops) so that its summary counts this probe only. Returns its lines.
@@ -1259,6 +1259,18 @@ fn letter_case(w: &World, p: &mut Probe, rng: &mut StdRng) -> Vec<Value> {
         let id: u16 = rng.random();
         if let Err(e) = send(&s, dst, &query(id, v)) {
             p.problems.push(format!("variant {v} not sent: {e}"));
+        }
+        ids.push(id);
+        pause(40);
+    }
+    // the exact name again, asking other types: the allow cache holds exact questions, so
+    // each is judged too (keyed on the name alone, the type carried 16 bits unheld)
+    for qtype in [10u16, 16, 99, 0x1234, 0xff00] {
+        let id: u16 = rng.random();
+        let mut m = Msg::query(id, base);
+        m.qtype = qtype;
+        if let Err(e) = send(&s, dst, &m.bytes()) {
+            p.problems.push(format!("type {qtype} not sent: {e}"));
         }
         ids.push(id);
         pause(40);
@@ -1651,12 +1663,12 @@ fn judge(p: &Probe, seen: &Seen, lines: &[Value]) -> Row {
     }
     if let Some((unjudged, n)) = p.unjudged {
         row.details.push(format!(
-            "{} of {n} case variants judged (an agent event for its DNS id, or held)",
+            "{} of {n} case and type variants judged (an agent event for its DNS id, or held)",
             n - unjudged
         ));
         if unjudged > 0 {
             row.failures.push(format!(
-                "{unjudged} of {n} letter-case variants passed without being judged (no agent event, not held)"
+                "{unjudged} of {n} case and type variants passed without being judged (no agent event, not held)"
             ));
         }
     }
