@@ -61,9 +61,15 @@ impl Analytics {
     /// added.
     pub fn query(&mut self, ev: &Event, name: &DnsName) -> Vec<Alarm> {
         let now = crate::pipeline::now_ms();
-        let mut alarms = self.tracker.observe_query(now, ev.src, name);
+        let outside = carried(ev);
+        let mut alarms = self
+            .tracker
+            .observe_query_carrying(now, ev.src, 0, name, outside);
         if let Some(p) = ev.process.as_ref().filter(|p| p.tgid != 0) {
-            for a in self.tracker.observe_query_from(now, ev.src, p.tgid, name) {
+            for a in self
+                .tracker
+                .observe_query_carrying(now, ev.src, p.tgid, name, outside)
+            {
                 if !alarms
                     .iter()
                     .any(|b| b.kind == a.kind && b.domain == a.domain)
@@ -79,5 +85,20 @@ impl Analytics {
     pub fn nxdomain(&mut self, ev: &Event, name: &DnsName, score: f32) -> Vec<Alarm> {
         self.tracker
             .observe_response(crate::pipeline::now_ms(), ev.dst, name, ev.rcode, score)
+    }
+}
+
+/// What a held query carried after its question (its frame says; a frameless observation
+/// carried nothing the policy let through): counted as information by the analytics.
+fn carried(ev: &Event) -> &[u8] {
+    if ev.extra_len == 0 || ev.packet.is_empty() {
+        return &[];
+    }
+    match crate::pipeline::held_message(ev) {
+        Ok(Some(m)) => match exfilguard_dns::message::outside_question(m) {
+            Ok(o) => &m[m.len().saturating_sub(o.bytes)..],
+            Err(_) => &[],
+        },
+        _ => &[],
     }
 }

@@ -826,14 +826,9 @@ fn outside_question(ev: &Event) -> Option<String> {
     if !ev.outside_question() {
         return None;
     }
-    use exfilguard_dns::packet::{dns_payloads, LinkType};
-    let link = if ev.frame_l3 {
-        LinkType::RawIp
-    } else {
-        LinkType::Ethernet
-    };
-    let payloads = match dns_payloads(&ev.packet, link) {
-        Ok(p) => p,
+    let msg = match held_message(ev) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Some("no DNS message in the held frame".into()),
         Err(e) => {
             return Some(format!(
                 "{} bytes the agent cannot read ({e})",
@@ -841,14 +836,22 @@ fn outside_question(ev: &Event) -> Option<String> {
             ))
         }
     };
-    match payloads
-        .first()
-        .map(|p| exfilguard_dns::message::outside_question(p.payload))
-    {
-        Some(Ok(o)) => o.unexplained.map(|w| format!("{w} ({} bytes)", o.bytes)),
-        Some(Err(e)) => Some(format!("a message the agent cannot parse ({e})")),
-        None => Some("no DNS message in the held frame".into()),
+    match exfilguard_dns::message::outside_question(msg) {
+        Ok(o) => o.unexplained.map(|w| format!("{w} ({} bytes)", o.bytes)),
+        Err(e) => Some(format!("a message the agent cannot parse ({e})")),
     }
+}
+
+/// The (first) DNS message in a held record's frame.
+pub(crate) fn held_message(ev: &Event) -> Result<Option<&[u8]>, String> {
+    use exfilguard_dns::packet::{dns_payloads, LinkType};
+    let link = if ev.frame_l3 {
+        LinkType::RawIp
+    } else {
+        LinkType::Ethernet
+    };
+    let payloads = dns_payloads(&ev.packet, link).map_err(|e| e.to_string())?;
+    Ok(payloads.first().map(|p| p.payload))
 }
 
 /// The question name of a kernel record, if it is a well-formed name.

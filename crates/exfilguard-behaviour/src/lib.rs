@@ -458,6 +458,21 @@ impl Tracker {
         origin: u32,
         name: &DnsName,
     ) -> Vec<Alarm> {
+        self.observe_query_carrying(ts_ms, client, origin, name, &[])
+    }
+
+    /// Like `observe_query_from`, with the bytes the query carried after its question that
+    /// the policy let through (an OPT record's options, a TSIG, an update's records): a
+    /// carrier the pair has not sent before adds its non-zero bytes to the information, as
+    /// new subdomain text does (zero padding and the OPT record's zero fields add nothing).
+    pub fn observe_query_carrying(
+        &mut self,
+        ts_ms: u64,
+        client: IpAddr,
+        origin: u32,
+        name: &DnsName,
+        outside: &[u8],
+    ) -> Vec<Alarm> {
         let mut out = Vec::new();
         let split = name.split();
         let Some(first) = split.registrable_label() else {
@@ -488,8 +503,10 @@ impl Tracker {
             self.door.reset();
             self.door_epoch = epoch;
         }
+        // a new carrier outside the question is as new as a new subdomain
+        let oh = (!outside.is_empty()).then(|| hash_of(&self.hasher, &(b"outside", outside)));
         if !self.pairs.contains(&key) {
-            if !self.door.admit(key, exact_h) {
+            if !self.door.admit(key, exact_h ^ oh.unwrap_or(0)) {
                 return out;
             }
             self.pairs.push(
@@ -542,12 +559,20 @@ impl Tracker {
             }
             p.blooms[0].insert(exact_h);
         }
+        // data outside the question, once per distinct carrier (a client cookie repeats)
+        let mut outside_bytes = 0.0;
+        if let Some(oh) = oh {
+            if !p.blooms[0].contains(oh) && !p.blooms[1].contains(oh) {
+                outside_bytes = outside.iter().filter(|&&b| b != 0).count() as f64;
+            }
+            p.blooms[0].insert(oh);
+        }
         let dt = ts_ms.saturating_sub(p.last_ms) as f64 / 1000.0;
         p.info *= (-dt / s.info_tau_secs as f64).exp();
         p.last_ms = ts_ms;
         p.queries += 1;
-        p.info += case_bytes;
-        p.novel_total += case_bytes;
+        p.info += case_bytes + outside_bytes;
+        p.novel_total += case_bytes + outside_bytes;
         p.info_peak = p.info_peak.max(p.info);
         if new {
             p.unique += 1;
@@ -899,6 +924,36 @@ mod tests {
             );
             assert!(none.is_empty());
         }
+    }
+
+    /// Issue 21: the bytes a released query carries outside its question count toward the
+    /// information rate. A benign name repeated with a new 24-byte carrier each time (a
+    /// cookie or TSIG rewritten per query) alarms; the same name with one carrier repeated
+    /// (a client's fixed cookie), or with zero padding, stays quiet.
+    #[test]
+    fn data_outside_the_question_counts_as_information() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        let name = DnsName::parse("www.example.com").unwrap();
+        let run = |carrier: &mut dyn FnMut() -> Vec<u8>| {
+            let mut t = Tracker::new(Settings::default());
+            (0..200u64)
+                .flat_map(|i| {
+                    t.observe_query_carrying(i * 1000, ip("10.0.0.1"), 0, &name, &carrier())
+                })
+                .find(|a| a.kind == AlarmKind::InfoRate)
+        };
+        let alarm = run(&mut || (0..24).map(|_| rng.random::<u8>() | 1).collect());
+        assert!(
+            alarm.is_some(),
+            "200 × 24 new bytes outside the question unseen"
+        );
+        let cookie = vec![7u8; 24];
+        assert!(
+            run(&mut || cookie.clone()).is_none(),
+            "one carrier repeated"
+        );
+        assert!(run(&mut || vec![0; 128]).is_none(), "zero padding");
     }
 
     #[test]

@@ -979,7 +979,7 @@ static __always_inline int extra_ok(void *ctx, int kind, const void *nfbase, str
 	if (rr[5] || rr[6] || (rr[7] & 0x3f) || rr[8])
 		return 0;
 	o += 11;
-	__u32 end = o + rdlen;
+	__u32 end = o + rdlen, seen = 0;
 #pragma unroll
 	for (int i = 0; i < 3; i++) {
 		if (o >= end)
@@ -988,6 +988,10 @@ static __always_inline int extra_ok(void *ctx, int kind, const void *nfbase, str
 		if (o + 4 > end || ld(ctx, kind, nfbase, o, opt, sizeof(opt)))
 			return 0;
 		__u16 code = (opt[0] << 8) | opt[1], len = (opt[2] << 8) | opt[3];
+		/* each option once: a second cookie is 8-40 more free bytes */
+		if (code < 32 && (seen & (1u << code)))
+			return 0;
+		seen |= code < 32 ? 1u << code : 0;
 		if (code == 10) { /* COOKIE: client 8, or client + server 16..40 */
 			if (len != 8 && (len < 16 || len > 40))
 				return 0;

@@ -364,6 +364,9 @@ fn free_header_and_opt_bits_are_held() {
             ev[0].reasons
         );
     }
+    // the same option twice: a second cookie (found in review: passed as plain)
+    let twice = query_with_opt(BENIGN, 50, &[(10, vec![7; 40]), (10, vec![8; 21])]);
+    expect(&dp, "two cookies", &udp53(&twice), &control, "odd_message");
     // off port 53 a plain header with TC set whose name ends in a compression pointer: a
     // server still reads it, so it fails closed as the same header without TC does
     let mut ptr = flagged(0x0200, 40);

@@ -94,7 +94,7 @@ pub struct Outside {
     /// Bytes of the message after the (first) question.
     pub bytes: usize,
     /// Why the rest is not what clients send (None: explained: an OPT record with the usual
-    /// options and zero padding, a TSIG signature, a NOTIFY's SOA, a small dynamic update).
+    /// options and zero padding, a NOTIFY's SOA, a small dynamic update in its zone).
     pub unexplained: Option<String>,
 }
 
@@ -120,9 +120,9 @@ pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
     let qname_len: usize = first.name().iter().map(|l| l.len() + 1).sum::<usize>() + 1;
     let used = (12 + qname_len + 4).min(bytes.len());
     let mut why: Vec<String> = Vec::new();
+    // an update's records: small, and owned by names in the zone it updates
     let small = |r: &hickory_proto::rr::Record| {
-        use hickory_proto::serialize::binary::BinEncodable;
-        r.data.to_bytes().map(|d| d.len()).unwrap_or(usize::MAX) <= 64
+        rdata_len(r) <= 64 && first.name().zone_of(&r.name) && r.name.len() <= 128
     };
     if msg.metadata.message_type == MessageType::Response {
         why.push("a response sent to a server".into());
@@ -133,17 +133,19 @@ pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
     if msg.queries.len() > 1 {
         why.push(format!("{} questions", msg.queries.len()));
     }
+    // AA, TC, RA, Z, RCODE: a response's or reserved, free bits in a query (the kernel's
+    // Q_FREE_BITS); a NOTIFY sets AA, an UPDATE nothing but its opcode (RFC 1996, 2136)
+    let flags = u16::from_be_bytes([bytes[2], bytes[3]]);
+    let free = match msg.metadata.op_code {
+        OpCode::Notify => Q_FREE_BITS & !0x0400,
+        OpCode::Update => 0x07ff,
+        _ => Q_FREE_BITS,
+    };
+    if flags & free != 0 {
+        why.push(format!("header bits {:#06x} no query sets", flags & free));
+    }
     match msg.metadata.op_code {
         OpCode::Query => {
-            // AA, TC, RA, Z, RCODE: a response's or reserved, free bits in a query (the
-            // kernel's Q_FREE_BITS)
-            let flags = u16::from_be_bytes([bytes[2], bytes[3]]);
-            if flags & Q_FREE_BITS != 0 {
-                why.push(format!(
-                    "header bits {:#06x} no query sets",
-                    flags & Q_FREE_BITS
-                ));
-            }
             if !msg.answers.is_empty() || !msg.authorities.is_empty() {
                 why.push(format!(
                     "{} answer and {} authority records in a query",
@@ -153,11 +155,13 @@ pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
             }
         }
         OpCode::Notify => {
+            // at most the zone's own SOA, of a size SOAs have
             let soa_only = msg.answers.len() <= 1
-                && msg
-                    .answers
-                    .iter()
-                    .all(|r| r.record_type() == RecordType::SOA)
+                && msg.answers.iter().all(|r| {
+                    r.record_type() == RecordType::SOA
+                        && r.name.eq_case(first.name())
+                        && rdata_len(r) <= 255
+                })
                 && msg.authorities.is_empty();
             if !soa_only {
                 why.push("a NOTIFY carrying more than its SOA".into());
@@ -183,17 +187,32 @@ pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
             .iter()
             .map(|(_, o)| 4 + usize::from(o.len()))
             .sum();
+        // the OPT record as a client writes it, checked on the wire: the last record (a query
+        // puts it straight after the question), the root as owner and exactly the options read.
+        // The parser follows a pointer for the owner and drops an option list cut short, so
+        // what it returns alone would explain an OPT whose rdata carries anything.
         let lone = msg.queries.len() == 1 && msg.answers.is_empty() && msg.authorities.is_empty();
-        if let (true, Some(&[0, _, _, _, _, _, _, _, _, hi, lo])) = (
-            lone && msg.additionals.is_empty(),
-            bytes.get(used..used + 11),
-        ) {
-            let rdlen = usize::from(u16::from_be_bytes([hi, lo]));
-            if rdlen != read {
-                why.push(format!(
-                    "EDNS options of {rdlen} bytes, {read} of them read"
-                ));
-            }
+        let end = bytes.len() - trailing;
+        let at = end.checked_sub(11 + read).filter(|&a| a >= used);
+        let as_written = at.is_some_and(|a| {
+            let r = &bytes[a..a + 11];
+            r[..3] == [0, 0, 41]
+                && usize::from(u16::from_be_bytes([r[9], r[10]])) == read
+                && (!lone || a == used)
+        });
+        if !as_written {
+            why.push("an OPT record not as clients write it (owner, place or options)".into());
+        }
+        let codes: Vec<u16> = edns
+            .options()
+            .options
+            .iter()
+            .map(|(c, _)| u16::from(*c))
+            .collect();
+        if codes.len() > 4 || (1..codes.len()).any(|i| codes[..i].contains(&codes[i])) {
+            why.push(format!(
+                "EDNS options {codes:?}: more, or more often, than clients send"
+            ));
         }
         // the OPT TTL: extended RCODE and version 0, flags DO and CO only (the kernel's
         // extra_ok)
@@ -227,6 +246,11 @@ pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
         bytes: bytes.len() - used,
         unexplained: (!why.is_empty()).then(|| why.join(", ")),
     })
+}
+
+fn rdata_len(r: &hickory_proto::rr::Record) -> usize {
+    use hickory_proto::serialize::binary::BinEncodable;
+    r.data.to_bytes().map(|d| d.len()).unwrap_or(usize::MAX)
 }
 
 /// A client subnet as RFC 7871 has it, at most as precise as its section 11.1 asks (/24 for
@@ -452,6 +476,85 @@ mod outside_tests {
                 .unexplained
                 .unwrap_or_default();
             assert!(why.contains("EDNS extended rcode"), "{opt_ttl:?}: {why:?}");
+        }
+    }
+
+    fn wire(name: &str) -> Vec<u8> {
+        let mut v: Vec<u8> = name
+            .split('.')
+            .flat_map(|l| std::iter::once(l.len() as u8).chain(l.bytes()))
+            .collect();
+        v.push(0);
+        v
+    }
+
+    /// A NOTIFY (or UPDATE) of example.com with one record (owner, type, rdata).
+    fn zone_msg(flags: u16, owner: &[u8], rtype: u16, rdata: &[u8]) -> Vec<u8> {
+        let update = flags & 0x7800 == 0x2800;
+        let mut m = vec![0, 1];
+        m.extend(flags.to_be_bytes());
+        m.extend([0, 1, 0, u8::from(!update), 0, u8::from(update), 0, 0]);
+        m.extend(wire("example.com"));
+        m.extend([0, 6, 0, 1]);
+        m.extend(owner);
+        m.extend(rtype.to_be_bytes());
+        m.extend([0, 1, 0, 0, 0, 60]);
+        m.extend((rdata.len() as u16).to_be_bytes());
+        m.extend(rdata);
+        m
+    }
+
+    /// What an attacker's review of the agent's rule found (2026-12-07): an OPT whose owner
+    /// is a pointer and whose option list is cut short (the parser drops the list, 1.4 KB
+    /// explained), 32 cookies in one OPT, a NOTIFY with free header bits or an SOA of another
+    /// name, an UPDATE of records outside its zone. Controls: a NOTIFY with its SOA, an UPDATE
+    /// of a small record in the zone.
+    #[test]
+    fn carriers_the_parser_hides_are_named() {
+        let mut wiped = q("www.example.com");
+        wiped[11] = 1;
+        wiped.extend([
+            0xc0, 4, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0x05, 0x78, 0xfd, 0xe9, 0x05, 0x78,
+        ]);
+        wiped.extend([0x61; 1396]);
+        let mut cookies = q("www.example.com");
+        cookies[11] = 1;
+        cookies.extend([0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0x05, 0x80]);
+        for _ in 0..32 {
+            cookies.extend([0, 10, 0, 40]);
+            cookies.extend([0x62; 40]);
+        }
+        let mut soa = wire("ns1.example.com");
+        soa.extend(wire("h.example.com"));
+        soa.extend([0; 20]);
+        let notify = zone_msg(0x2400, &[0xc0, 12], 6, &soa);
+        let update = zone_msg(0x2800, &wire("a.example.com"), 16, b"\x04text");
+        for (what, m) in [("NOTIFY", &notify), ("UPDATE", &update)] {
+            let o = outside_question(m).unwrap();
+            assert_eq!(o.unexplained, None, "{what} control");
+        }
+        let cases = [
+            ("pointer owner, options cut short", wiped),
+            ("32 cookies", cookies),
+            ("NOTIFY with TC", zone_msg(0x2600, &[0xc0, 12], 6, &soa)),
+            (
+                "NOTIFY, SOA of another name",
+                zone_msg(0x2400, &wire("x.evil.test"), 6, &soa),
+            ),
+            (
+                "UPDATE outside its zone",
+                zone_msg(0x2800, &wire("x.evil.test"), 16, b"\x04text"),
+            ),
+            (
+                "UPDATE with RD",
+                zone_msg(0x2900, &wire("a.example.com"), 16, b"\x04text"),
+            ),
+        ];
+        for (what, m) in cases {
+            let why = outside_question(&m)
+                .map(|o| o.unexplained.unwrap_or_default())
+                .unwrap_or_else(|e| e.to_string());
+            assert!(!why.is_empty(), "{what} explained");
         }
     }
 
