@@ -848,6 +848,47 @@ fn data_outside(w: &World, p: &mut Probe, rng: &mut StdRng) {
             });
         }
     }
+    // what the agent's parser hid (an attacker's review, 2026-12-07): an OPT whose owner is a
+    // pointer and whose option list is cut short (hickory drops the list: 1 396 bytes
+    // explained), and 32 cookies in one OPT; the kernel holds both, the agent must not
+    // release them
+    for (domain, variant) in [
+        (
+            "ednswipe",
+            "1 396 bytes in an OPT the parser empties (pointer owner, cut-short option)",
+        ),
+        ("ednsmany", "32 cookies of 40 bytes in one OPT"),
+    ] {
+        for word in ["www", "mail"] {
+            let name = format!("{word}.{domain}.test");
+            let mut m = Msg::query(rng.random(), &name).bytes();
+            m[11] = 1;
+            let data = if domain == "ednswipe" {
+                let d = b32(rng, 1396).into_bytes();
+                m.extend([
+                    0xc0, 4, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0x05, 0x78, 0xfd, 0xe9, 0x05, 0x78,
+                ]);
+                m.extend(&d);
+                d
+            } else {
+                let d = b32(rng, 32 * 40).into_bytes();
+                m.extend([0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0x05, 0x80]);
+                for c in d.chunks(40) {
+                    m.extend([0, 10, 0, 40]);
+                    m.extend(c);
+                }
+                d
+            };
+            let r = send(&s, dst, &m);
+            p.secrets.push(Secret {
+                variant: variant.to_string(),
+                bytes: data[..40].to_vec(),
+                qname: Some(name),
+                needs_outside: false,
+                sent: sent(r),
+            });
+        }
+    }
 }
 
 /// Probe 6: Encapsulations sent from raw sockets on the client host: IP-in-IP, GRE (plain, with a
