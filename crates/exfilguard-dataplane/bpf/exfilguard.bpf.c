@@ -797,7 +797,7 @@ static __always_inline int locate(void *ctx, int kind, const void *nfbase, struc
 }
 
 struct name_info {
-	__u64 full_hash;   /* FNV-1a of the exact wire name and type (case kept: allow cache) */
+	__u64 full_hash;   /* FNV-1a of the exact wire name, type and class (allow cache) */
 	__u64 parent_hash; /* same, without the first label */
 	__u64 block_hash;  /* blocklisted suffix that matched, 0 if none */
 	__u32 wire_len;    /* wire bytes before the root label */
@@ -906,10 +906,14 @@ static __always_inline int walk_name(void *ctx, int kind, const void *nfbase, st
 		return -1;
 	ni->qtype = bpf_ntohs(qt[0]);
 	ni->qclass = bpf_ntohs(qt[1]);
-	/* the allow cache holds exact questions: a name cleared for one type does not excuse
-	 * the 16 bits of any other type asked of it */
+	/* the allow cache holds exact questions: a name cleared for one type and class does
+	 * not excuse the bits of any other asked of it */
 	const __u8 *tb = (const __u8 *)qt;
-	ni->full_hash = (((ni->full_hash ^ tb[0]) * FNV_PRIME) ^ tb[1]) * FNV_PRIME;
+	__u64 qh = ni->full_hash;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		qh = (qh ^ tb[i]) * FNV_PRIME;
+	ni->full_hash = qh;
 	__u32 used = 12 + end + 1 + 4;
 	ni->extra = p->dns_len > used ? p->dns_len - used : 0;
 

@@ -139,7 +139,7 @@ pub struct Event {
     pub rcode: u8,
     pub ancount: u16,
     /// Lower-cased wire-format question name (no root byte); `name_hash` is of the exact
-    /// bytes (case kept) and the type: the allow-cache key (`hash::question_hash`).
+    /// bytes (case kept), type and class: the allow-cache key (`hash::question_hash`).
     #[serde(skip)]
     pub name_wire: Vec<u8>,
     pub name_hash: u64,

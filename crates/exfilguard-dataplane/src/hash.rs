@@ -49,10 +49,13 @@ pub fn name_hash(wire: &[u8]) -> u64 {
     fnv(FNV_OFFSET, wire)
 }
 
-/// Allow-cache key of a question: the exact wire name (case kept) and its type, as the
-/// kernel's `full_hash` (a name cleared for one type does not excuse another).
-pub fn question_hash(wire: &[u8], qtype: u16) -> u64 {
-    fnv(name_hash(wire), &qtype.to_be_bytes())
+/// Allow-cache key of a question: the exact wire name (case kept), its type and class, as the
+/// kernel's `full_hash` (a name cleared for one type or class does not excuse another).
+pub fn question_hash(wire: &[u8], qtype: u16, qclass: u16) -> u64 {
+    fnv(
+        fnv(name_hash(wire), &qtype.to_be_bytes()),
+        &qclass.to_be_bytes(),
+    )
 }
 
 /// Blocklist key of a domain given as lower-cased labels; `None` beyond 8 labels.

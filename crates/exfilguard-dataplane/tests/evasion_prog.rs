@@ -395,6 +395,18 @@ fn a_cleared_name_does_not_excuse_other_types() {
     dp.maps().allow_name_hash(ev[0].name_hash).unwrap();
     assert_eq!(tc(&dp, &ask(16, 2)), PASS, "the cleared question passes");
     assert_eq!(tc(&dp, &ask(1, 3)), PASS, "A is plain");
+    // the cleared question in class CH or ANY: another question
+    for (i, class) in [3u16, 255].into_iter().enumerate() {
+        let mut m = query(BENIGN, 16, 20 + i as u16);
+        let n = m.len();
+        m[n - 2..].copy_from_slice(&class.to_be_bytes());
+        assert_eq!(
+            tc(&dp, &udp53(&m)),
+            DROP,
+            "class {class} passed on IN's clearance"
+        );
+        let _ = dp.drain_events().unwrap();
+    }
     for (i, qtype) in [10u16, 99, 0x1234, 0xff00].into_iter().enumerate() {
         let id = 10 + i as u16;
         assert_eq!(

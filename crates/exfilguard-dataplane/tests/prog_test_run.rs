@@ -62,7 +62,7 @@ fn decisions_on_every_path() {
     assert_eq!(ev[0].name_text(), TUNNEL);
     assert_eq!(
         ev[0].name_hash,
-        exfilguard_dataplane::hash::question_hash(&ev[0].name_wire, 16),
+        exfilguard_dataplane::hash::question_hash(&ev[0].name_wire, 16, 1),
         "kernel and agent agree on the question hash"
     );
     assert_eq!(ev[0].qtype, 16);

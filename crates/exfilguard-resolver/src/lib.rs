@@ -507,7 +507,7 @@ impl Front {
             dns_id,
             rcode: 0,
             ancount: 0,
-            name_hash: exfilguard_dataplane::hash::question_hash(&name_wire, qtype),
+            name_hash: exfilguard_dataplane::hash::question_hash(&name_wire, qtype, 1),
             name_wire,
             socket_cookie: 0,
             process: None,
