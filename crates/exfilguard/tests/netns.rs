@@ -364,7 +364,12 @@ fn hold_release_round_trip_under_load() {
         .map(|b| {
             let f = lab.work.join(format!("batch{b}.txt"));
             let lines: String = (0..per_batch)
-                .map(|i| format!("@10.77.0.2 +tries=1 +time=3 +short loadtestlonglabel{b}x{i}.example.test\n"))
+                // Each batch sends from its own source port (below the ephemeral range). dig
+                // binds port 0 with SO_REUSEPORT, and Linux may then give two live sockets of
+                // the same user the same ephemeral port: two digs connected to the same
+                // server on one 4-tuple, and one of them reads the other's answer ("ID
+                // mismatch", then a timeout). Seen here in about 1 run in 6.
+                .map(|i| format!("-b 10.77.0.1#{} @10.77.0.2 +tries=1 +time=3 +short loadtestlonglabel{b}x{i}.example.test\n", 20000 + b))
                 .collect();
             std::fs::write(&f, lines).unwrap();
             f
