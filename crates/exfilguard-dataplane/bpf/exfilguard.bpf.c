@@ -88,6 +88,31 @@ struct {
 	__uint(map_flags, BPF_F_RDONLY_PROG);
 } eg_allow SEC(".maps");
 
+/* The carriers (OPT record and RD/AD/CD bits, hashed) a client sent a server lately. A plain
+ * query passes only with one of them: a new carrier is held and judged once (the agent counts
+ * its bytes as information), then pinned. Clients keep theirs (a resolver's OPT, named's
+ * per-server cookie, one dig process's cookie), so a tunnel in the cookie or the client
+ * subnet is held query after query. A pair absent (new, or evicted) has no carrier yet. */
+struct eg_pair_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+#define EG_CARRIER_SLOTS 4
+#define EG_CARRIER_MAX 128 /* bytes hashed after the question (a power of two) */
+struct eg_carriers {
+	__u64 h[EG_CARRIER_SLOTS];
+	__u32 next;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct eg_pair_key);
+	__type(value, struct eg_carriers);
+} eg_carriers SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -159,6 +184,9 @@ struct {
 struct scratch {
 	__u8 name[EG_NAME_MAX];
 	__u8 msg[EG_PKT_MAX]; /* the message a ticket is checked against */
+	/* eg_carriers key and new value: off the 512-byte stack */
+	struct eg_pair_key pair;
+	struct eg_carriers carriers;
 };
 
 struct {
@@ -804,6 +832,7 @@ struct name_info {
 	__u32 labels, max_label, digits, odd, upper, lower;
 	__u32 extra;       /* message bytes after the question */
 	__u32 msg_reasons; /* EG_R_ODD_MESSAGE / EG_R_EXTRA_DATA (msg_eval) */
+	__u64 carrier;     /* FNV-1a of the RD/AD/CD bits and the bytes after the question */
 	__u16 qtype, qclass;
 };
 
@@ -1026,6 +1055,77 @@ static __always_inline int extra_ok(void *ctx, int kind, const void *nfbase, str
 	return o == end;
 }
 
+/* FNV-1a of the DNS message, the identity a release ticket is bound to. */
+struct mh_ctx {
+	struct scratch *s;
+	__u32 len;
+	__u64 h;
+};
+
+static long mh_step(__u64 idx, void *data)
+{
+	struct mh_ctx *m = data;
+	if (idx >= m->len)
+		return 1;
+	m->h = (m->h ^ m->s->msg[idx & (EG_PKT_MAX - 1)]) * FNV_PRIME;
+	return 0;
+}
+
+/* The carrier of a plain query with an OPT record: RD/AD/CD and the bytes after the question
+ * (UDP size, DO/CO, cookie, client subnet …), hashed into ni->carrier. Returns 1 when its
+ * (client, server) pair has not sent it lately (eg_carriers). The ID stays free: clients draw
+ * it at random. */
+static __always_inline int carrier_new(void *ctx, int kind, const void *nfbase, struct pkt *p,
+				       struct scratch *s, struct name_info *ni)
+{
+	__u32 n = ni->extra;
+	__u32 o = p->dns_off + 12 + ni->wire_len + 1 + 4;
+	if (n < 1 || n > EG_CARRIER_MAX ||
+	    ld(ctx, kind, nfbase, o, s->msg, ((n - 1) & (EG_CARRIER_MAX - 1)) + 1))
+		return 1;
+	__u16 f = bpf_ntohs(p->h.flags) & 0x0130;
+	__u64 h = (FNV_OFFSET ^ (f >> 8)) * FNV_PRIME;
+	h = (h ^ (f & 0xff)) * FNV_PRIME;
+	/* extra_ok bounds the OPT to 11 bytes + 3 options (at most 74 bytes) */
+	for (__u32 i = 0; i < EG_CARRIER_MAX; i++) {
+		if (i >= n)
+			break;
+		h = (h ^ s->msg[i]) * FNV_PRIME;
+	}
+	ni->carrier = h;
+	__builtin_memcpy(s->pair.saddr, p->saddr, 16);
+	__builtin_memcpy(s->pair.daddr, p->daddr, 16);
+	struct eg_carriers *c = bpf_map_lookup_elem(&eg_carriers, &s->pair);
+	if (!c)
+		return 1;
+	int seen = 0;
+#pragma unroll
+	for (int i = 0; i < EG_CARRIER_SLOTS; i++)
+		if (c->h[i] == h)
+			seen = 1;
+	return !seen;
+}
+
+/* Pins a held query's carrier for its pair (oldest slot out): from now on it carries nothing
+ * new. Pinned when held, so a message the agent drops is pinned too: its repeats say nothing
+ * the agent has not counted. */
+static __always_inline void carrier_pin(struct pkt *p, struct scratch *s, struct name_info *ni)
+{
+	__builtin_memcpy(s->pair.saddr, p->saddr, 16);
+	__builtin_memcpy(s->pair.daddr, p->daddr, 16);
+	struct eg_carriers *c = bpf_map_lookup_elem(&eg_carriers, &s->pair);
+	if (!c) {
+		__builtin_memset(&s->carriers, 0, sizeof(s->carriers));
+		s->carriers.h[0] = ni->carrier;
+		s->carriers.next = 1;
+		bpf_map_update_elem(&eg_carriers, &s->pair, &s->carriers, BPF_ANY);
+		return;
+	}
+	__u32 i = c->next;
+	c->h[i & (EG_CARRIER_SLOTS - 1)] = ni->carrier;
+	c->next = i + 1;
+}
+
 /* Judges the message at p->dns_off as a query: the name (walk_name), then what it carries
  * outside the question. Returns 0, or -1 when no DNS server would take it for a query. */
 static __always_inline int msg_eval(void *ctx, int kind, const void *nfbase, struct pkt *p,
@@ -1055,22 +1155,6 @@ static __always_inline int msg_eval(void *ctx, int kind, const void *nfbase, str
 		r |= EG_R_EXTRA_DATA;
 	}
 	ni->msg_reasons = r;
-	return 0;
-}
-
-/* FNV-1a of the DNS message, the identity a release ticket is bound to. */
-struct mh_ctx {
-	struct scratch *s;
-	__u32 len;
-	__u64 h;
-};
-
-static long mh_step(__u64 idx, void *data)
-{
-	struct mh_ctx *m = data;
-	if (idx >= m->len)
-		return 1;
-	m->h = (m->h ^ m->s->msg[idx & (EG_PKT_MAX - 1)]) * FNV_PRIME;
 	return 0;
 }
 
@@ -1202,6 +1286,15 @@ static __always_inline int fail_closed(struct eg_config *cfg, struct pkt *p)
 	return V_DROP;
 }
 
+/* carrier_new as global functions, one per kind (EG_PIECES): off the deepest call chain */
+__noinline int carrier_new_skb(struct __sk_buff *ctx, __u64 base, struct pkt *p);
+__noinline int carrier_new_sock(struct __sk_buff *ctx, __u64 base, struct pkt *p);
+__noinline int carrier_new_nf(struct bpf_nf_ctx *ctx, __u64 base, struct pkt *p);
+#define CARRIER_NEW(kind, ctx, base, p)                                                          \
+	((kind) == K_NF	    ? carrier_new_nf(ctx, (__u64)(base), p)                              \
+	 : (kind) == K_SOCK ? carrier_new_sock(ctx, (__u64)(base), p)                            \
+			    : carrier_new_skb(ctx, (__u64)(base), p))
+
 /* The decision for one query message (p->dns_off, ni and the scratch name filled by
  * msg_eval). `judge_only`: several messages in one TCP segment, so the segment is dropped and
  * the suspicious one handed over without the frame; TCP's retransmission passes once the
@@ -1250,7 +1343,15 @@ static __always_inline int decide(void *ctx, int kind, const void *nfbase, struc
 		int plain = !reasons;
 		/* the allow cache holds exact names: it never excuses what a message carries
 		 * outside its question */
-		if (plain || (!ni->msg_reasons && bpf_map_lookup_elem(&eg_allow, &ni->full_hash))) {
+		int pass = plain ||
+			   (!ni->msg_reasons && bpf_map_lookup_elem(&eg_allow, &ni->full_hash));
+		if (pass && CARRIER_NEW(kind, ctx, nfbase, p)) {
+			/* a name that would pass, with an OPT its pair has not sent: held once */
+			carrier_pin(p, s, ni);
+			stat(EG_S_NEW_CARRIER);
+			reasons = EG_R_NEW_CARRIER;
+			action = EG_ACT_HOLD;
+		} else if (pass) {
 			stat(plain ? EG_S_PASS_PLAIN : EG_S_PASS_ALLOW);
 			if (!cfg->report_all) {
 				if (!cfg->observe ||
@@ -1425,6 +1526,18 @@ static __always_inline struct name_info *ni_slot(int kind)
 		__builtin_memset(ni, 0, sizeof(*ni));                                            \
 		return msg_eval(ctx, KIND, (const void *)base, p, ni);                           \
 	}                                                                                        \
+	__noinline int carrier_new_##SUFFIX(CTX_T *ctx, __u64 base, struct pkt *p)              \
+	{                                                                                        \
+		__u32 slot = KIND;                                                               \
+		struct name_info *ni = ni_slot(KIND);                                            \
+		struct scratch *s = bpf_map_lookup_elem(&eg_scratch, &slot);                     \
+		struct eg_config *cfg = get_config();                                            \
+		if (!p || !ni || !s || !cfg)                                                     \
+			return 1;                                                                \
+		if (!ni->extra || ni->msg_reasons || !cfg->pin_carriers)                         \
+			return 0;                                                                \
+		return carrier_new(ctx, KIND, (const void *)base, p, s, ni);                     \
+	}                                                                                        \
 	__noinline int decide_##SUFFIX(CTX_T *ctx, __u64 base, struct eg_in *in, struct pkt *p,  \
 				       __u32 multi)                                              \
 	{                                                                                        \
@@ -1519,6 +1632,8 @@ enum { W_OK = 0, W_PARTIAL, W_NOT_DNS, W_UNOBSERVED };
 			w->picked_block = 1;                                                     \
 		} else if (!w->pick && (suspicion(cfg, ni) | ni->msg_reasons) &&                 \
 			   (ni->msg_reasons || !bpf_map_lookup_elem(&eg_allow, &ni->full_hash))) { \
+			w->pick = w->o;                                                          \
+		} else if (!w->pick && CARRIER_NEW(KIND, w->ctx, w->base, p)) {                  \
 			w->pick = w->o;                                                          \
 		} else if (!w->pick && !ni->block_hash && w->o + 2 + mlen < w->end &&            \
 			   cfg->observe && !cfg->report_all && OBSERVE_Q(KIND, w->in, p) &&      \

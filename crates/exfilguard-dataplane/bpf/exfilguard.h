@@ -50,6 +50,9 @@ enum eg_reason {
 	/* encrypted DNS (EG_KIND_ENCDNS) to a resolver that is not sanctioned */
 	EG_R_DOT_PORT = 1 << 17,     /* TCP or UDP to an encrypted-DNS port (853: DoT, DoQ) */
 	EG_R_DOH_ENDPOINT = 1 << 18, /* TCP or UDP to a DoH port of a known public resolver */
+	/* a plain query whose OPT record (cookie, client subnet, UDP size, flags) or RD/AD/CD
+	 * bits this client has not sent to this server lately: up to 53 free bytes a query */
+	EG_R_NEW_CARRIER = 1 << 19,
 };
 
 /* EG_KIND_ENCDNS: a connect() or sendmsg() of encrypted DNS to a resolver not sanctioned
@@ -127,6 +130,7 @@ enum eg_stat {
 	EG_S_ENCDNS_QUIET,      /* ... of them counted without a ring record (retry loops) */
 	EG_S_TCP_FLOW, /* TCP streams off port 53 learnt to be DNS (held to port 53's rules) */
 	EG_S_USER_PAGES, /* DNS in pages the sender can still rewrite (zerocopy, vmsplice): dropped */
+	EG_S_NEW_CARRIER, /* held: an OPT record new for its (client, server) pair */
 	EG_S_MAX,
 };
 
@@ -153,7 +157,7 @@ struct eg_config {
 	__u32 encdns;          /* 1: the sanctioned-resolver policy for encrypted DNS is on */
 	__u16 encdns_ports[EG_ENCDNS_PORTS]; /* DoT/DoQ ports, any destination (0: unused) */
 	__u16 doh_ports[EG_DOH_PORTS];       /* ports of eg_doh_addrs destinations (0: unused) */
-	__u32 _pad2;
+	__u32 pin_carriers; /* 1: hold a plain query whose OPT is new for its (client, server) */
 };
 
 /* Key of the LPM tries eg_doh_addrs and eg_sanctioned: IPv4 mapped into IPv6 (::ffff:a.b.c.d,

@@ -80,6 +80,12 @@ pub struct KernelPolicy {
     /// Hold names mixing upper- and lower-case letters: letter case can carry 1 bit per
     /// letter, and the allow cache keys exact names.
     pub hold_mixed_case: bool,
+    /// Hold a plain query whose OPT record (cookie, client subnet, UDP size, flags) or
+    /// RD/AD/CD bits its (client, server) pair has not sent lately (4 kept per pair): the
+    /// cookie alone is 8-40 free bytes a query. Clients keep theirs, so this costs one hold
+    /// per pair and per new dig process; a resolver that echoes a server cookie changing
+    /// every second (BIND as a recursive resolver) is held far more often.
+    pub pin_carriers: bool,
     /// The agent's process id: the one process allowed PACKET_QDISC_BYPASS and AF_XDP.
     #[serde(skip)]
     pub agent_tgid: u32,
@@ -188,6 +194,7 @@ impl Default for KernelPolicy {
             observe: false,
             hold_extra_bytes: 80,
             hold_mixed_case: true,
+            pin_carriers: true,
             agent_tgid: 0,
             socket_scope: SocketScope::All,
             netns_cookie: 0,
@@ -200,7 +207,7 @@ impl Default for KernelPolicy {
 
 impl KernelPolicy {
     /// The map value, in the field order of `struct eg_config` (seventeen u32, padding, one
-    /// u64, then the encrypted-DNS switch and ports, padding; native endian).
+    /// u64, then the encrypted-DNS switch and ports, the carrier switch; native endian).
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let f = [
             match self.mode {
@@ -240,7 +247,7 @@ impl KernelPolicy {
                 b.extend_from_slice(&list.get(i).copied().unwrap_or(0).to_ne_bytes());
             }
         }
-        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(&(self.pin_carriers as u32).to_ne_bytes());
         b
     }
 }

@@ -56,7 +56,7 @@ pub enum Hook {
 }
 
 /// Names of the `enum eg_reason` bits, in bit order.
-pub const REASONS: [&str; 19] = [
+pub const REASONS: [&str; 20] = [
     "long_name",
     "long_label",
     "many_labels",
@@ -76,6 +76,7 @@ pub const REASONS: [&str; 19] = [
     "multi_message",
     "dot_port",
     "doh_endpoint",
+    "new_carrier",
 ];
 
 #[derive(Clone, Debug, Serialize)]

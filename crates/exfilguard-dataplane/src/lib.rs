@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfilguard";
 
 /// Names of the per-CPU counters (`enum eg_stat`), in index order.
-pub const STAT_NAMES: [&str; 47] = [
+pub const STAT_NAMES: [&str; 48] = [
     "packets",
     "non_dns",
     "dns_queries",
@@ -82,6 +82,7 @@ pub const STAT_NAMES: [&str; 47] = [
     "encdns_quiet",
     "tcp_flow",
     "user_pages",
+    "new_carrier",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -54,6 +54,15 @@ fn tc(dp: &Dataplane, frame: &[u8]) -> i32 {
     dp.test_run_tc(frame, 1).expect("BPF_PROG_TEST_RUN").0
 }
 
+/// A client keeps its carrier (OPT record, RD/AD/CD): the first query with a new one is held
+/// once (`new_carrier`) and pinned for its (client, server) pair. Sends `f` that first time,
+/// then returns the verdict on a client that keeps it.
+fn kept(dp: &Dataplane, f: &[u8]) -> i32 {
+    tc(dp, f);
+    let _ = dp.drain_events().unwrap();
+    tc(dp, f)
+}
+
 fn stats(dp: &Dataplane) -> HashMap<&'static str, u64> {
     dp.stats().unwrap().into_iter().collect()
 }
@@ -175,7 +184,8 @@ fn data_outside_the_question_is_held() {
     let Some(dp) = load() else { return };
     let cookie = query_with_opt(BENIGN, 1, &[(10, vec![7; 8])]);
     let plain_opt = query_with_opt(BENIGN, 2, &[]);
-    assert_eq!(tc(&dp, &udp53(&plain_opt)), PASS, "OPT without options");
+    assert_eq!(kept(&dp, &udp53(&plain_opt)), PASS, "OPT without options");
+    assert_eq!(kept(&dp, &udp53(&cookie)), PASS, "a cookie");
     let attacks: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "large EDNS option",
@@ -265,7 +275,7 @@ fn client_subnet_beyond_its_rfc_is_held() {
         &[0, 1, 0, 0],
     ];
     for (i, c) in controls.iter().enumerate() {
-        assert_eq!(tc(&dp, &ecs(100 + i as u16, c)), PASS, "control {c:?}");
+        assert_eq!(kept(&dp, &ecs(100 + i as u16, c)), PASS, "control {c:?}");
     }
     let attacks: [(&str, &[u8]); 5] = [
         ("a whole IPv4 address (/32)", &[0, 1, 32, 0, 192, 0, 2, 77]),
@@ -320,7 +330,11 @@ fn free_header_and_opt_bits_are_held() {
         PASS,
         "RD AD CD off 53"
     );
-    assert_eq!(tc(&dp, &udp53(&opt_ttl([0, 0, 0xc0, 0], 3))), PASS, "DO CO");
+    assert_eq!(
+        kept(&dp, &udp53(&opt_ttl([0, 0, 0xc0, 0], 3))),
+        PASS,
+        "DO CO"
+    );
     let _ = dp.drain_events().unwrap();
     let control = udp53(&flagged(0, 4));
     for (i, bits) in [0x0400u16, 0x0200, 0x0080, 0x0040, 0x0001, 0x000f]
@@ -909,4 +923,103 @@ fn every_message_of_a_tcp_segment_is_observed() {
     }
     let s = stats(&dp);
     assert!(dropped > 0 && s["observe_held"] >= dropped, "{s:?}");
+}
+
+/// The carrier of a plain query: its OPT record (cookie, client subnet, UDP size, DO/CO) and
+/// RD/AD/CD. Each is well formed, so the kernel passed any value unjudged: a cookie of 8 + 32
+/// bytes per query under a benign name went out uncounted (on the old code, 20 of 20 here).
+/// Now a carrier its (client, server) pair has not sent lately is held once and pinned; a
+/// client that keeps its carrier (every resolver and stub does) passes after the first.
+#[test]
+fn a_new_carrier_is_held_once_per_pair() {
+    let Some(mut dp) = load() else { return };
+    let held = |what: &str, f: &[u8]| {
+        let before = stats(&dp)["new_carrier"];
+        assert_eq!(tc(&dp, f), DROP, "{what}: passed");
+        assert_eq!(stats(&dp)["new_carrier"], before + 1, "{what}");
+        let ev = dp.drain_events().unwrap();
+        assert_eq!(ev.len(), 1, "{what}");
+        assert_eq!(ev[0].action, Action::Hold, "{what}");
+        assert_eq!(ev[0].reasons, vec!["new_carrier"], "{what}");
+    };
+    let cookie = |id: u16, c: &[u8]| udp53(&query_with_opt(BENIGN, id, &[(10, c.to_vec())]));
+
+    // the tunnel: a fresh client + server cookie in every query, under a plain name
+    let mut arrived = 0;
+    for i in 0..20u8 {
+        let c: Vec<u8> = (0..40u8).map(|j| j.wrapping_mul(31) ^ i).collect();
+        if tc(&dp, &cookie(100 + u16::from(i), &c)) == PASS {
+            arrived += 1;
+        }
+    }
+    assert_eq!(arrived, 0, "{arrived} of 20 fresh cookies passed unjudged");
+    assert_eq!(stats(&dp)["new_carrier"], 20);
+    let _ = dp.drain_events().unwrap();
+
+    // controls: no OPT at all passes; a kept cookie is held once, then passes under any
+    // name and ID
+    assert_eq!(tc(&dp, &udp53(&query(BENIGN, 1, 1))), PASS, "no OPT");
+    held("first cookie", &cookie(2, &[1; 8]));
+    assert_eq!(tc(&dp, &cookie(3, &[1; 8])), PASS, "the same cookie again");
+    let other_name = udp53(&query_with_opt("mail.example.org", 4, &[(10, vec![1; 8])]));
+    assert_eq!(tc(&dp, &other_name), PASS, "the same cookie, another name");
+
+    // RD/AD/CD are part of it: AD set is a new carrier
+    let mut ad = query_with_opt(BENIGN, 5, &[(10, vec![1; 8])]);
+    ad[2..4].copy_from_slice(&0x0120u16.to_be_bytes());
+    held("AD", &udp53(&ad));
+    assert_eq!(tc(&dp, &udp53(&ad)), PASS, "AD again");
+
+    // four carriers are kept per pair (1, AD, 2, 3); a fifth evicts the oldest
+    held("cookie 2", &cookie(6, &[2; 8]));
+    held("cookie 3", &cookie(7, &[3; 8]));
+    for (i, c) in [[1u8; 8], [2; 8], [3; 8]].iter().enumerate() {
+        assert_eq!(tc(&dp, &cookie(8 + i as u16, c)), PASS, "kept {c:?}");
+    }
+    held("cookie 4", &cookie(11, &[4; 8]));
+    held("cookie 1, evicted", &cookie(12, &[1; 8]));
+
+    // pairs are apart: the same cookie to another server is new there
+    let to_other = udp_frame(
+        sa("10.0.0.1:40000"),
+        sa("10.0.0.3:53"),
+        &query_with_opt(BENIGN, 13, &[(10, vec![4; 8])]),
+    );
+    held("another server", &to_other);
+    assert_eq!(tc(&dp, &to_other), PASS);
+
+    // TCP, two messages in one segment, the first with a new cookie: judged without the
+    // frame (the retransmission passes, its carrier pinned)
+    let two = |a: &[u8], b: &[u8]| {
+        let mut p = prefixed(a);
+        p.extend_from_slice(&prefixed(b));
+        tcp_frame(40001, 53, &p)
+    };
+    let seg = two(
+        &query_with_opt(BENIGN, 14, &[(10, vec![9; 8])]),
+        &query(BENIGN, 1, 15),
+    );
+    assert_eq!(
+        tc(&dp, &seg),
+        DROP,
+        "TCP: a new carrier in the first message"
+    );
+    let ev = dp.drain_events().unwrap();
+    assert!(
+        ev.iter()
+            .any(|e| e.action == Action::Judge && e.reasons.contains(&"new_carrier")),
+        "{:?}",
+        ev.iter()
+            .map(|e| (e.action, e.reasons.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(tc(&dp, &seg), PASS, "TCP: the retransmission");
+
+    // off: the old behaviour, every cookie passes
+    dp.set_policy(&KernelPolicy {
+        pin_carriers: false,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(tc(&dp, &cookie(16, &[0x55; 40])), PASS, "pin_carriers off");
 }

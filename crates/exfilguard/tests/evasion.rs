@@ -65,9 +65,9 @@ const B32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
 type ProbeFn = fn(&World, &mut Probe, &mut StdRng);
 
 /// (slug, what the probe tries, probe). The slug names the probe's zone and control names
-/// (at most 9 letters: control names stay plain). Probe 14 (`case`) follows them with an agent
+/// (at most 9 letters: control names stay plain). Probe 15 (`case`) follows them with an agent
 /// session of its own (`letter_case`).
-const PROBES: [(&str, &str, ProbeFn); 14] = [
+const PROBES: [(&str, &str, ProbeFn); 15] = [
     (
         "baseline",
         "baseline: tunnel queries on plain UDP/53 (no evasion)",
@@ -105,6 +105,11 @@ const PROBES: [(&str, &str, ProbeFn); 14] = [
         "zerocopy",
         "a query in pages the sender rewrites (MSG_ZEROCOPY)",
         zerocopy,
+    ),
+    (
+        "cookie",
+        "a fresh EDNS cookie in every plain query",
+        cookie_carrier,
     ),
 ];
 const CASE: (&str, &str) = ("case", "letter-case and type variants of an allowed name");
@@ -1258,7 +1263,7 @@ fn vlan_tags(w: &World, p: &mut Probe, rng: &mut StdRng) {
     }
 }
 
-/// Probe 14: Letter case and type: a name the agent clears but long enough to be held, then 20
+/// Probe 15: Letter case and type: a name the agent clears but long enough to be held, then 20
 /// case variants of it and the exact name asking 5 rare types. Each variant must be judged — an agent event for its DNS id, or held (the session's
 /// summary counts holds: the name itself is one) — not passed silently by a case-insensitive allow
 /// cache. Judged on the agent's JSON lines, from an agent session of its own (started after the
@@ -1348,6 +1353,45 @@ fn letter_case(w: &World, p: &mut Probe, rng: &mut StdRng) -> Vec<Value> {
     lines
 }
 
+/// Probe 14: data in the free fields of a plain query's OPT record: a fresh cookie (8 client +
+/// 32 server bytes) in every query, under names the kernel passes as plain. Each query is
+/// well formed: the kernel passed them all without an event, and the analytics never counted
+/// a byte (on the old code all 40 arrived, nothing was convicted). Now a carrier its (client,
+/// server) pair has not sent lately is held: the agent judges the name and counts the carrier
+/// as information, so the zone is convicted after about 1 KiB and the rest is dropped.
+/// Controls: a client keeping its cookie (dig, named: the first held and released, the rest
+/// pass), and a query without OPT.
+fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
+    let s = w.udp4();
+    let dst = (SERVER, 53);
+    let kept: [u8; 8] = rng.random();
+    let words = ["www", "mail", "ftp"];
+    for word in words {
+        let n = format!("{word}.kept-{}.test", p.slug);
+        let m = Msg::query(rng.random(), &n).opt(&[(10, &kept)]).bytes();
+        p.control("a client keeping its cookie", &n, send(&s, dst, &m));
+        pause(30);
+    }
+    let n = p.name("ns");
+    p.control(
+        "plain query without OPT",
+        &n,
+        send(&s, dst, &query(rng.random(), &n)),
+    );
+    let mut carried = Vec::new();
+    for i in 0..40 {
+        let name = p.name(words[i % 3]);
+        let data = b32(rng, 40).into_bytes();
+        let m = Msg::query(rng.random(), &name).opt(&[(10, &data)]).bytes();
+        if let Err(e) = send(&s, dst, &m) {
+            p.problems.push(format!("cookie carrier {i} not sent: {e}"));
+        }
+        carried.push(data);
+        pause(30);
+    }
+    p.bounded = Some((format!("{}.test", p.slug), carried));
+}
+
 /// Agent query events for `name` (any letter case) with DNS id `id`.
 fn query_events(lines: &[Value], name: &str, id: u16) -> usize {
     lines
@@ -1428,6 +1472,9 @@ struct Probe {
     problems: Vec<String>,
     /// The letter-case probe: (variants without an agent event, variants).
     unjudged: Option<(usize, usize)>,
+    /// A channel the analytics must cut: data that may arrive until the zone is convicted
+    /// (zone, each message's carried bytes); it fails when no conviction came or all arrived.
+    bounded: Option<(String, Vec<Vec<u8>>)>,
     ran: bool,
 }
 
@@ -1443,6 +1490,7 @@ impl Probe {
             notes: Vec::new(),
             problems: Vec::new(),
             unjudged: None,
+            bounded: None,
             ran: false,
         }
     }
@@ -1710,6 +1758,33 @@ fn judge(p: &Probe, seen: &Seen, lines: &[Value]) -> Row {
         if unjudged > 0 {
             row.failures.push(format!(
                 "{unjudged} of {n} case and type variants passed without being judged (no agent event, not held)"
+            ));
+        }
+    }
+    if let Some((zone, carried)) = &p.bounded {
+        let n = carried.len();
+        let arrived = carried.iter().filter(|b| seen.has(b)).count();
+        let convicted = lines.iter().any(|v| {
+            v["registered_domain"] == zone.as_str()
+                && v["verdict"]["reasons"].as_array().is_some_and(|r| {
+                    r.iter()
+                        .any(|r| r.as_str().is_some_and(|r| r.contains("info_rate")))
+                })
+        });
+        row.arrived = arrived;
+        row.sent = n;
+        row.details.push(format!(
+            "{arrived} of {n} carriers arrived; {zone} {}",
+            if convicted {
+                "convicted on its information rate"
+            } else {
+                "NOT convicted"
+            }
+        ));
+        if !convicted || arrived == n {
+            row.failures.push(format!(
+                "the carriers were not cut: {arrived} of {n} arrived, {zone} {}convicted",
+                if convicted { "" } else { "not " }
             ));
         }
     }

@@ -1051,12 +1051,18 @@ fn locked_down_agent_survives_kill_9_and_restarts_without_duplicates() {
         (1, 1),
         "programs stay attached after kill -9"
     );
+    // a stub's query (no OPT, as glibc sends it) still passes; a fresh OPT carrier (a new
+    // dig process's cookie) is held like any query for the agent, and nobody releases it
     assert!(
-        lab.dig(&["@10.77.0.2", "www.example.test"]).0,
+        lab.dig(&["@10.77.0.2", "+noedns", "www.example.test"]).0,
         "plain DNS still works"
     );
     assert!(
-        !lab.dig(&["@10.77.0.2", "www.tunnel.test"]).0,
+        !lab.dig(&["@10.77.0.2", "www.example.test"]).0,
+        "a new cookie passed without an agent to count it"
+    );
+    assert!(
+        !lab.dig(&["@10.77.0.2", "+noedns", "www.tunnel.test"]).0,
         "the pinned blocklist still enforces without an agent"
     );
     assert!(
@@ -1087,7 +1093,7 @@ fn locked_down_agent_survives_kill_9_and_restarts_without_duplicates() {
     std::thread::sleep(Duration::from_millis(2500));
     assert!(held_ok(4), "fail_open passes holds while the agent is down");
     assert!(
-        !lab.dig(&["@10.77.0.2", "www.tunnel.test"]).0,
+        !lab.dig(&["@10.77.0.2", "+noedns", "www.tunnel.test"]).0,
         "the blocklist still enforces while failing open"
     );
     // a clean stop of a third agent detaches (persist off): nothing left on the interface
