@@ -4,6 +4,8 @@
 # (dnsperf), how the tunnel queries were handled, the agent's peak RSS and its queue depths.
 # Root; needs dnsperf and dnsmasq-base (Debian); a tansu broker on PATH is used when present.
 # Usage: bench/agent-load.sh [SECONDS] [TOTAL_QPS]
+# EDNS_COOKIE=1: the benign client sends an OPT with one client cookie it keeps (as named does
+# per server): the carrier pin (kernel.pin_carriers) holds it once, then passes it.
 set -euo pipefail
 secs=${1:-60}; qps=${2:-20000}
 bin=${EXFILGUARD_BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/exfilguard}
@@ -55,7 +57,8 @@ for _ in $(seq 100); do grep -q protecting $w/agent.log && break; sleep 0.2; don
 pid=$(pgrep -f "run --config $w/agent.toml" | head -1)
 benign_qps=$((qps * 8 / 10)); tunnel_qps=$((qps - benign_qps))
 ( while kill -0 $pid 2>/dev/null; do awk '/VmRSS/{print $2}' /proc/$pid/status; sleep 1; done ) > $w/rss.txt &
-ns $c dnsperf -s 10.66.0.2 -d $w/benign.txt -l $secs -Q $benign_qps -c 20 -q 2000 -t 2 > $w/benign.out 2>&1 & bp=$!
+edns=""; [ "${EDNS_COOKIE:-0}" = 1 ] && edns="-e -E 10:0123456789abcdef"
+ns $c dnsperf -s 10.66.0.2 -d $w/benign.txt -l $secs -Q $benign_qps -c 20 -q 2000 -t 2 $edns > $w/benign.out 2>&1 & bp=$!
 ns $c dnsperf -s 10.66.0.2 -d $w/tunnel.txt -l $secs -Q $tunnel_qps -c 20 -q 2000 -t 1 > $w/tunnel.out 2>&1 & tp=$!
 wait $bp $tp 2>/dev/null || true
 sleep 2
@@ -65,6 +68,6 @@ echo "== benign (${benign_qps} q/s offered) =="; grep -E "Queries (sent|complete
 echo "== tunnel-shaped (${tunnel_qps} q/s offered) =="; grep -E "Queries (sent|completed|lost)|Queries per second" $w/tunnel.out
 echo "== agent =="
 echo "peak RSS: $(sort -n $w/rss.txt | tail -1) KiB; median RSS: $(sort -n $w/rss.txt | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}') KiB"
-echo "$metrics" | grep -E '^exfilguard_(kernel_events_total\{hook="egress",event="(dns_queries|pass_plain|hold|block|released|fail_closed|ringbuf_full)"|decisions_total|events_dropped_total|sink_queue_depth|spool_pending_bytes|kafka_delivered_total|map_entries\{map="blocklist")'
+echo "$metrics" | grep -E '^exfilguard_(kernel_events_total\{hook="egress",event="(dns_queries|pass_plain|hold|block|released|fail_closed|ringbuf_full|new_carrier)"|decisions_total|events_dropped_total|sink_queue_depth|spool_pending_bytes|kafka_delivered_total|map_entries\{map="blocklist")'
 echo "$metrics" | grep -E '^exfilguard_hold_release_seconds_(sum|count)'
 echo "events written: $(cat $w/events.jsonl* | wc -l) (file, with rotations)"

@@ -153,7 +153,9 @@ impl Pipeline {
             monitor: cfg.kernel.mode == exfilguard_dataplane::Mode::Monitor,
             batch_max: cfg.pipeline.batch_max,
             quarantine_after: cfg.detect.quarantine_after,
-            emit_released: cfg.events.released,
+            // report_all means every query: one the kernel held (a new OPT carrier, a long
+            // name) and the agent released is one too
+            emit_released: cfg.events.released || cfg.kernel.report_all,
             sink,
             convictions_tx: convictions,
             released: 0,

@@ -90,9 +90,6 @@ pub fn run(brain: &crate::BrainArgs, args: &ProtectArgs) -> Result<()> {
         Mode::Enforce
     };
     cfg.kernel.report_all = args.report_all;
-    // every query: a benign one the kernel held (a new OPT carrier, a long name) and the
-    // agent released is one too
-    cfg.events.released |= args.report_all;
     cfg.kernel.fail_open = args.fail_open;
     if let Some(v) = args.hold_name_len {
         cfg.kernel.hold_name_len = v;
