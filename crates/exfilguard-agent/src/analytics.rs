@@ -88,6 +88,20 @@ impl Analytics {
     }
 }
 
+/// The bytes a held query with a new OPT carrier (`new_carrier`) or other data after its
+/// question charges its (client, server) pair: the non-zero bytes
+/// after its question, or, when the frame is missing (judged without it, reported in monitor
+/// mode) or the agent cannot find the message in it (an encapsulation it does not open), all
+/// `extra_len` bytes the kernel counted there.
+pub(crate) fn carrier_bytes(ev: &Event) -> usize {
+    let c = carried(ev);
+    if c.is_empty() {
+        usize::from(ev.extra_len)
+    } else {
+        c.iter().filter(|b| **b != 0).count()
+    }
+}
+
 /// What a held query carried after its question (its frame says; a frameless observation
 /// carried nothing the policy let through): counted as information by the analytics.
 fn carried(ev: &Event) -> &[u8] {

@@ -114,6 +114,8 @@ pub struct Pipeline {
     pub hold_latency: Reservoir,
     /// Behaviour analytics (`[behaviour] enabled`).
     pub analytics: Option<Analytics>,
+    /// Bytes of new OPT carriers per (client, server) address pair (`new_carrier` holds).
+    pub carriers: exfilguard_behaviour::carriers::CarrierBudget,
     /// The conviction policy's tables, shared with the fleet applier.
     pub convictions: Arc<Mutex<Convictions>>,
     /// How long a model verdict's block for everyone lasts (as long as its fleet entry).
@@ -166,6 +168,11 @@ impl Pipeline {
                 .behaviour
                 .enabled
                 .then(|| Analytics::new(&cfg.behaviour)),
+            carriers: exfilguard_behaviour::carriers::CarrierBudget::new(
+                cfg.behaviour.info_tau_secs,
+                cfg.behaviour.info_alarm_bytes,
+                cfg.behaviour.max_pairs,
+            ),
             convictions: Arc::new(Mutex::new(convictions_for(cfg))),
             everyone_for: ttl(cfg.kafka.conviction_ttl_secs),
             alarm_everyone_for: ttl(cfg.behaviour.block_secs.max(1)),
@@ -498,9 +505,30 @@ impl Pipeline {
                     .inc();
             }
             let age = now.saturating_sub(ev.ts_ns);
+            // a new OPT carrier, or other data after the question, is charged to its
+            // (client, server) pair whatever the name, once it goes out; a pair over its
+            // budget has its new carriers refused
+            let carried = (!ev.response
+                && (ev.reasons.contains(&"new_carrier") || ev.outside_question()))
+            .then(|| crate::analytics::carrier_bytes(&ev));
+            let carrier_over = carried.and_then(|_| self.carriers.over(now_ms(), ev.src, ev.dst));
             let decision = match (ev.response, ev.action) {
                 (true, Action::Block) => Decision::Blocked,
                 (true, _) => Decision::Reported,
+                (false, Action::Hold | Action::Judge) if carrier_over.is_some() => {
+                    let why = format!(
+                        "{:.0} bytes of new OPT carriers (cookie, client subnet) from {} to {}: over the information budget ({:.0} bytes)",
+                        carrier_over.unwrap_or_default(),
+                        ev.src,
+                        ev.dst,
+                        self.carriers.alarm()
+                    );
+                    tracing::warn!(name = %text, "query dropped: {why}");
+                    if let Some(v) = verdict.as_mut() {
+                        v.reasons.insert(0, why);
+                    }
+                    Decision::Dropped
+                }
                 (false, Action::Hold)
                     if age > self.max_hold_ns || verdict.is_none() && name.is_some() =>
                 {
@@ -639,6 +667,11 @@ impl Pipeline {
                 (false, Action::FailClosed) => Decision::Dropped,
                 (false, _) => Decision::Reported,
             };
+            if let Some(bytes) =
+                carried.filter(|_| matches!(decision, Decision::Released | Decision::Reported))
+            {
+                self.carriers.charge(now_ms(), ev.src, ev.dst, bytes);
+            }
             let hold_us = (ev.action == Action::Hold).then(|| {
                 let ns = monotonic_ns().saturating_sub(ev.ts_ns);
                 self.hold_latency.push(ns);

@@ -16,6 +16,7 @@
 //!
 //! Memory: see [`Settings::memory_bound`].
 
+pub mod carriers;
 pub mod sketch;
 
 use exfilguard_dns::DnsName;

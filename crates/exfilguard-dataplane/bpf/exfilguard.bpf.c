@@ -113,6 +113,19 @@ struct {
 	__type(value, struct eg_carriers);
 } eg_carriers SEC(".maps");
 
+/* The carrier hash's SipHash key, drawn by the programs at first use (never pinned, never
+ * read out): the hashes cannot be predicted, so no carrier is made to collide with another. */
+struct eg_secret {
+	__u64 k0, k1;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct eg_secret);
+} eg_secret SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -832,7 +845,7 @@ struct name_info {
 	__u32 labels, max_label, digits, odd, upper, lower;
 	__u32 extra;       /* message bytes after the question */
 	__u32 msg_reasons; /* EG_R_ODD_MESSAGE / EG_R_EXTRA_DATA (msg_eval) */
-	__u64 carrier;     /* FNV-1a of the RD/AD/CD bits and the bytes after the question */
+	__u64 carrier;     /* keyed hash of the RD/AD/CD bits and the bytes after the question */
 	__u16 qtype, qclass;
 };
 
@@ -997,7 +1010,7 @@ static __always_inline int extra_ok(void *ctx, int kind, const void *nfbase, str
 				    struct name_info *ni, struct eg_config *cfg)
 {
 	if (!ni->extra)
-		return 1;
+		return !p->h.ar; /* an additional count with no record after the question: free */
 	if (bpf_ntohs(p->h.ar) != 1 || ni->extra > cfg->hold_extra_bytes || ni->extra < 11)
 		return 0;
 	__u32 o = p->dns_off + 12 + ni->wire_len + 1 + 4;
@@ -1071,8 +1084,58 @@ static long mh_step(__u64 idx, void *data)
 	return 0;
 }
 
+#define ROTL64(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                   \
+	do {                                                                                       \
+		v0 += v1;                                                                          \
+		v1 = ROTL64(v1, 13);                                                               \
+		v1 ^= v0;                                                                          \
+		v0 = ROTL64(v0, 32);                                                               \
+		v2 += v3;                                                                          \
+		v3 = ROTL64(v3, 16);                                                               \
+		v3 ^= v2;                                                                          \
+		v0 += v3;                                                                          \
+		v3 = ROTL64(v3, 21);                                                               \
+		v3 ^= v0;                                                                          \
+		v2 += v1;                                                                          \
+		v1 = ROTL64(v1, 17);                                                               \
+		v1 ^= v2;                                                                          \
+		v2 = ROTL64(v2, 32);                                                               \
+	} while (0)
+
+/* SipHash-1-3 (as Rust's std hasher) of buf[0..n), n < EG_CARRIER_MAX, keyed (k0, k1). */
+static __always_inline __u64 siphash13(__u64 k0, __u64 k1, const __u8 *buf, __u32 n)
+{
+	__u64 v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
+	__u64 v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
+	__u32 words = n / 8;
+	for (__u32 i = 0; i < EG_CARRIER_MAX / 8; i++) {
+		if (i >= words)
+			break;
+		__u64 m;
+		__builtin_memcpy(&m, buf + ((i * 8) & (EG_CARRIER_MAX - 8)), 8);
+		v3 ^= m;
+		SIPROUND;
+		v0 ^= m;
+	}
+	__u64 t, last = (__u64)(n & 0xff) << 56;
+	__u32 rem = n & 7;
+	__builtin_memcpy(&t, buf + ((words * 8) & (EG_CARRIER_MAX - 8)), 8);
+	if (rem)
+		last |= t & ((1ULL << (rem * 8)) - 1);
+	v3 ^= last;
+	SIPROUND;
+	v0 ^= last;
+	v2 ^= 0xff;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
 /* The carrier of a plain query with an OPT record: RD/AD/CD and the bytes after the question
- * (UDP size, DO/CO, cookie, client subnet …), hashed into ni->carrier. Returns 1 when its
+ * (UDP size, DO/CO, cookie, client subnet …), hashed (SipHash-1-3, eg_secret) into
+ * ni->carrier. Returns 1 when its
  * (client, server) pair has not sent it lately (eg_carriers). The ID stays free: clients draw
  * it at random. */
 static __always_inline int carrier_new(void *ctx, int kind, const void *nfbase, struct pkt *p,
@@ -1080,18 +1143,22 @@ static __always_inline int carrier_new(void *ctx, int kind, const void *nfbase, 
 {
 	__u32 n = ni->extra;
 	__u32 o = p->dns_off + 12 + ni->wire_len + 1 + 4;
-	if (n < 1 || n > EG_CARRIER_MAX ||
+	__u32 zero = 0;
+	struct eg_secret *k = bpf_map_lookup_elem(&eg_secret, &zero);
+	ni->carrier = 0;
+	/* extra_ok bounds the OPT to 11 bytes + 3 options (at most 74 bytes) */
+	if (!k || n < 1 || n >= EG_CARRIER_MAX ||
 	    ld(ctx, kind, nfbase, o, s->msg, ((n - 1) & (EG_CARRIER_MAX - 1)) + 1))
 		return 1;
-	__u16 f = bpf_ntohs(p->h.flags) & 0x0130;
-	__u64 h = (FNV_OFFSET ^ (f >> 8)) * FNV_PRIME;
-	h = (h ^ (f & 0xff)) * FNV_PRIME;
-	/* extra_ok bounds the OPT to 11 bytes + 3 options (at most 74 bytes) */
-	for (__u32 i = 0; i < EG_CARRIER_MAX; i++) {
-		if (i >= n)
-			break;
-		h = (h ^ s->msg[i]) * FNV_PRIME;
+	if (!k->k0 && !k->k1) {
+		/* drawn once, never leaves the kernel: a sender cannot search offline for a
+		 * carrier that collides with one pinned (FNV-1a can be inverted step by step);
+		 * two CPUs drawing at once cost one more hold */
+		k->k0 = ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+		k->k1 = ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
 	}
+	__u16 f = bpf_ntohs(p->h.flags) & 0x0130;
+	__u64 h = siphash13(k->k0, k->k1 ^ f, s->msg, n);
 	ni->carrier = h;
 	__builtin_memcpy(s->pair.saddr, p->saddr, 16);
 	__builtin_memcpy(s->pair.daddr, p->daddr, 16);
@@ -1111,6 +1178,8 @@ static __always_inline int carrier_new(void *ctx, int kind, const void *nfbase, 
  * the agent has not counted. */
 static __always_inline void carrier_pin(struct pkt *p, struct scratch *s, struct name_info *ni)
 {
+	if (!ni->carrier)
+		return; /* not computed (the bytes could not be read): nothing to pin */
 	__builtin_memcpy(s->pair.saddr, p->saddr, 16);
 	__builtin_memcpy(s->pair.daddr, p->daddr, 16);
 	struct eg_carriers *c = bpf_map_lookup_elem(&eg_carriers, &s->pair);
@@ -1328,6 +1397,7 @@ static __always_inline int decide(void *ctx, int kind, const void *nfbase, struc
 	}
 
 	struct eg_proc *proc = cookie ? bpf_map_lookup_elem(&eg_socks, &cookie) : 0;
+	int pin = 0;
 	__u32 reasons = 0;
 	__u8 action = EG_ACT_PASS;
 	if (proc && bpf_map_lookup_elem(&eg_quarantine, &proc->tgid)) {
@@ -1345,10 +1415,15 @@ static __always_inline int decide(void *ctx, int kind, const void *nfbase, struc
 		 * outside its question */
 		int pass = plain ||
 			   (!ni->msg_reasons && bpf_map_lookup_elem(&eg_allow, &ni->full_hash));
-		if (pass && CARRIER_NEW(kind, ctx, nfbase, p)) {
-			/* a name that would pass, with an OPT its pair has not sent: held once */
-			carrier_pin(p, s, ni);
+		/* an OPT its pair has not sent: named in the record, whatever else the query is,
+		 * so the agent charges it to the pair; pinned once the record is in the ring */
+		if (!ni->msg_reasons && CARRIER_NEW(kind, ctx, nfbase, p)) {
+			pin = 1;
 			stat(EG_S_NEW_CARRIER);
+			reasons |= EG_R_NEW_CARRIER;
+		}
+		if (pass && pin) {
+			/* a name that would pass: held once for its carrier */
 			reasons = EG_R_NEW_CARRIER;
 			action = EG_ACT_HOLD;
 		} else if (pass) {
@@ -1471,6 +1546,10 @@ static __always_inline int decide(void *ctx, int kind, const void *nfbase, struc
 		stat(EG_S_HOLD);
 	}
 	bpf_ringbuf_submit(ev, 0);
+	/* the agent has it (frame, or extra_len when frameless) and counts it: only now is the
+	 * carrier pinned, so one dropped for a full ring, or passed by fail_open, is held again */
+	if (pin && action != EG_ACT_FAILCLOSED)
+		carrier_pin(p, s, ni);
 	if (action == EG_ACT_HOLD || action == EG_ACT_BLOCK || action == EG_ACT_QUARANTINE ||
 	    action == EG_ACT_FAILCLOSED || action == EG_ACT_JUDGE)
 		return V_DROP;

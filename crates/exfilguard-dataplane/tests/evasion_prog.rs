@@ -1023,3 +1023,53 @@ fn a_new_carrier_is_held_once_per_pair() {
     .unwrap();
     assert_eq!(tc(&dp, &cookie(16, &[0x55; 40])), PASS, "pin_carriers off");
 }
+
+/// Found in review of the carrier pin: a carrier pinned when the held query could not be
+/// handed over (the event ring full) let its resend pass uncounted; and an additional count
+/// with no record after the question was a free field. Now a carrier is pinned only once its
+/// record is in the ring, and ARCOUNT without a record is held (`extra_data`).
+#[test]
+fn a_carrier_is_pinned_only_when_the_agent_has_it() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    // a one-page event ring: a held frame is ~2.4 KiB, so the second hold finds it full
+    let dp = Dataplane::load(LoadOptions {
+        pin_dir: None,
+        ringbuf_bytes: 4096,
+        ..Default::default()
+    })
+    .expect("loading the BPF programs (verifier)");
+    dp.heartbeat().unwrap();
+    let q = |id: u16, c: u8| udp53(&query_with_opt(BENIGN, id, &[(10, vec![c; 8])]));
+    assert_eq!(tc(&dp, &q(1, 1)), DROP, "first carrier held");
+    let full = stats(&dp)["ringbuf_full"];
+    assert_eq!(
+        tc(&dp, &q(2, 2)),
+        DROP,
+        "second carrier: ring full, dropped"
+    );
+    assert!(stats(&dp)["ringbuf_full"] > full, "the ring was not full");
+    let _ = dp.drain_events().unwrap();
+    assert_eq!(tc(&dp, &q(3, 1)), PASS, "the carrier handed over is pinned");
+    assert_eq!(
+        tc(&dp, &q(4, 2)),
+        DROP,
+        "the carrier dropped for a full ring was pinned: its resend passed uncounted"
+    );
+    let _ = dp.drain_events().unwrap();
+
+    // ARCOUNT 1 or 2 with no record: held; the same query with ARCOUNT 0 passes
+    let Some(dp) = load() else { return };
+    for ar in [1u8, 2] {
+        let mut m = query(BENIGN, 1, 10 + u16::from(ar));
+        m[11] = ar;
+        expect(
+            &dp,
+            &format!("ARCOUNT {ar} without a record"),
+            &udp53(&m),
+            &udp53(&query(BENIGN, 1, 20)),
+            "odd_message",
+        );
+    }
+}
