@@ -59,9 +59,9 @@ impl Analytics {
     /// processes still sums at the address, one process is told apart from its neighbours).
     /// An alarm the process-level state raises for a domain the address-level one did not is
     /// added.
-    pub fn query(&mut self, ev: &Event, name: &DnsName) -> Vec<Alarm> {
+    /// `outside`: what the query carried after its question (`Outside::carried`).
+    pub fn query(&mut self, ev: &Event, name: &DnsName, outside: &[u8]) -> Vec<Alarm> {
         let now = crate::pipeline::now_ms();
-        let outside = carried(ev);
         let mut alarms = self
             .tracker
             .observe_query_carrying(now, ev.src, 0, name, outside);
@@ -88,31 +88,68 @@ impl Analytics {
     }
 }
 
-/// The bytes a held query with a new OPT carrier (`new_carrier`) or other data after its
-/// question charges its (client, server) pair: the non-zero bytes
-/// after its question, or, when the frame is missing (judged without it, reported in monitor
-/// mode) or the agent cannot find the message in it (an encapsulation it does not open), all
-/// `extra_len` bytes the kernel counted there.
-pub(crate) fn carrier_bytes(ev: &Event) -> usize {
-    let c = carried(ev);
-    if c.is_empty() {
-        usize::from(ev.extra_len)
-    } else {
-        c.iter().filter(|b| **b != 0).count()
+/// What a held query's frame says of the data after its question, read once per event: why
+/// it is not what clients send (only when the kernel flagged it: `odd_message`,
+/// `extra_data`; a frame that does not parse is unexplained, a judged record without its
+/// frame cannot be explained), and the bytes it carried there (empty for a frameless record:
+/// an observation carried nothing the policy let through).
+pub(crate) struct Outside<'a> {
+    pub why: Option<String>,
+    pub carried: &'a [u8],
+}
+
+pub(crate) fn outside(ev: &Event) -> Outside<'_> {
+    let flagged = ev.outside_question();
+    let none = Outside {
+        why: None,
+        carried: &[],
+    };
+    if !flagged && (ev.extra_len == 0 || ev.packet.is_empty()) {
+        return none;
+    }
+    let msg = match crate::pipeline::held_message(ev) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return Outside {
+                why: flagged.then(|| "no DNS message in the held frame".into()),
+                ..none
+            }
+        }
+        Err(e) => {
+            return Outside {
+                why: flagged.then(|| format!("{} bytes the agent cannot read ({e})", ev.extra_len)),
+                ..none
+            }
+        }
+    };
+    match exfilguard_dns::message::outside_question(msg) {
+        Ok(o) => Outside {
+            why: o
+                .unexplained
+                .filter(|_| flagged)
+                .map(|w| format!("{w} ({} bytes)", o.bytes)),
+            carried: if ev.extra_len == 0 {
+                &[]
+            } else {
+                &msg[msg.len().saturating_sub(o.bytes)..]
+            },
+        },
+        Err(e) => Outside {
+            why: flagged.then(|| format!("a message the agent cannot parse ({e})")),
+            ..none
+        },
     }
 }
 
-/// What a held query carried after its question (its frame says; a frameless observation
-/// carried nothing the policy let through): counted as information by the analytics.
-fn carried(ev: &Event) -> &[u8] {
-    if ev.extra_len == 0 || ev.packet.is_empty() {
-        return &[];
-    }
-    match crate::pipeline::held_message(ev) {
-        Ok(Some(m)) => match exfilguard_dns::message::outside_question(m) {
-            Ok(o) => &m[m.len().saturating_sub(o.bytes)..],
-            Err(_) => &[],
-        },
-        _ => &[],
+/// The bytes a held query with a new OPT carrier (`new_carrier`) or other data after its
+/// question charges its (client, server) pair: the non-zero bytes it `carried`, or, when the
+/// frame is missing (judged without it, reported in monitor mode) or the agent cannot find
+/// the message in it (an encapsulation it does not open), all `extra_len` bytes the kernel
+/// counted there.
+pub(crate) fn carrier_bytes(ev: &Event, carried: &[u8]) -> usize {
+    if carried.is_empty() {
+        usize::from(ev.extra_len)
+    } else {
+        carried.iter().filter(|b| **b != 0).count()
     }
 }

@@ -321,7 +321,11 @@ impl Pipeline {
         for ev in observed.into_iter().filter(|_| on) {
             let Some(name) = parse(&ev) else { continue };
             if !ev.response {
-                alarms.extend(an.query(&ev, &name).into_iter().map(|a| (a, ev.clone())));
+                alarms.extend(
+                    an.query(&ev, &name, &[])
+                        .into_iter()
+                        .map(|a| (a, ev.clone())),
+                );
             } else if ev.rcode == 3 {
                 nx.push((ev, name));
             }
@@ -508,9 +512,12 @@ impl Pipeline {
             // a new OPT carrier, or other data after the question, is charged to its
             // (client, server) pair whatever the name, once it goes out; a pair over its
             // budget has its new carriers refused
+            // the frame's data after the question, parsed once for the decision, the
+            // carrier budget and the analytics
+            let out = crate::analytics::outside(&ev);
             let carried = (!ev.response
                 && (ev.reasons.contains(&"new_carrier") || ev.outside_question()))
-            .then(|| crate::analytics::carrier_bytes(&ev));
+            .then(|| crate::analytics::carrier_bytes(&ev, out.carried));
             let carrier_over = carried.and_then(|_| self.carriers.over(now_ms(), ev.src, ev.dst));
             let decision = match (ev.response, ev.action) {
                 (true, Action::Block) => Decision::Blocked,
@@ -588,7 +595,7 @@ impl Pipeline {
                     });
                     if domain_convicted || name_only {
                         Decision::Blocked
-                    } else if alert && outside_question(&ev).is_none() {
+                    } else if alert && out.why.is_none() {
                         let d = if ev.action == Action::Judge {
                             dp.allow_name(&ev)
                                 .map_or(Decision::Dropped, |()| Decision::Released)
@@ -617,7 +624,7 @@ impl Pipeline {
                     } else if malicious {
                         self.convict(dp, &ev, &text, name.as_ref(), verdict.as_mut());
                         Decision::Blocked
-                    } else if let Some(why) = outside_question(&ev) {
+                    } else if let Some(why) = out.why.clone() {
                         // a benign name carrying data elsewhere: this message stays dropped,
                         // the domain is not blocked (the name may well be someone else's)
                         tracing::warn!(name = %text, "query dropped: data outside the question: {why}");
@@ -680,7 +687,11 @@ impl Pipeline {
             });
             if let (Some(an), Some(n), true) = (&mut self.analytics, name, analyse && !ev.response)
             {
-                alarms.extend(an.query(&ev, n).into_iter().map(|a| (a, ev.clone())));
+                alarms.extend(
+                    an.query(&ev, n, out.carried)
+                        .into_iter()
+                        .map(|a| (a, ev.clone())),
+                );
             }
             let iface = self.iface(ev.ifindex);
             self.metrics
@@ -852,29 +863,6 @@ fn blocks_line(o: &Outcome) -> String {
         o.scope.as_str(),
         o.evidence
     )
-}
-
-/// Why a held query's data outside its question is not what clients send, if the kernel
-/// flagged it (`odd_message`, `extra_data`). A frame that does not parse is unexplained; a
-/// judged record without its frame cannot be explained.
-fn outside_question(ev: &Event) -> Option<String> {
-    if !ev.outside_question() {
-        return None;
-    }
-    let msg = match held_message(ev) {
-        Ok(Some(m)) => m,
-        Ok(None) => return Some("no DNS message in the held frame".into()),
-        Err(e) => {
-            return Some(format!(
-                "{} bytes the agent cannot read ({e})",
-                ev.extra_len
-            ))
-        }
-    };
-    match exfilguard_dns::message::outside_question(msg) {
-        Ok(o) => o.unexplained.map(|w| format!("{w} ({} bytes)", o.bytes)),
-        Err(e) => Some(format!("a message the agent cannot parse ({e})")),
-    }
 }
 
 /// The (first) DNS message in a held record's frame.
