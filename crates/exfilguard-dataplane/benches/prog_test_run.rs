@@ -26,6 +26,30 @@ fn query(name: &str, qtype: u16) -> Vec<u8> {
     build_query(&DnsName::parse(name).unwrap(), qtype, 7).unwrap()
 }
 
+/// `m` with ARCOUNT 1 and an OPT record carrying the COOKIE option `ck`.
+fn with_cookie(mut m: Vec<u8>, ck: &[u8]) -> Vec<u8> {
+    m[11] = 1;
+    m.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+    m.extend_from_slice(&(ck.len() as u16 + 4).to_be_bytes());
+    m.extend_from_slice(&[0, 10]);
+    m.extend_from_slice(&(ck.len() as u16).to_be_bytes());
+    m.extend_from_slice(ck);
+    m
+}
+
+/// An answer to www.example.com A with an A record, an NS record and the cookie `ck`.
+fn cookie_answer(ck: &[u8]) -> Vec<u8> {
+    let mut m = query("www.example.com", 1);
+    m[2] |= 0x80;
+    m[7] = 1;
+    m[9] = 1;
+    m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1]);
+    m.extend_from_slice(&[
+        0xc0, 12, 0, 2, 0, 1, 0, 0, 0, 60, 0, 6, 3, b'n', b's', b'1', 0xc0, 12,
+    ]);
+    with_cookie(m, ck)
+}
+
 /// Median ns/packet over ROUNDS rounds of TOTAL runs; `batch` < TOTAL splits each round so the
 /// ring buffer can be drained between batches (held packets each produce a 2.4 KiB event).
 fn measure(dp: &Dataplane, frame: &[u8], batch: u32, which: u8) -> (f64, i32) {
@@ -75,6 +99,7 @@ fn main() {
     let mut nx = query("r1.victim.example", 1);
     nx[2] |= 0x80;
     nx[3] = 0x80; // NOERROR response
+    let ck: Vec<u8> = (1..=24).collect(); // client 8 + server 16 (RFC 9018)
     let cases: Vec<(&str, Vec<u8>, u32, u8)> = vec![
         (
             "harness: empty tc program (UDP/443)",
@@ -152,6 +177,22 @@ fn main() {
             udp_frame(sa("10.0.0.2:53"), c, &nx),
             TOTAL,
             1,
+        ),
+        (
+            "XDP: response with answer, authority and OPT cookie (learnt)",
+            udp_frame(sa("10.0.0.2:53"), c, &cookie_answer(&ck)),
+            TOTAL,
+            1,
+        ),
+        (
+            "benign DNS echoing that server cookie (carrier pinned)",
+            udp_frame(
+                c,
+                sa("10.0.0.2:53"),
+                &with_cookie(query("www.example.com", 1), &ck),
+            ),
+            TOTAL,
+            0,
         ),
     ];
     println!("| path | verdict | ns/packet (median of {ROUNDS} × {TOTAL}) |");

@@ -113,6 +113,26 @@ struct {
 	__type(value, struct eg_carriers);
 } eg_carriers SEC(".maps");
 
+/* The COOKIE options (client + server part) the last responses brought each (client,
+ * server) pair, learnt by XDP and kept whole (compared, not hashed: no hash to collide with).
+ * A server cookie is the server's own data: a client echoing one it was sent says nothing, so
+ * the carrier reads it as zeros. BIND stamps a new one on every answer (RFC 9018 timestamps):
+ * without this, named's every query to such a server was a new carrier. Only the last 4
+ * count, so the choice among them is at most 2 bits. */
+#define EG_COOKIE_MAX 40
+struct eg_scookies {
+	__u8 ck[EG_CARRIER_SLOTS * EG_COOKIE_MAX]; /* slot i at i * EG_COOKIE_MAX */
+	__u8 len[EG_CARRIER_SLOTS];
+	__u32 next;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct eg_pair_key);
+	__type(value, struct eg_scookies);
+} eg_scookies SEC(".maps");
+
 /* The carrier hash's SipHash key, drawn by the programs at first use (never pinned, never
  * read out): the hashes cannot be predicted, so no carrier is made to collide with another. */
 struct eg_secret {
@@ -200,6 +220,8 @@ struct scratch {
 	/* eg_carriers key and new value: off the 512-byte stack */
 	struct eg_pair_key pair;
 	struct eg_carriers carriers;
+	struct eg_scookies scookies; /* a pair's first learnt cookie */
+	__u8 cq[EG_COOKIE_MAX] __attribute__((aligned(8))); /* a query's cookie, zero-padded */
 };
 
 struct {
@@ -1133,42 +1155,102 @@ static __always_inline __u64 siphash13(__u64 k0, __u64 k1, const __u8 *buf, __u3
 	return v0 ^ v1 ^ v2 ^ v3;
 }
 
-/* The carrier of a plain query with an OPT record: RD/AD/CD and the bytes after the question
- * (UDP size, DO/CO, cookie, client subnet …), hashed (SipHash-1-3, eg_secret) into
- * ni->carrier. Returns 1 when its
- * (client, server) pair has not sent it lately (eg_carriers). The ID stays free: clients draw
- * it at random. */
-static __always_inline int carrier_new(void *ctx, int kind, const void *nfbase, struct pkt *p,
-				       struct scratch *s, struct name_info *ni)
+/* The SipHash key, drawn at first use by whichever program needs it first. */
+static __always_inline struct eg_secret *secret(void)
 {
-	__u32 n = ni->extra;
-	__u32 o = p->dns_off + 12 + ni->wire_len + 1 + 4;
 	__u32 zero = 0;
 	struct eg_secret *k = bpf_map_lookup_elem(&eg_secret, &zero);
-	ni->carrier = 0;
-	/* extra_ok bounds the OPT to 11 bytes + 3 options (at most 74 bytes) */
-	if (!k || n < 1 || n >= EG_CARRIER_MAX ||
-	    ld(ctx, kind, nfbase, o, s->msg, ((n - 1) & (EG_CARRIER_MAX - 1)) + 1))
-		return 1;
-	if (!k->k0 && !k->k1) {
+	if (k && !k->k0 && !k->k1) {
 		/* drawn once, never leaves the kernel: a sender cannot search offline for a
 		 * carrier that collides with one pinned (FNV-1a can be inverted step by step);
 		 * two CPUs drawing at once cost one more hold */
 		k->k0 = ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
 		k->k1 = ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
 	}
+	return k;
+}
+
+/* A query's COOKIE option (at s->msg + c, 16-40 bytes, s->pair set) that is one of the last
+ * 4 its pair learnt from responses: its server part is zeroed in s->msg, so the carrier reads
+ * no data in it. A global function: the loops are verified once, off the deep call chain's
+ * stack. */
+__noinline int cookie_echo(struct scratch *s, __u32 c, __u32 len)
+{
+	if (!s || len < 16 || len > EG_COOKIE_MAX)
+		return 0;
+	struct eg_scookies *sc = bpf_map_lookup_elem(&eg_scookies, &s->pair);
+	if (!sc)
+		return 0;
+	/* zero-padded like the learnt ones, then compared a word at a time */
+#pragma clang loop unroll(disable)
+	for (__u32 j = 0; j < EG_COOKIE_MAX; j++)
+		s->cq[j] = j < len ? s->msg[(c + 4 + j) & (EG_CARRIER_MAX - 1)] : 0;
+	const __u64 *q = (const __u64 *)s->cq;
+	int echo = 0;
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < EG_CARRIER_SLOTS; i++) {
+		const __u64 *l = (const __u64 *)(sc->ck + i * EG_COOKIE_MAX);
+		__u64 d = sc->len[i] ^ len;
+		d |= (l[0] ^ q[0]) | (l[1] ^ q[1]) | (l[2] ^ q[2]) | (l[3] ^ q[3]) | (l[4] ^ q[4]);
+		echo |= !d;
+	}
+	if (!echo)
+		return 0;
+	stat(EG_S_COOKIE_ECHOED);
+#pragma clang loop unroll(disable)
+	for (__u32 j = 8; j < EG_COOKIE_MAX; j++)
+		if (j < len)
+			s->msg[(c + 4 + j) & (EG_CARRIER_MAX - 1)] = 0;
+	return 1;
+}
+
+/* The carrier of a plain query with an OPT record: RD/AD/CD and the bytes after the question
+ * (UDP size, DO/CO, cookie, client subnet …), hashed (SipHash-1-3, eg_secret) into
+ * ni->carrier, a server cookie that a response brought the pair (eg_scookies) as zeros.
+ * Returns 1 when its (client, server) pair has not sent it lately (eg_carriers). The ID
+ * stays free: clients draw it at random. */
+static __always_inline int carrier_new(void *ctx, int kind, const void *nfbase, struct pkt *p,
+				       struct scratch *s, struct name_info *ni)
+{
+	__u32 n = ni->extra;
+	__u32 o = p->dns_off + 12 + ni->wire_len + 1 + 4;
+	struct eg_secret *k = secret();
+	ni->carrier = 0;
+	/* extra_ok bounds the OPT to 11 bytes + 3 options (at most 74 bytes) */
+	if (!k || n < 1 || n >= EG_CARRIER_MAX ||
+	    ld(ctx, kind, nfbase, o, s->msg, ((n - 1) & (EG_CARRIER_MAX - 1)) + 1))
+		return 1;
+	__builtin_memcpy(s->pair.saddr, p->saddr, 16);
+	__builtin_memcpy(s->pair.daddr, p->daddr, 16);
+	/* the COOKIE option among extra_ok's three; with a server part, was it sent to us? */
+	__u32 c = 11, len = 0;
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		if (c + 4 > n)
+			break;
+		__u32 code = (s->msg[c & (EG_CARRIER_MAX - 1)] << 8) |
+			     s->msg[(c + 1) & (EG_CARRIER_MAX - 1)];
+		__u32 l = (s->msg[(c + 2) & (EG_CARRIER_MAX - 1)] << 8) |
+			  s->msg[(c + 3) & (EG_CARRIER_MAX - 1)];
+		if (code == 10) {
+			if (l >= 16 && l <= 40 && c + 4 + l <= n)
+				len = l;
+			break;
+		}
+		c += 4 + l;
+	}
+	if (len)
+		cookie_echo(s, c, len);
 	__u16 f = bpf_ntohs(p->h.flags) & 0x0130;
 	__u64 h = siphash13(k->k0, k->k1 ^ f, s->msg, n);
 	ni->carrier = h;
-	__builtin_memcpy(s->pair.saddr, p->saddr, 16);
-	__builtin_memcpy(s->pair.daddr, p->daddr, 16);
-	struct eg_carriers *c = bpf_map_lookup_elem(&eg_carriers, &s->pair);
-	if (!c)
+	struct eg_carriers *cs = bpf_map_lookup_elem(&eg_carriers, &s->pair);
+	if (!cs)
 		return 1;
 	int seen = 0;
 #pragma unroll
 	for (int i = 0; i < EG_CARRIER_SLOTS; i++)
-		if (c->h[i] == h)
+		if (cs->h[i] == h)
 			seen = 1;
 	return !seen;
 }
@@ -2237,6 +2319,104 @@ __noinline int walk_name_xdp(struct xdp_md *ctx, struct pkt *p, struct name_info
 	return walk_name(ctx, K_XDP, 0, p, s, ni, 1);
 }
 
+/* The walk over a response's records to its OPT: one record a step (bpf_loop). */
+struct rr_walk {
+	struct xdp_md *ctx;
+	__u32 o, end, left, opt, optlen;
+};
+
+static long rr_step(__u64 idx, void *data)
+{
+	struct rr_walk *w = data;
+	__u32 o = w->o;
+	__u8 f[10];
+	if (!w->left)
+		return 1;
+	w->left--;
+	/* the owner name: labels, then the root or a compression pointer */
+	for (int i = 0; i < 128; i++) {
+		__u8 b;
+		if (o >= w->end || bpf_xdp_load_bytes(w->ctx, o, &b, 1))
+			return 1;
+		if (!b) {
+			o += 1;
+			break;
+		}
+		if ((b & 0xc0) == 0xc0) {
+			o += 2;
+			break;
+		}
+		if ((b & 0xc0) || i == 127)
+			return 1;
+		o += 1 + b;
+	}
+	if (o + 10 > w->end || bpf_xdp_load_bytes(w->ctx, o, f, sizeof(f)))
+		return 1;
+	__u32 rdlen = (f[8] << 8) | f[9];
+	if (f[0] == 0 && f[1] == 41) {
+		w->opt = o + 10;
+		w->optlen = rdlen;
+		return 1;
+	}
+	w->o = o + 10 + rdlen;
+	return 0;
+}
+
+/* Learns the server cookie a response brings its client (eg_scookies, keyed client, server):
+ * the client may echo it in later queries for free. A response it cannot walk teaches
+ * nothing, and the client's next query is a new carrier, held once. */
+__noinline int learn_cookie_xdp(struct xdp_md *ctx, struct pkt *p, struct name_info *ni)
+{
+	__u32 slot = K_XDP;
+	struct scratch *s = bpf_map_lookup_elem(&eg_scratch, &slot);
+	if (!ctx || !p || !ni || !s || !p->h.ar)
+		return 0;
+	__u32 n = bpf_ntohs(p->h.an) + bpf_ntohs(p->h.ns) + bpf_ntohs(p->h.ar);
+	struct rr_walk w = { .ctx = ctx, .o = p->dns_off + 12 + ni->wire_len + 1 + 4,
+			     .end = p->dns_off + p->dns_len, .left = n };
+	bpf_loop(64, rr_step, &w, 0);
+	if (!w.opt || w.opt + w.optlen > w.end)
+		return 0;
+	__u32 o = w.opt, end = w.opt + w.optlen;
+	for (int i = 0; i < 8; i++) {
+		__u8 opt[4];
+		if (o + 4 > end || bpf_xdp_load_bytes(ctx, o, opt, sizeof(opt)))
+			return 0;
+		__u32 code = (opt[0] << 8) | opt[1], len = (opt[2] << 8) | opt[3];
+		if (code != 10) {
+			o += 4 + len;
+			continue;
+		}
+		if (len < 16 || len > EG_COOKIE_MAX || o + 4 + len > end)
+			return 0;
+		/* keyed as the client's queries are: (client, server) */
+		__builtin_memcpy(s->pair.saddr, p->daddr, 16);
+		__builtin_memcpy(s->pair.daddr, p->saddr, 16);
+		struct eg_scookies *c = bpf_map_lookup_elem(&eg_scookies, &s->pair);
+		if (!c) {
+			__builtin_memset(&s->scookies, 0, sizeof(s->scookies));
+			if (bpf_xdp_load_bytes(ctx, o + 4, s->scookies.ck, len))
+				return 0;
+			s->scookies.len[0] = len;
+			s->scookies.next = 1;
+			bpf_map_update_elem(&eg_scookies, &s->pair, &s->scookies, BPF_ANY);
+		} else {
+			/* written in place: a query read meanwhile on another CPU may miss it and is
+			 * held once */
+			__u32 j = c->next & (EG_CARRIER_SLOTS - 1);
+			c->len[j] = 0;
+			__builtin_memset(c->ck + j * EG_COOKIE_MAX, 0, EG_COOKIE_MAX);
+			if (bpf_xdp_load_bytes(ctx, o + 4, c->ck + j * EG_COOKIE_MAX, len))
+				return 0;
+			c->len[j] = len;
+			c->next = j + 1;
+		}
+		stat(EG_S_COOKIE_LEARNT);
+		return 1;
+	}
+	return 0;
+}
+
 SEC("xdp")
 int eg_xdp_ingress(struct xdp_md *ctx)
 {
@@ -2254,6 +2434,8 @@ int eg_xdp_ingress(struct xdp_md *ctx)
 	struct name_info ni = {};
 	if (walk_name_xdp(ctx, &p, &ni))
 		return XDP_PASS;
+	if (cfg->pin_carriers && p.h.ar)
+		learn_cookie_xdp(ctx, &p, &ni);
 	int enforce = cfg->mode == EG_MODE_ENFORCE;
 	__u32 reasons = 0;
 	__u64 now = bpf_ktime_get_ns();

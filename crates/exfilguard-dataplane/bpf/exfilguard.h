@@ -131,6 +131,8 @@ enum eg_stat {
 	EG_S_TCP_FLOW, /* TCP streams off port 53 learnt to be DNS (held to port 53's rules) */
 	EG_S_USER_PAGES, /* DNS in pages the sender can still rewrite (zerocopy, vmsplice): dropped */
 	EG_S_NEW_CARRIER, /* held: an OPT record new for its (client, server) pair */
+	EG_S_COOKIE_LEARNT, /* server cookies learnt from responses (xdp) */
+	EG_S_COOKIE_ECHOED, /* queries echoing a learnt server cookie (hashed as zeros) */
 	EG_S_MAX,
 };
 

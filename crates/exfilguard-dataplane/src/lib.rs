@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfilguard";
 
 /// Names of the per-CPU counters (`enum eg_stat`), in index order.
-pub const STAT_NAMES: [&str; 48] = [
+pub const STAT_NAMES: [&str; 50] = [
     "packets",
     "non_dns",
     "dns_queries",
@@ -83,6 +83,8 @@ pub const STAT_NAMES: [&str; 48] = [
     "tcp_flow",
     "user_pages",
     "new_carrier",
+    "cookie_learnt",
+    "cookie_echoed",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1073,3 +1073,103 @@ fn a_carrier_is_pinned_only_when_the_agent_has_it() {
         );
     }
 }
+
+/// A response to 10.0.0.1:40000 from 10.0.0.2:53 with an answer and an authority record
+/// before its OPT record, which carries the COOKIE option `cookie`.
+fn cookie_response(id: u16, cookie: &[u8]) -> Vec<u8> {
+    let mut m = query(BENIGN, 1, id);
+    m[2] |= 0x80; // QR
+    m[7] = 1; // ANCOUNT
+    m[9] = 1; // NSCOUNT
+    m[11] = 1; // ARCOUNT
+    m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1]);
+    m.extend_from_slice(&[
+        0xc0, 12, 0, 2, 0, 1, 0, 0, 0, 60, 0, 6, 3, b'n', b's', b'1', 0xc0, 12,
+    ]);
+    m.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+    m.extend_from_slice(&(cookie.len() as u16 + 4).to_be_bytes());
+    m.extend_from_slice(&[0, 10]);
+    m.extend_from_slice(&(cookie.len() as u16).to_be_bytes());
+    m.extend_from_slice(cookie);
+    udp_frame(sa("10.0.0.2:53"), sa("10.0.0.1:40000"), &m)
+}
+
+/// A server cookie is the server's data: a client echoing the one the last answer brought
+/// (BIND stamps a new one on every answer, RFC 9018) sends nothing new, so the echo is no new
+/// carrier (before, named's every query to such a server was held). A server part the server
+/// never sent, an old one, or one sent to another client or by another server, is.
+#[test]
+fn an_echoed_server_cookie_is_no_new_carrier() {
+    let Some(dp) = load() else { return };
+    let cc = [7u8; 8];
+    let with = |sc: &[u8]| [&cc[..], sc].concat();
+    let q = |id: u16, ck: Vec<u8>| udp53(&query_with_opt(BENIGN, id, &[(10, ck)]));
+    let answer = |id: u16, ck: Vec<u8>| {
+        let (v, _) = dp.test_run_xdp(&cookie_response(id, &ck), 1).unwrap();
+        assert_eq!(v, 2 /* XDP_PASS */, "the answer passes");
+    };
+    let held = |what: &str, f: &[u8]| {
+        let before = stats(&dp)["new_carrier"];
+        assert_eq!(tc(&dp, f), DROP, "{what}: passed");
+        assert_eq!(stats(&dp)["new_carrier"], before + 1, "{what}");
+        let _ = dp.drain_events().unwrap();
+    };
+
+    // the client's first query (client cookie) and its first with a server part: once each
+    held("client cookie", &q(1, cc.to_vec()));
+    assert_eq!(tc(&dp, &q(2, cc.to_vec())), PASS, "client cookie again");
+    answer(1, with(&[1; 16]));
+    assert_eq!(stats(&dp)["cookie_learnt"], 1);
+    held("first server cookie", &q(3, with(&[1; 16])));
+    // every answer brings a new server cookie; echoing the last is nothing new
+    for i in 2..12u8 {
+        answer(u16::from(i), with(&[i; 16]));
+        assert_eq!(
+            tc(&dp, &q(10 + u16::from(i), with(&[i; 16]))),
+            PASS,
+            "echo of server cookie {i}"
+        );
+    }
+    let s = stats(&dp);
+    assert_eq!(s["new_carrier"], 2);
+    assert_eq!(s["cookie_learnt"], 11);
+    assert!(s["cookie_echoed"] >= 10, "{}", s["cookie_echoed"]);
+
+    // one of the last 4 answers echoed passes; an older one is held
+    assert_eq!(
+        tc(&dp, &q(40, with(&[9; 16]))),
+        PASS,
+        "2 answers old (among the last 4)"
+    );
+    held("5 answers old", &q(41, with(&[7; 16])));
+    // the attack: a server part the server never sent is held, query after query
+    for i in 0..5u8 {
+        held(
+            "unsent server part",
+            &q(30 + u16::from(i), with(&[0xa0 + i; 16])),
+        );
+    }
+    // the server part with another client cookie, or to another server: held
+    held(
+        "learnt server part, other client cookie",
+        &q(42, [&[8u8; 8][..], &[11; 16]].concat()),
+    );
+    held(
+        "to another server",
+        &udp_frame(
+            sa("10.0.0.1:40000"),
+            sa("10.0.0.3:53"),
+            &query_with_opt(BENIGN, 43, &[(10, with(&[11; 16]))]),
+        ),
+    );
+    // an answer to another client teaches this one nothing
+    let mut other = cookie_response(50, &with(&[0x55; 16]));
+    other[33] = 9; // IPv4 destination 10.0.0.9 (checksum aside: XDP reads, never checks)
+    answer_frame(&dp, &other);
+    held("learnt by another client", &q(51, with(&[0x55; 16])));
+}
+
+fn answer_frame(dp: &Dataplane, f: &[u8]) {
+    let (v, _) = dp.test_run_xdp(f, 1).unwrap();
+    assert_eq!(v, 2 /* XDP_PASS */);
+}

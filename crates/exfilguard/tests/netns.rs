@@ -1274,3 +1274,102 @@ fn one_process_cannot_block_a_zone_for_others() {
     let g = reasons("google.com");
     assert!(g.contains("popular domain"), "{g}");
 }
+
+/// A named.conf for a server in `dir`: `extra` options, then `zones`.
+fn named_conf(dir: &std::path::Path, extra: &str, zones: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let conf = dir.join("named.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "options {{ directory \"{d}\"; pid-file \"{d}/named.pid\"; \
+             session-keyfile \"{d}/session.key\"; listen-on-v6 {{ none; }}; \
+             dnssec-validation no; {extra} }};\ncontrols {{ }};\n{zones}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// Real benign traffic the carrier pin must not break: a BIND resolver on the protected host
+/// forwarding to a BIND server, which stamps a new server cookie (RFC 9018) on every answer
+/// that named echoes in its next query. Before the kernel learnt server cookies from the
+/// answers, every such query was a new carrier (held, and charged to the pair's information
+/// budget until it was refused); now the pair has a carrier or two, and every query is
+/// answered.
+#[test]
+fn a_bind_resolver_echoing_server_cookies_is_not_held_per_query() {
+    if !lab::possible_with(&["ip", "nsenter", "named", "dig"]) {
+        return;
+    }
+    let mut lab = Lab::new("k");
+    let auth = lab.work.join("auth");
+    std::fs::create_dir_all(&auth).unwrap();
+    std::fs::write(
+        auth.join("cookie.zone"),
+        "$TTL 60\n@ SOA ns hm 1 60 60 60 60\n@ NS ns\nns A 10.77.0.2\n* A 10.77.0.99\n",
+    )
+    .unwrap();
+    let conf = named_conf(
+        &auth,
+        "listen-on { 10.77.0.2; }; recursion no;",
+        &format!(
+            "zone \"cookie.test\" {{ type primary; file \"{}/cookie.zone\"; }};",
+            auth.display()
+        ),
+    );
+    lab.spawn_server(&["named", "-g", "-c", conf.to_str().unwrap()]);
+    let agent = Agent::start(&lab, &[]);
+    // the resolver: on the client's loopback, forwarding everything to the server
+    let res = named_conf(
+        &lab.work.join("resolver"),
+        "listen-on { 127.0.0.1; }; recursion yes; allow-query { any; }; \
+         forwarders { 10.77.0.2; }; forward only;",
+        "",
+    );
+    let log = std::fs::File::create(lab.work.join("resolver.log")).unwrap();
+    let resolver = Lab::in_ns(&lab.cns(), &["named", "-g", "-c", res.to_str().unwrap()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawning the resolver");
+    lab.children.push(resolver);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // the first answer's cookie is new to the pair; from then on named echoes each one. The
+    // server's timestamp is in seconds: a second apart, every answer brings a new cookie
+    let n = 10;
+    let mut answered = 0;
+    for i in 0..n {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(1050));
+        }
+        let name = format!("host{i}.cookie.test");
+        // dig without EDNS: the queries to the resolver carry nothing of their own
+        let (ok, text) = lab.dig(&["+noedns", "@127.0.0.1", &name]);
+        if ok && text.contains("10.77.0.99") {
+            answered += 1;
+        }
+    }
+    let lines = agent.stop();
+    let s = lines
+        .iter()
+        .find(|v| v["event"] == "summary")
+        .expect("summary");
+    let k = &s["kernel"];
+    eprintln!(
+        "BIND resolver: {answered}/{n} answered; kernel new_carrier {}, cookie_learnt {}, cookie_echoed {}; agent holds {}",
+        k["new_carrier"], k["cookie_learnt"], k["cookie_echoed"], s["holds"]
+    );
+    assert_eq!(answered, n, "every lookup through the resolver is answered");
+    let learnt = k["cookie_learnt"].as_u64().unwrap();
+    assert!(learnt >= n as u64, "server cookies learnt: {learnt}");
+    let echoed = k["cookie_echoed"].as_u64().unwrap();
+    assert!(echoed >= n as u64 - 2, "echoes recognised: {echoed}");
+    let new = k["new_carrier"].as_u64().unwrap();
+    assert!(
+        new <= 3,
+        "{new} new carriers in {n} queries of one resolver to one server"
+    );
+}
