@@ -171,6 +171,7 @@ impl Pipeline {
             carriers: exfilguard_behaviour::carriers::CarrierBudget::new(
                 cfg.behaviour.info_tau_secs,
                 cfg.behaviour.info_alarm_bytes,
+                cfg.behaviour.carrier_client_alarm_bytes,
                 cfg.behaviour.max_pairs,
             ),
             convictions: Arc::new(Mutex::new(convictions_for(cfg))),
@@ -523,12 +524,26 @@ impl Pipeline {
                 (true, Action::Block) => Decision::Blocked,
                 (true, _) => Decision::Reported,
                 (false, Action::Hold | Action::Judge) if carrier_over.is_some() => {
+                    let o = carrier_over.unwrap_or(exfilguard_behaviour::carriers::Over {
+                        total: 0.0,
+                        alarm: 0.0,
+                        client_wide: false,
+                    });
+                    let to = if o.client_wide {
+                        "all its servers".to_string()
+                    } else {
+                        match ev.dst {
+                            std::net::IpAddr::V6(_) => {
+                                format!("{}/64", exfilguard_behaviour::carriers::server_key(ev.dst))
+                            }
+                            v4 => v4.to_string(),
+                        }
+                    };
                     let why = format!(
-                        "{:.0} bytes of new OPT carriers (cookie, client subnet) from {} to {}: over the information budget ({:.0} bytes)",
-                        carrier_over.unwrap_or_default(),
+                        "{:.0} bytes of new OPT carriers (cookie, client subnet) from {} to {to}: over the information budget ({:.0} bytes)",
+                        o.total,
                         ev.src,
-                        ev.dst,
-                        self.carriers.alarm()
+                        o.alarm
                     );
                     tracing::warn!(name = %text, "query dropped: {why}");
                     if let Some(v) = verdict.as_mut() {

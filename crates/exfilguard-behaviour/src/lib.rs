@@ -49,6 +49,9 @@ pub struct Settings {
     pub info_tau_secs: u64,
     /// Alarm when the decayed novel information to one domain from one client reaches this.
     pub info_alarm_bytes: f64,
+    /// Bytes of new OPT carriers one client may send to all its servers together (decaying
+    /// over `info_tau_secs`); each (client, server) pair has `info_alarm_bytes` of its own.
+    pub carrier_client_alarm_bytes: f64,
     /// DGA bots, fast rule: at least `dga_min_domains` distinct registered domains answered
     /// NXDOMAIN to one client within the last `dga_window_secs` (a sliding window).
     pub dga_window_secs: u64,
@@ -89,6 +92,7 @@ impl Default for Settings {
             window_secs: 600,
             info_tau_secs: 14_400,
             info_alarm_bytes: 1024.0,
+            carrier_client_alarm_bytes: 16_384.0,
             dga_window_secs: 600,
             dga_min_domains: 20,
             dga_slow_window_secs: 21_600,
@@ -147,6 +151,12 @@ impl Settings {
             7.0 * 86400.0,
         );
         range("info_alarm_bytes", self.info_alarm_bytes, 1.0, 1e9);
+        range(
+            "carrier_client_alarm_bytes",
+            self.carrier_client_alarm_bytes,
+            1.0,
+            1e12,
+        );
         range("dga_window_secs", self.dga_window_secs as f64, 1.0, 86400.0);
         let max_domains = MAX_DGA_DOMAINS as f64;
         range(

@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfilguard";
 
 /// Names of the per-CPU counters (`enum eg_stat`), in index order.
-pub const STAT_NAMES: [&str; 50] = [
+pub const STAT_NAMES: [&str; 51] = [
     "packets",
     "non_dns",
     "dns_queries",
@@ -85,6 +85,7 @@ pub const STAT_NAMES: [&str; 50] = [
     "new_carrier",
     "cookie_learnt",
     "cookie_echoed",
+    "cookie_forged",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1173,3 +1173,75 @@ fn answer_frame(dp: &Dataplane, f: &[u8]) {
     let (v, _) = dp.test_run_xdp(f, 1).unwrap();
     assert_eq!(v, 2 /* XDP_PASS */);
 }
+
+/// A local sender forges the server's answer (AF_PACKET out to the gateway, which routes it
+/// back: found in review), so that XDP learns a "server cookie" carrying its own data and its
+/// echo goes out free: a pair a local socket sent a frame from port 53 to learns nothing for
+/// an hour. An answer not from port 53 teaches nothing either. Control: another server's
+/// answer is learnt.
+#[test]
+fn a_forged_answer_teaches_no_server_cookie() {
+    let Some(dp) = load() else { return };
+    let cc = [7u8; 8];
+    let data: Vec<u8> = [&cc[..], b"sixteen secret b"].concat();
+    let q = |id: u16, to: &str, ck: Vec<u8>| {
+        udp_frame(
+            sa("10.0.0.1:40000"),
+            sa(to),
+            &query_with_opt(BENIGN, id, &[(10, ck)]),
+        )
+    };
+    // the client's carrier with a (zeroed) server part is pinned through a real server's
+    // answer first, as a tunnel would set it up
+    let (v, _) = dp
+        .test_run_xdp(&cookie_response(1, &[&cc[..], &[1; 16]].concat()), 1)
+        .unwrap();
+    assert_eq!(v, 2);
+    assert_eq!(
+        stats(&dp)["cookie_learnt"],
+        1,
+        "control: a real answer is learnt"
+    );
+    assert_eq!(
+        kept(&dp, &q(2, "10.0.0.2:53", [&cc[..], &[1; 16]].concat())),
+        PASS
+    );
+
+    // the forgery leaves through tc (a local socket's frame from port 53 to this host) ...
+    let mut forged = cookie_response(3, &data);
+    tc(&dp, &forged);
+    // ... and comes back: not learnt, so the echo of its "server part" is a new carrier
+    let (v, _) = dp.test_run_xdp(&forged, 1).unwrap();
+    assert_eq!(v, 2);
+    let s = stats(&dp);
+    assert_eq!(s["cookie_learnt"], 1, "the forged answer was learnt");
+    assert_eq!(s["cookie_forged"], 1);
+    let _ = dp.drain_events().unwrap();
+    assert_eq!(
+        tc(&dp, &q(4, "10.0.0.2:53", data.clone())),
+        DROP,
+        "the echo passed"
+    );
+
+    // an answer from another port than 53 teaches nothing
+    forged[34..36].copy_from_slice(&5353u16.to_be_bytes()); // UDP source port
+    forged[26..30].copy_from_slice(&[10, 0, 0, 4]); // from 10.0.0.4
+    dp.test_run_xdp(&forged, 1).unwrap();
+    assert_eq!(
+        stats(&dp)["cookie_learnt"],
+        1,
+        "an answer from port 5353 was learnt"
+    );
+
+    // control: another server's answer is learnt and echoed without a hold
+    let mut other = cookie_response(5, &[&cc[..], &[2; 16]].concat());
+    other[26..30].copy_from_slice(&[10, 0, 0, 3]);
+    dp.test_run_xdp(&other, 1).unwrap();
+    assert_eq!(stats(&dp)["cookie_learnt"], 2);
+    let _ = dp.drain_events().unwrap();
+    assert_eq!(
+        kept(&dp, &q(6, "10.0.0.3:53", [&cc[..], &[2; 16]].concat())),
+        PASS
+    );
+    assert!(stats(&dp)["cookie_echoed"] >= 2);
+}

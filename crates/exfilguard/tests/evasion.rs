@@ -1421,7 +1421,38 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
     p.bounded.push(Bounded {
         what: "one zone per query, reverse lookups among them".into(),
         evidence: vec![format!(
-            "new OPT carriers (cookie, client subnet) from {CLIENT6} to {SERVER6}"
+            "new OPT carriers (cookie, client subnet) from {CLIENT6} to fd77::/64"
+        )],
+        carried,
+    });
+    // spread: each carrier to another address of the server's IPv6 /64 (a server has 2^64
+    // of them, and before each was a pair of its own with a budget of its own: found in
+    // review); the budget keys an IPv6 server by its /64, and the client over all servers
+    let (c, sv) = (w.lab.cns(), w.lab.sns());
+    sh(&format!(
+        "ip -n {c} -6 route add fd78::/64 dev {} && \
+         for i in $(seq 1 40); do ip -n {sv} addr add fd78::$i/64 dev vs{} nodad || exit 1; done",
+        w.lab.client_if(),
+        w.lab.id
+    ));
+    pause(200);
+    let mut carried = Vec::new();
+    for i in 1..=40u16 {
+        // a zone each, as above: the first batch's zone is convicted by now
+        let name = format!("www.sp{i}x.test");
+        let data = b32(rng, 40).into_bytes();
+        let m = Msg::query(rng.random(), &name).opt(&[(10, &data)]).bytes();
+        let dst = Ipv6Addr::new(0xfd78, 0, 0, 0, 0, 0, 0, i);
+        if let Err(e) = send(&s6, (dst, 53), &m) {
+            p.problems.push(format!("spread carrier {i} not sent: {e}"));
+        }
+        carried.push(data);
+        pause(30);
+    }
+    p.bounded.push(Bounded {
+        what: "a server address each, one /64".into(),
+        evidence: vec![format!(
+            "new OPT carriers (cookie, client subnet) from {CLIENT6} to fd78::/64"
         )],
         carried,
     });
