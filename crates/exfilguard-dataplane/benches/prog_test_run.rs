@@ -100,6 +100,15 @@ fn main() {
     nx[2] |= 0x80;
     nx[3] = 0x80; // NOERROR response
     let ck: Vec<u8> = (1..=24).collect(); // client 8 + server 16 (RFC 9018)
+                                          // the query the answer below answers (XDP learns only answers to pending queries): the
+                                          // answer's first run learns, the rest walk it and find it answered
+    let asked = udp_frame(
+        c,
+        sa("10.0.0.2:53"),
+        &with_cookie(query("www.example.com", 1), &ck[..8]),
+    );
+    dp.test_run_tc(&asked, 1).expect("test run");
+    dp.drain_events().expect("drain");
     let cases: Vec<(&str, Vec<u8>, u32, u8)> = vec![
         (
             "harness: empty tc program (UDP/443)",
@@ -179,7 +188,7 @@ fn main() {
             1,
         ),
         (
-            "XDP: response with answer, authority and OPT cookie (learnt)",
+            "XDP: answer with A, NS and OPT cookie records (walked to the cookie, checked)",
             udp_frame(sa("10.0.0.2:53"), c, &cookie_answer(&ck)),
             TOTAL,
             1,

@@ -133,6 +133,25 @@ struct {
 	__type(value, struct eg_scookies);
 } eg_scookies SEC(".maps");
 
+/* The queries with a COOKIE option each (client, server) pair sent lately: (source port,
+ * DNS id) and client cookie. XDP learns a server cookie only from an answer to one of them
+ * (its destination port, id and client cookie), once: an off-path sender must guess 32 bits
+ * to overwrite what a resolver learnt. */
+#define EG_PENDING 16
+struct eg_pending {
+	__u64 cc[EG_PENDING];
+	__u32 tag[EG_PENDING]; /* source port << 16 | DNS id; 0: free */
+	__u32 next;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct eg_pair_key);
+	__type(value, struct eg_pending);
+} eg_pending SEC(".maps");
+
 /* Pairs a local socket sent a frame from port 53 to, keyed (destination, source) like the
  * queries they would answer, with the time. Such a frame routed back to this host (the
  * gateway hairpins it: AF_PACKET with CAP_NET_RAW) would look like the server's answer:
@@ -234,6 +253,7 @@ struct scratch {
 	struct eg_pair_key pair;
 	struct eg_carriers carriers;
 	struct eg_scookies scookies; /* a pair's first learnt cookie */
+	struct eg_pending pending;   /* a pair's first pending query */
 	__u8 cq[EG_COOKIE_MAX] __attribute__((aligned(8))); /* a query's cookie, zero-padded */
 };
 
@@ -1187,9 +1207,36 @@ static __always_inline struct eg_secret *secret(void)
  * 4 its pair learnt from responses: its server part is zeroed in s->msg, so the carrier reads
  * no data in it. A global function: the loops are verified once, off the deep call chain's
  * stack. */
-__noinline int cookie_echo(struct scratch *s, __u32 c, __u32 len)
+__noinline int cookie_echo(struct scratch *s, __u32 c, __u32 len, __u32 tag)
 {
-	if (!s || len < 16 || len > EG_COOKIE_MAX)
+	if (!s || len < 8 || len > EG_COOKIE_MAX || !tag)
+		return 0;
+	/* pending: the answer to this query may teach its server cookie */
+	__u64 cc = 0;
+#pragma clang loop unroll(disable)
+	for (__u32 j = 0; j < 8; j++)
+		cc = (cc << 8) | s->msg[(c + 4 + j) & (EG_CARRIER_MAX - 1)];
+	struct eg_pending *pd = bpf_map_lookup_elem(&eg_pending, &s->pair);
+	if (!pd) {
+		__builtin_memset(&s->pending, 0, sizeof(s->pending));
+		s->pending.cc[0] = cc;
+		s->pending.tag[0] = tag;
+		s->pending.next = 1;
+		bpf_map_update_elem(&eg_pending, &s->pair, &s->pending, BPF_ANY);
+	} else {
+		int dup = 0;
+#pragma clang loop unroll(disable)
+		for (__u32 i = 0; i < EG_PENDING; i++)
+			if (pd->tag[i] == tag && pd->cc[i] == cc)
+				dup = 1; /* tc and the socket layer both see it */
+		if (!dup) {
+			__u32 j = pd->next & (EG_PENDING - 1);
+			pd->cc[j] = cc;
+			pd->tag[j] = tag;
+			pd->next = j + 1;
+		}
+	}
+	if (len < 16)
 		return 0;
 	struct eg_scookies *sc = bpf_map_lookup_elem(&eg_scookies, &s->pair);
 	if (!sc)
@@ -1246,14 +1293,14 @@ static __always_inline int carrier_new(void *ctx, int kind, const void *nfbase, 
 		__u32 l = (s->msg[(c + 2) & (EG_CARRIER_MAX - 1)] << 8) |
 			  s->msg[(c + 3) & (EG_CARRIER_MAX - 1)];
 		if (code == 10) {
-			if (l >= 16 && l <= 40 && c + 4 + l <= n)
+			if ((l == 8 || (l >= 16 && l <= 40)) && c + 4 + l <= n)
 				len = l;
 			break;
 		}
 		c += 4 + l;
 	}
 	if (len)
-		cookie_echo(s, c, len);
+		cookie_echo(s, c, len, ((__u32)p->sport << 16) | bpf_ntohs(p->h.id));
 	__u16 f = bpf_ntohs(p->h.flags) & 0x0130;
 	__u64 h = siphash13(k->k0, k->k1 ^ f, s->msg, n);
 	ni->carrier = h;
@@ -2394,9 +2441,11 @@ static long rr_step(__u64 idx, void *data)
 	return 0;
 }
 
-/* Learns the server cookie a response brings its client (eg_scookies, keyed client, server):
- * the client may echo it in later queries for free. A response it cannot walk teaches
- * nothing, and the client's next query is a new carrier, held once. */
+/* Learns the server cookie an answer from port 53 brings its client (eg_scookies, keyed
+ * client, server), when it answers a pending query (eg_pending) of a pair no local socket
+ * forged answers for (eg_forged): the client may echo it in later queries for free. An
+ * answer it cannot walk teaches nothing, and the client's next query is a new carrier, held
+ * once. */
 __noinline int learn_cookie_xdp(struct xdp_md *ctx, struct pkt *p, struct name_info *ni)
 {
 	__u32 slot = K_XDP;
@@ -2434,6 +2483,26 @@ __noinline int learn_cookie_xdp(struct xdp_md *ctx, struct pkt *p, struct name_i
 		if (bpf_xdp_load_bytes(ctx, o + 4, s->cq, len))
 			return 0;
 		const __u64 *q = (const __u64 *)s->cq;
+		/* the answer to a query the pair sent: its port, id and client cookie, once */
+		__u64 cc = 0;
+#pragma clang loop unroll(disable)
+		for (__u32 j = 0; j < 8; j++)
+			cc = (cc << 8) | s->cq[j];
+		__u32 tag = ((__u32)p->dport << 16) | bpf_ntohs(p->h.id);
+		struct eg_pending *pd = bpf_map_lookup_elem(&eg_pending, &s->pair);
+		int asked = 0;
+		if (pd) {
+#pragma clang loop unroll(disable)
+			for (__u32 i = 0; i < EG_PENDING; i++)
+				if (!asked && tag && pd->tag[i] == tag && pd->cc[i] == cc) {
+					pd->tag[i] = 0;
+					asked = 1;
+				}
+		}
+		if (!asked) {
+			stat(EG_S_COOKIE_UNASKED);
+			return 0;
+		}
 		struct eg_scookies *c = bpf_map_lookup_elem(&eg_scookies, &s->pair);
 		if (!c) {
 			__builtin_memset(&s->scookies, 0, sizeof(s->scookies));

@@ -134,6 +134,7 @@ enum eg_stat {
 	EG_S_COOKIE_LEARNT, /* server cookies learnt from responses (xdp) */
 	EG_S_COOKIE_ECHOED, /* queries echoing a learnt server cookie (hashed as zeros) */
 	EG_S_COOKIE_FORGED, /* local sends from port 53 to a pair: its cookies not learnt */
+	EG_S_COOKIE_UNASKED, /* answers with a cookie that answer no query the pair sent */
 	EG_S_MAX,
 };
 

@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/exfilguard";
 
 /// Names of the per-CPU counters (`enum eg_stat`), in index order.
-pub const STAT_NAMES: [&str; 51] = [
+pub const STAT_NAMES: [&str; 52] = [
     "packets",
     "non_dns",
     "dns_queries",
@@ -86,6 +86,7 @@ pub const STAT_NAMES: [&str; 51] = [
     "cookie_learnt",
     "cookie_echoed",
     "cookie_forged",
+    "cookie_unasked",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1118,12 +1118,26 @@ fn an_echoed_server_cookie_is_no_new_carrier() {
     // the client's first query (client cookie) and its first with a server part: once each
     held("client cookie", &q(1, cc.to_vec()));
     assert_eq!(tc(&dp, &q(2, cc.to_vec())), PASS, "client cookie again");
-    answer(1, with(&[1; 16]));
+    // an answer to no query the pair sent (another id) teaches nothing
+    answer(999, with(&[0x99; 16]));
+    assert_eq!(
+        stats(&dp)["cookie_learnt"],
+        0,
+        "an unasked answer was learnt"
+    );
+    assert_eq!(stats(&dp)["cookie_unasked"], 1);
+    answer(2, with(&[1; 16]));
     assert_eq!(stats(&dp)["cookie_learnt"], 1);
+    // the same query answered twice: the second answer is unasked
+    answer(2, with(&[0x98; 16]));
+    assert_eq!(stats(&dp)["cookie_learnt"], 1, "a second answer was learnt");
     held("first server cookie", &q(3, with(&[1; 16])));
     // every answer brings a new server cookie; echoing the last is nothing new
     for i in 2..12u8 {
-        answer(u16::from(i), with(&[i; 16]));
+        answer(
+            if i == 2 { 3 } else { 10 + u16::from(i) - 1 },
+            with(&[i; 16]),
+        );
         assert_eq!(
             tc(&dp, &q(10 + u16::from(i), with(&[i; 16]))),
             PASS,
@@ -1133,6 +1147,7 @@ fn an_echoed_server_cookie_is_no_new_carrier() {
     let s = stats(&dp);
     assert_eq!(s["new_carrier"], 2);
     assert_eq!(s["cookie_learnt"], 11);
+    assert_eq!(s["cookie_unasked"], 2);
     assert!(s["cookie_echoed"] >= 10, "{}", s["cookie_echoed"]);
 
     // one of the last 4 answers echoed passes; an older one is held
@@ -1193,6 +1208,7 @@ fn a_forged_answer_teaches_no_server_cookie() {
     };
     // the client's carrier with a (zeroed) server part is pinned through a real server's
     // answer first, as a tunnel would set it up
+    assert_eq!(kept(&dp, &q(1, "10.0.0.2:53", cc.to_vec())), PASS);
     let (v, _) = dp
         .test_run_xdp(&cookie_response(1, &[&cc[..], &[1; 16]].concat()), 1)
         .unwrap();
@@ -1207,7 +1223,10 @@ fn a_forged_answer_teaches_no_server_cookie() {
         PASS
     );
 
-    // the forgery leaves through tc (a local socket's frame from port 53 to this host) ...
+    // the forgery answers a query the sender made (its port, id and client cookie) ...
+    tc(&dp, &q(3, "10.0.0.2:53", cc.to_vec()));
+    let _ = dp.drain_events().unwrap();
+    // ... leaves through tc (a local socket's frame from port 53 to this host) ...
     let mut forged = cookie_response(3, &data);
     tc(&dp, &forged);
     // ... and comes back: not learnt, so the echo of its "server part" is a new carrier
@@ -1234,6 +1253,7 @@ fn a_forged_answer_teaches_no_server_cookie() {
     );
 
     // control: another server's answer is learnt and echoed without a hold
+    assert_eq!(kept(&dp, &q(5, "10.0.0.3:53", cc.to_vec())), PASS);
     let mut other = cookie_response(5, &[&cc[..], &[2; 16]].concat());
     other[26..30].copy_from_slice(&[10, 0, 0, 3]);
     dp.test_run_xdp(&other, 1).unwrap();
