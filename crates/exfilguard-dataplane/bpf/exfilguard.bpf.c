@@ -120,6 +120,7 @@ struct {
  * without this, named's every query to such a server was a new carrier. Only the last 4
  * count, so the choice among them is at most 2 bits. */
 #define EG_COOKIE_MAX 40
+#define EG_QKEY_MAX 512 /* a question's bytes: name (255), type, class; a power of two */
 struct eg_scookies {
 	__u8 ck[EG_CARRIER_SLOTS * EG_COOKIE_MAX]; /* slot i at i * EG_COOKIE_MAX */
 	__u8 len[EG_CARRIER_SLOTS];
@@ -255,6 +256,8 @@ struct scratch {
 	struct eg_scookies scookies; /* a pair's first learnt cookie */
 	struct eg_pending pending;   /* a pair's first pending query */
 	__u8 cq[EG_COOKIE_MAX] __attribute__((aligned(8))); /* a query's cookie, zero-padded */
+	__u8 exact[EG_QKEY_MAX]; /* the question as sent (case kept), root, type, class */
+	__u64 lh[EG_MAX_SUFFIXES]; /* the name walk's last label hashes (ring): off the stack */
 };
 
 struct {
@@ -893,7 +896,7 @@ static __always_inline int locate(void *ctx, int kind, const void *nfbase, struc
 }
 
 struct name_info {
-	__u64 full_hash;   /* FNV-1a of the exact wire name, type and class (allow cache) */
+	__u64 full_hash;   /* keyed hash of the exact name, type and class (allow cache) */
 	__u64 parent_hash; /* same, without the first label */
 	__u64 block_hash;  /* blocklisted suffix that matched, 0 if none */
 	__u32 wire_len;    /* wire bytes before the root label */
@@ -906,12 +909,12 @@ struct name_info {
 
 struct fwd_ctx {
 	struct scratch *s;
-	__u64 full;        /* FNV-1a of the exact wire name, left to right */
 	__u64 cur;         /* FNV-1a of the current label (length byte + bytes) */
-	__u64 lh[EG_MAX_SUFFIXES]; /* hashes of the last EG_MAX_SUFFIXES labels (ring) */
 	__u32 avail, next, end, labels, max_label, digits, odd, upper, lower;
 	int done;
 };
+
+__noinline __u64 question_key(struct scratch *s, __u32 n);
 
 /* One byte of the walk: validates label lengths, lower-cases, counts character classes and
  * hashes. bpf_loop callbacks are verified once, whatever the name length, and the verifier
@@ -925,9 +928,11 @@ static long fwd_step(__u64 idx, void *data)
 	struct scratch *s = f->s;
 	__u8 c = s->name[i];
 	int lenbyte = i == f->next;
+	/* the exact byte: a case variant is another question to the allow cache */
+	s->exact[i] = c;
 	if (lenbyte) {
 		if (f->labels)
-			f->lh[(f->labels - 1) & (EG_MAX_SUFFIXES - 1)] = f->cur;
+			s->lh[(f->labels - 1) & (EG_MAX_SUFFIXES - 1)] = f->cur;
 		if (c == 0) {
 			f->end = i;
 			f->done = 1;
@@ -941,8 +946,6 @@ static long fwd_step(__u64 idx, void *data)
 		f->next = i + c + 1;
 		f->cur = FNV_OFFSET;
 	}
-	/* the exact byte: a case variant is another name to the allow cache */
-	f->full = (f->full ^ c) * FNV_PRIME;
 	if (!lenbyte) {
 		if (c >= 'A' && c <= 'Z') {
 			f->upper++;
@@ -982,7 +985,7 @@ static __always_inline int walk_name(void *ctx, int kind, const void *nfbase, st
 	if (ld(ctx, kind, nfbase, qoff, s->name, avail))
 		return -1;
 
-	struct fwd_ctx f = { .s = s, .avail = avail, .full = FNV_OFFSET };
+	struct fwd_ctx f = { .s = s, .avail = avail };
 	bpf_loop(EG_NAME_MAX, fwd_step, &f, 0);
 	if (!f.done)
 		return -1;
@@ -993,7 +996,6 @@ static __always_inline int walk_name(void *ctx, int kind, const void *nfbase, st
 	ni->upper = f.upper;
 	ni->lower = f.lower;
 	ni->wire_len = f.end;
-	ni->full_hash = f.full;
 	__u32 end = f.end & (EG_NAME_MAX - 1);
 
 	__be16 qt[2];
@@ -1006,11 +1008,10 @@ static __always_inline int walk_name(void *ctx, int kind, const void *nfbase, st
 	/* the allow cache holds exact questions: a name cleared for one type and class does
 	 * not excuse the bits of any other asked of it */
 	const __u8 *tb = (const __u8 *)qt;
-	__u64 qh = ni->full_hash;
 #pragma unroll
 	for (int i = 0; i < 4; i++)
-		qh = (qh ^ tb[i]) * FNV_PRIME;
-	ni->full_hash = qh;
+		s->exact[(end + 1 + i) & (EG_QKEY_MAX - 1)] = tb[i];
+	ni->full_hash = question_key(s, end + 5);
 	__u32 used = 12 + end + 1 + 4;
 	ni->extra = p->dns_len > used ? p->dns_len - used : 0;
 
@@ -1020,7 +1021,7 @@ static __always_inline int walk_name(void *ctx, int kind, const void *nfbase, st
 	for (__u32 j = 0; j < EG_MAX_SUFFIXES; j++) {
 		if (j >= n)
 			break;
-		h = suffix_mix(h, f.lh[(n - 1 - j) & (EG_MAX_SUFFIXES - 1)]);
+		h = suffix_mix(h, s->lh[(n - 1 - j) & (EG_MAX_SUFFIXES - 1)]);
 		if (j + 2 == n || (j + 1 == EG_MAX_SUFFIXES && n > EG_MAX_SUFFIXES))
 			ni->parent_hash = h;
 		if (check_block && j >= 1 && !ni->block_hash && bpf_map_lookup_elem(&eg_blocklist, &h))
@@ -1158,24 +1159,27 @@ static long mh_step(__u64 idx, void *data)
 		v2 = ROTL64(v2, 32);                                                               \
 	} while (0)
 
-/* SipHash-1-3 (as Rust's std hasher) of buf[0..n), n < EG_CARRIER_MAX, keyed (k0, k1). */
-static __always_inline __u64 siphash13(__u64 k0, __u64 k1, const __u8 *buf, __u32 n)
+/* SipHash-1-3 (as Rust's std hasher) of buf[0..n), n < size (a power of two, the buffer's
+ * size), keyed (k0, k1). */
+static __always_inline __u64 siphash13_in(__u64 k0, __u64 k1, const __u8 *buf, __u32 n,
+					  __u32 size)
 {
 	__u64 v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
 	__u64 v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
 	__u32 words = n / 8;
-	for (__u32 i = 0; i < EG_CARRIER_MAX / 8; i++) {
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < size / 8; i++) {
 		if (i >= words)
 			break;
 		__u64 m;
-		__builtin_memcpy(&m, buf + ((i * 8) & (EG_CARRIER_MAX - 8)), 8);
+		__builtin_memcpy(&m, buf + ((i * 8) & (size - 8)), 8);
 		v3 ^= m;
 		SIPROUND;
 		v0 ^= m;
 	}
 	__u64 t, last = (__u64)(n & 0xff) << 56;
 	__u32 rem = n & 7;
-	__builtin_memcpy(&t, buf + ((words * 8) & (EG_CARRIER_MAX - 8)), 8);
+	__builtin_memcpy(&t, buf + ((words * 8) & (size - 8)), 8);
 	if (rem)
 		last |= t & ((1ULL << (rem * 8)) - 1);
 	v3 ^= last;
@@ -1186,6 +1190,11 @@ static __always_inline __u64 siphash13(__u64 k0, __u64 k1, const __u8 *buf, __u3
 	SIPROUND;
 	SIPROUND;
 	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static __always_inline __u64 siphash13(__u64 k0, __u64 k1, const __u8 *buf, __u32 n)
+{
+	return siphash13_in(k0, k1, buf, n, EG_CARRIER_MAX);
 }
 
 /* The SipHash key, drawn at first use by whichever program needs it first. */
@@ -1201,6 +1210,20 @@ static __always_inline struct eg_secret *secret(void)
 		k->k1 = ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
 	}
 	return k;
+}
+
+#define EG_NAME_DOMAIN (1ULL << 62) /* key tweak: question keys are not carrier hashes */
+
+/* The allow cache's key of the question in s->exact[0..n): SipHash-1-3 under the programs'
+ * own key. Unkeyed FNV-1a, first used, let a sender search offline for a tunnel name that
+ * collides with a name the agent cleared (a lattice over the name's free bytes), and pass
+ * with it unheld. A global function: verified once. */
+__noinline __u64 question_key(struct scratch *s, __u32 n)
+{
+	struct eg_secret *k = secret();
+	if (!s || !k || n >= EG_QKEY_MAX - 8)
+		return 0;
+	return siphash13_in(k->k0, k->k1 ^ EG_NAME_DOMAIN, s->exact, n, EG_QKEY_MAX);
 }
 
 /* A query's COOKIE option (at s->msg + c, 16-40 bytes, s->pair set) that is one of the last

@@ -140,7 +140,8 @@ pub struct Event {
     pub rcode: u8,
     pub ancount: u16,
     /// Lower-cased wire-format question name (no root byte); `name_hash` is of the exact
-    /// bytes (case kept), type and class: the allow-cache key (`hash::question_hash`).
+    /// bytes (case kept), type and class: from the kernel the allow-cache key (keyed SipHash,
+    /// handed back as it is), from the resolver front `hash::question_hash`.
     #[serde(skip)]
     pub name_wire: Vec<u8>,
     pub name_hash: u64,

@@ -49,8 +49,9 @@ pub fn name_hash(wire: &[u8]) -> u64 {
     fnv(FNV_OFFSET, wire)
 }
 
-/// Allow-cache key of a question: the exact wire name (case kept), its type and class, as the
-/// kernel's `full_hash` (a name cleared for one type or class does not excuse another).
+/// Identity of a question in the resolver front's events: the exact wire name (case kept), its
+/// type and class. The kernel's allow-cache key is a keyed SipHash of the same bytes instead
+/// (an unkeyed hash let a sender search for a name colliding with a cleared one).
 pub fn question_hash(wire: &[u8], qtype: u16, qclass: u16) -> u64 {
     fnv(
         fnv(name_hash(wire), &qtype.to_be_bytes()),

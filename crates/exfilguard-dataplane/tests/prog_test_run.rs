@@ -60,11 +60,31 @@ fn decisions_on_every_path() {
     assert_eq!(ev[0].action, Action::Hold);
     assert_eq!(ev[0].packet, held, "held frame must be byte-identical");
     assert_eq!(ev[0].name_text(), TUNNEL);
-    assert_eq!(
+    // the allow-cache key is the kernel's own keyed hash of the exact question (the agent
+    // hands back what the event carries): not the unkeyed FNV-1a anyone can search against,
+    // the same for the same question, another for a case variant or another type
+    assert_ne!(
         ev[0].name_hash,
         exfilguard_dataplane::hash::question_hash(&ev[0].name_wire, 16, 1),
-        "kernel and agent agree on the question hash"
+        "the allow-cache key is unkeyed FNV-1a"
     );
+    let key_of = |name: &str, qtype: u16| {
+        let f = udp_frame(
+            sa("10.0.0.1:40009"),
+            sa("10.0.0.2:53"),
+            &query(name, qtype, 9),
+        );
+        assert_eq!(run(&dp, &f), DROP, "{name} held");
+        let e = dp.drain_events().unwrap();
+        e[0].name_hash
+    };
+    assert_eq!(key_of(TUNNEL, 16), ev[0].name_hash, "the same question");
+    assert_ne!(
+        key_of(&TUNNEL.to_uppercase(), 16),
+        ev[0].name_hash,
+        "a case variant"
+    );
+    assert_ne!(key_of(TUNNEL, 1), ev[0].name_hash, "another type");
     assert_eq!(ev[0].qtype, 16);
     assert_eq!(ev[0].dport, 53);
     assert!(ev[0].reasons.contains(&"long_label"), "{:?}", ev[0].reasons);
