@@ -1403,28 +1403,20 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
     // the lookup exemption let every one through); the data goes to the server's address,
     // and the budget is the (client, server) pair's
     let s6 = w.udp6();
-    let mut carried = Vec::new();
-    for i in 0..40 {
-        let name = if i % 4 == 3 {
-            format!("{i}.2.0.192.in-addr.arpa")
-        } else {
-            format!("www.cz{i}x.test")
-        };
-        let data = b32(rng, 40).into_bytes();
-        let m = Msg::query(rng.random(), &name).opt(&[(10, &data)]).bytes();
-        if let Err(e) = send(&s6, (SERVER6, 53), &m) {
-            p.problems.push(format!("spread carrier {i} not sent: {e}"));
-        }
-        carried.push(data);
-        pause(30);
-    }
-    p.bounded.push(Bounded {
-        what: "one zone per query, reverse lookups among them".into(),
-        evidence: vec![format!(
-            "new OPT carriers (cookie, client subnet) from {CLIENT6} to fd77::/64"
-        )],
-        carried,
-    });
+    carrier_batch(
+        p,
+        rng,
+        &s6,
+        "one zone per query, reverse lookups among them",
+        |i| {
+            let name = if i % 4 == 3 {
+                format!("{i}.2.0.192.in-addr.arpa")
+            } else {
+                format!("www.cz{i}x.test")
+            };
+            (name, SERVER6)
+        },
+    );
     // spread: each carrier to another address of the server's IPv6 /64 (a server has 2^64
     // of them, and before each was a pair of its own with a budget of its own: found in
     // review); the budget keys an IPv6 server by its /64, and the client over all servers
@@ -1436,24 +1428,45 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
         w.lab.id
     ));
     pause(200);
+    // a zone each, as above: the first batch's zone is convicted by now
+    carrier_batch(p, rng, &s6, "a server address each, one /64", |i| {
+        (
+            format!("www.sp{i}x.test"),
+            Ipv6Addr::new(0xfd78, 0, 0, 0, 0, 0, 0, i + 1),
+        )
+    });
+}
+
+/// 40 queries from `s`, each carrying 40 bytes of data in a fresh cookie, query `i` under the
+/// name and to the IPv6 server `to(i)` gives: a channel the carrier budget of the server's
+/// /64 must cut.
+fn carrier_batch(
+    p: &mut Probe,
+    rng: &mut StdRng,
+    s: &UdpSocket,
+    what: &str,
+    to: impl Fn(u16) -> (String, Ipv6Addr),
+) {
     let mut carried = Vec::new();
-    for i in 1..=40u16 {
-        // a zone each, as above: the first batch's zone is convicted by now
-        let name = format!("www.sp{i}x.test");
+    let mut nets = BTreeSet::new();
+    for i in 0..40u16 {
+        let (name, dst) = to(i);
+        nets.insert(Ipv6Addr::from(u128::from(dst) & !((1u128 << 64) - 1)));
         let data = b32(rng, 40).into_bytes();
         let m = Msg::query(rng.random(), &name).opt(&[(10, &data)]).bytes();
-        let dst = Ipv6Addr::new(0xfd78, 0, 0, 0, 0, 0, 0, i);
-        if let Err(e) = send(&s6, (dst, 53), &m) {
-            p.problems.push(format!("spread carrier {i} not sent: {e}"));
+        if let Err(e) = send(s, (dst, 53), &m) {
+            p.problems
+                .push(format!("{what}: carrier {i} not sent: {e}"));
         }
         carried.push(data);
         pause(30);
     }
     p.bounded.push(Bounded {
-        what: "a server address each, one /64".into(),
-        evidence: vec![format!(
-            "new OPT carriers (cookie, client subnet) from {CLIENT6} to fd78::/64"
-        )],
+        what: what.into(),
+        evidence: nets
+            .iter()
+            .map(|n| format!("new OPT carriers (cookie, client subnet) from {CLIENT6} to {n}/64"))
+            .collect(),
         carried,
     });
 }
