@@ -159,7 +159,7 @@ struct {
  * XDP learns no cookie for a pair seen here in the last hour. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 65536);
 	__type(key, struct eg_pair_key);
 	__type(value, __u64);
 } eg_forged SEC(".maps");
@@ -2473,8 +2473,10 @@ __noinline int learn_cookie_xdp(struct xdp_md *ctx, struct pkt *p, struct name_i
 {
 	__u32 slot = K_XDP;
 	struct scratch *s = bpf_map_lookup_elem(&eg_scratch, &slot);
-	/* servers answer from port 53; an Ethernet frame (XDP on an L3 device parses nothing) */
-	if (!ctx || !p || !ni || !s || !p->h.ar || p->sport != 53)
+	/* servers answer from port 53, in plain IP: a tunnelled answer is keyed on its outer
+	 * addresses, and tc marks no pair for one a local sender forged (found in review);
+	 * an Ethernet frame (XDP on an L3 device parses nothing) */
+	if (!ctx || !p || !ni || !s || !p->h.ar || p->sport != 53 || p->encap)
 		return 0;
 	__u32 n = bpf_ntohs(p->h.an) + bpf_ntohs(p->h.ns) + bpf_ntohs(p->h.ar);
 	struct rr_walk w = { .ctx = ctx, .o = p->dns_off + 12 + ni->wire_len + 1 + 4,

@@ -1265,3 +1265,32 @@ fn a_forged_answer_teaches_no_server_cookie() {
     );
     assert!(stats(&dp)["cookie_echoed"] >= 2);
 }
+
+/// The forged answer inside IP-in-IP (found in review): tc passes an answer as non-DNS and
+/// marks no pair for a tunnelled frame, and XDP keyed it on the outer addresses. Servers
+/// answer in plain IP: a tunnelled answer teaches nothing. Control: the same answer, plain.
+#[test]
+fn a_tunnelled_answer_teaches_no_server_cookie() {
+    let Some(dp) = load() else { return };
+    let cc = [7u8; 8];
+    let data: Vec<u8> = [&cc[..], b"sixteen secret b"].concat();
+    let asked = udp53(&query_with_opt(BENIGN, 7, &[(10, cc.to_vec())]));
+    assert_eq!(kept(&dp, &asked), PASS);
+    let plain = cookie_response(7, &data);
+    let mut ipip = ipv4_frame(4, 0, ip_packet(&plain));
+    // outer header from the server to the client, as the answer's
+    let (src, dst) = (ipip[26..30].to_vec(), ipip[30..34].to_vec());
+    ipip[26..30].copy_from_slice(&dst);
+    ipip[30..34].copy_from_slice(&src);
+    tc(&dp, &ipip);
+    let (v, _) = dp.test_run_xdp(&ipip, 1).unwrap();
+    assert_eq!(v, 2);
+    assert_eq!(
+        stats(&dp)["cookie_learnt"],
+        0,
+        "a tunnelled answer was learnt"
+    );
+    let (v, _) = dp.test_run_xdp(&plain, 1).unwrap();
+    assert_eq!(v, 2);
+    assert_eq!(stats(&dp)["cookie_learnt"], 1, "control: the plain answer");
+}
