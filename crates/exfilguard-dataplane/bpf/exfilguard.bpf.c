@@ -2160,7 +2160,7 @@ static __always_inline int egress(void *ctx, int kind, __u64 base, struct eg_in 
 	} else if (kind == K_SOCK && r == LOC_DNS && p->l4 == IPPROTO_TCP && !p->encap && p->syn) {
 		flow_set(ctx, 0);
 	}
-	if (kind == K_SKB)
+	if (kind == K_SKB && p->sport == 53)
 		forged_mark(p, in->cookie);
 	r = LOC(kind, ctx, base, p, r);
 	if (r == LOC_DNS && (kind == K_SKB || kind == K_SOCK) && user_pages(ctx)) {
