@@ -91,10 +91,17 @@ fn upstream_answer(q: &[u8], any_seen: &AtomicUsize) -> Option<Vec<u8>> {
 
 /// A resolver on 127.0.0.1 that ignores EDNS sizes: the front must not relay what it says.
 fn start_upstream() -> Upstream {
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // both sockets bound before either port is let go: a free port found first and bound
+    // later was taken in between by a test running beside this one (CI, stop 36)
+    let (udp, tcp) = (0..100)
+        .find_map(|_| {
+            let u = UdpSocket::bind("127.0.0.1:0").ok()?;
+            let t = TcpListener::bind(u.local_addr().ok()?).ok()?;
+            Some((u, t))
+        })
+        .expect("a UDP and TCP port pair on 127.0.0.1");
+    let addr: SocketAddr = udp.local_addr().unwrap();
     let any_seen = Arc::new(AtomicUsize::new(0));
-    let udp = UdpSocket::bind(addr).unwrap();
     let seen = any_seen.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -104,7 +111,6 @@ fn start_upstream() -> Upstream {
             }
         }
     });
-    let tcp = TcpListener::bind(addr).unwrap();
     let seen = any_seen.clone();
     std::thread::spawn(move || {
         for s in tcp.incoming() {
