@@ -172,6 +172,7 @@ impl Pipeline {
                 cfg.behaviour.info_tau_secs,
                 cfg.behaviour.info_alarm_bytes,
                 cfg.behaviour.carrier_client_alarm_bytes,
+                cfg.behaviour.carrier_users_per_address,
                 cfg.behaviour.max_pairs,
             ),
             convictions: Arc::new(Mutex::new(convictions_for(cfg))),
@@ -519,30 +520,38 @@ impl Pipeline {
             let carried = (!ev.response
                 && (ev.reasons.contains(&"new_carrier") || ev.outside_question()))
             .then(|| crate::analytics::carrier_bytes(&ev, out.carried));
-            let carrier_over = carried.and_then(|_| self.carriers.over(now_ms(), ev.src, ev.dst));
+            // a local sender's budgets are its user's (another user's carriers are not
+            // refused for them); unattributed sends share their address's
+            let sender = (ev.src, ev.process.as_ref().map(|p| p.uid));
+            let carrier_over = carried.and_then(|_| self.carriers.over(now_ms(), sender, ev.dst));
             let decision = match (ev.response, ev.action) {
                 (true, Action::Block) => Decision::Blocked,
                 (true, _) => Decision::Reported,
                 (false, Action::Hold | Action::Judge) if carrier_over.is_some() => {
-                    let o = carrier_over.unwrap_or(exfilguard_behaviour::carriers::Over {
+                    use exfilguard_behaviour::carriers::{server_key, Over, Scope};
+                    let o = carrier_over.unwrap_or(Over {
                         total: 0.0,
                         alarm: 0.0,
-                        client_wide: false,
+                        scope: Scope::Pair,
                     });
-                    let to = if o.client_wide {
-                        "all its servers".to_string()
-                    } else {
-                        match ev.dst {
-                            std::net::IpAddr::V6(_) => {
-                                format!("{}/64", exfilguard_behaviour::carriers::server_key(ev.dst))
-                            }
-                            v4 => v4.to_string(),
-                        }
+                    let who = match sender.1 {
+                        Some(uid) => format!("{} (uid {uid})", ev.src),
+                        None => ev.src.to_string(),
+                    };
+                    let all = format!("{} (all users)", ev.src);
+                    let server = match ev.dst {
+                        std::net::IpAddr::V6(_) => format!("{}/64", server_key(ev.dst)),
+                        v4 => v4.to_string(),
+                    };
+                    let (who, to) = match o.scope {
+                        Scope::Pair => (who, server),
+                        Scope::Client => (who, "all its servers".to_string()),
+                        Scope::AddressPair => (all, server),
+                        Scope::Address => (all, "all its servers".to_string()),
                     };
                     let why = format!(
-                        "{:.0} bytes of new OPT carriers (cookie, client subnet) from {} to {to}: over the information budget ({:.0} bytes)",
+                        "{:.0} bytes of new OPT carriers (cookie, client subnet) from {who} to {to}: over the information budget ({:.0} bytes)",
                         o.total,
-                        ev.src,
                         o.alarm
                     );
                     tracing::warn!(name = %text, "query dropped: {why}");
@@ -692,7 +701,7 @@ impl Pipeline {
             if let Some(bytes) =
                 carried.filter(|_| matches!(decision, Decision::Released | Decision::Reported))
             {
-                self.carriers.charge(now_ms(), ev.src, ev.dst, bytes);
+                self.carriers.charge(now_ms(), sender, ev.dst, bytes);
             }
             let hold_us = (ev.action == Action::Hold).then(|| {
                 let ns = monotonic_ns().saturating_sub(ev.ts_ns);

@@ -6,6 +6,15 @@
 //! An IPv6 server counts by its /64 (one host's allocation: a server has 2^64 addresses to
 //! spread carriers over, each pair new), and every client has a budget over all its servers
 //! too (`carrier_client_alarm_bytes`), so spreading over many servers is bounded as well.
+//!
+//! A local sender is known by its user (the kernel's uid, as the init namespace sees it: a
+//! process cannot change it without privilege, where a fork is a new process): the pair and
+//! client budgets are the user's, so one user spending them does not refuse the carriers of
+//! another user of the same address (a resolver's, an admin's dig). Sends the kernel could
+//! not attribute share one budget per address. The address over all its users has
+//! `carrier_users_per_address` users' budgets, per server and over all servers, which bounds
+//! a sender holding several uids.
+//!
 //! The sums decay like the information rate (`info_tau_secs`); from an alarm on, the pair's
 //! (or the client's) new carriers are refused.
 
@@ -13,22 +22,42 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 
+/// Which budget refused a carrier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The user's (client, server) pair: `info_alarm_bytes`.
+    Pair,
+    /// The user's carriers to all servers: `carrier_client_alarm_bytes`.
+    Client,
+    /// The address's carriers from all users to the server: `carrier_users_per_address`
+    /// pair budgets.
+    AddressPair,
+    /// The address's carriers from all users to all servers: `carrier_users_per_address`
+    /// client budgets.
+    Address,
+}
+
 /// Why a new carrier is refused: the decayed total and the alarm it reached.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Over {
     pub total: f64,
     pub alarm: f64,
-    /// The client's budget over all its servers (else the pair's).
-    pub client_wide: bool,
+    pub scope: Scope,
 }
+
+/// A sender: its address and, when the kernel attributed the send, its uid.
+pub type Sender = (IpAddr, Option<u32>);
 
 pub struct CarrierBudget {
     tau_ms: f64,
     alarm: f64,
     client_alarm: f64,
+    users: f64,
     max_pairs: usize,
-    pairs: HashMap<(IpAddr, IpAddr), (f64, u64)>,
-    clients: HashMap<IpAddr, (f64, u64)>,
+    pairs: HashMap<(Sender, IpAddr), (f64, u64)>,
+    clients: HashMap<Sender, (f64, u64)>,
+    address_pairs: HashMap<(IpAddr, IpAddr), (f64, u64)>,
+    addresses: HashMap<IpAddr, (f64, u64)>,
 }
 
 /// The server as budgets key it: an IPv6 address by its /64.
@@ -72,57 +101,73 @@ impl CarrierBudget {
         info_tau_secs: u64,
         info_alarm_bytes: f64,
         client_alarm_bytes: f64,
+        users_per_address: f64,
         max_pairs: usize,
     ) -> Self {
         Self {
             tau_ms: (info_tau_secs.max(1) * 1000) as f64,
             alarm: info_alarm_bytes,
             client_alarm: client_alarm_bytes,
+            users: users_per_address.max(1.0),
             max_pairs: max_pairs.max(1),
             pairs: HashMap::new(),
             clients: HashMap::new(),
+            address_pairs: HashMap::new(),
+            addresses: HashMap::new(),
         }
     }
 
-    /// Set when the pair's, or the client's, decayed total at `now_ms` has reached its alarm:
-    /// the pair's next new carrier is refused.
-    pub fn over(&self, now_ms: u64, client: IpAddr, server: IpAddr) -> Option<Over> {
-        let pair = self
-            .pairs
-            .get(&(client, server_key(server)))
-            .map_or(0.0, |e| decayed(e, now_ms, self.tau_ms));
-        if pair >= self.alarm {
-            return Some(Over {
-                total: pair,
-                alarm: self.alarm,
-                client_wide: false,
-            });
-        }
-        let all = self
-            .clients
-            .get(&client)
-            .map_or(0.0, |e| decayed(e, now_ms, self.tau_ms));
-        (all >= self.client_alarm).then_some(Over {
-            total: all,
-            alarm: self.client_alarm,
-            client_wide: true,
+    /// Set when the sender's pair, the sender over all servers, or its address over all
+    /// users (to the server, or to all) has reached its alarm at `now_ms`: the sender's next
+    /// new carrier to `server` is refused.
+    pub fn over(&self, now_ms: u64, from: Sender, server: IpAddr) -> Option<Over> {
+        let sum = |e: Option<&(f64, u64)>| e.map_or(0.0, |e| decayed(e, now_ms, self.tau_ms));
+        let to = server_key(server);
+        let (pair, all) = (self.alarm, self.client_alarm);
+        [
+            (sum(self.pairs.get(&(from, to))), pair, Scope::Pair),
+            (sum(self.clients.get(&from)), all, Scope::Client),
+            (
+                sum(self.address_pairs.get(&(from.0, to))),
+                pair * self.users,
+                Scope::AddressPair,
+            ),
+            (
+                sum(self.addresses.get(&from.0)),
+                all * self.users,
+                Scope::Address,
+            ),
+        ]
+        .into_iter()
+        .find(|(total, alarm, _)| total >= alarm)
+        .map(|(total, alarm, scope)| Over {
+            total,
+            alarm,
+            scope,
         })
     }
 
-    /// Adds `bytes` of a carrier that went out from `client` to `server` at `now_ms`, to the
-    /// pair and to the client; returns what is over its alarm now, if anything.
+    /// Adds `bytes` of a carrier that went out from `from` to `server` at `now_ms` to the
+    /// sender's pair and total and to its address's; returns what is over its alarm now, if
+    /// anything.
     pub fn charge(
         &mut self,
         now_ms: u64,
-        client: IpAddr,
+        from: Sender,
         server: IpAddr,
         bytes: usize,
     ) -> Option<Over> {
-        let (tau, max) = (self.tau_ms, self.max_pairs);
-        let key = (client, server_key(server));
-        add(&mut self.pairs, max, tau, now_ms, key, bytes as f64);
-        add(&mut self.clients, max, tau, now_ms, client, bytes as f64);
-        self.over(now_ms, client, server)
+        let (tau, max, b, to) = (
+            self.tau_ms,
+            self.max_pairs,
+            bytes as f64,
+            server_key(server),
+        );
+        add(&mut self.pairs, max, tau, now_ms, (from, to), b);
+        add(&mut self.clients, max, tau, now_ms, from, b);
+        add(&mut self.address_pairs, max, tau, now_ms, (from.0, to), b);
+        add(&mut self.addresses, max, tau, now_ms, from.0, b);
+        self.over(now_ms, from, server)
     }
 
     pub fn pairs(&self) -> usize {
@@ -138,23 +183,28 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// An unattributed sender at `s`.
+    fn at(s: &str) -> Sender {
+        (ip(s), None)
+    }
+
     /// 40-byte carriers: the 26th reaches 1 KiB, the 27th is refused; another server of the
     /// same client, and the same server from another client, have budgets of their own; a
     /// slow sender (one carrier an hour) never reaches it.
     #[test]
     fn a_pair_is_refused_at_the_alarm_and_pairs_are_apart() {
-        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 1000);
-        let (c, s) = (ip("10.0.0.1"), ip("192.0.2.53"));
+        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 1000);
+        let (c, s) = (at("10.0.0.1"), ip("192.0.2.53"));
         let first = (0..40u64)
             .position(|i| b.charge(i * 100, c, s, 40).is_some())
             .unwrap();
         assert_eq!(first, 25, "the 26th carrier reaches the alarm");
         let o = b.over(2600, c, s).expect("the next is refused");
-        assert!(!o.client_wide && o.alarm == 1024.0);
+        assert!(o.scope == Scope::Pair && o.alarm == 1024.0);
         assert!(b.over(2600, c, ip("192.0.2.54")).is_none());
         assert!(b.charge(5000, c, ip("192.0.2.54"), 40).is_none());
-        assert!(b.charge(5000, ip("10.0.0.2"), s, 40).is_none());
-        let mut slow = CarrierBudget::new(14_400, 1024.0, 16_384.0, 1000);
+        assert!(b.charge(5000, at("10.0.0.2"), s, 40).is_none());
+        let mut slow = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 1000);
         assert!((0..100u64).all(|h| slow.charge(h * 3_600_000, c, s, 40).is_none()));
     }
 
@@ -164,8 +214,8 @@ mod tests {
     /// each of 400 servers stays under both.
     #[test]
     fn spreading_carriers_over_servers_is_bounded() {
-        let c = ip("fd00::1");
-        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 100_000);
+        let c = at("fd00::1");
+        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
         let sent = (0..1000u64)
             .take_while(|i| {
                 let s = IpAddr::V6((0x2001_0db8_0000_0001u128 << 64 | u128::from(*i + 1)).into());
@@ -176,7 +226,7 @@ mod tests {
             })
             .count();
         assert_eq!(sent, 26, "one /64, one budget");
-        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 100_000);
+        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
         let sent = (0..10_000u64)
             .take_while(|i| {
                 let s = IpAddr::V6((u128::from(*i + 1) << 64 | 1).into());
@@ -188,9 +238,9 @@ mod tests {
             .count();
         assert_eq!(sent, 410, "a /64 each: the client's 16 KiB");
         let o = b.over(10_001, c, ip("2001:db8:ffff::1")).unwrap();
-        assert!(o.client_wide && o.alarm == 16_384.0);
-        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 100_000);
-        let c4 = ip("10.0.0.1");
+        assert!(o.scope == Scope::Client && o.alarm == 16_384.0);
+        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
+        let c4 = at("10.0.0.1");
         for i in 0..400u32 {
             let s = IpAddr::V4(std::net::Ipv4Addr::from(0xc000_0200 + i));
             assert!(
@@ -200,15 +250,75 @@ mod tests {
         }
     }
 
+    /// The budgets are the user's: a process that spent its user's pair and client budgets
+    /// (and forks, which keeps the uid) is refused, while another user of the same address —
+    /// a resolver, an admin's dig — still gets its new carriers to the same server through.
+    /// Sends the kernel could not attribute share the address's own budget. A sender with
+    /// many uids is bounded by the address's budgets over all users (4 users' worth).
+    #[test]
+    fn one_user_spending_the_budget_does_not_refuse_another() {
+        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
+        let (a, s) = (ip("10.0.0.1"), ip("192.0.2.53"));
+        let attacker = (a, Some(1000));
+        let spent = (0..100u64)
+            .take_while(|i| {
+                b.over(*i, attacker, s).is_none() && {
+                    b.charge(*i, attacker, s, 40);
+                    true
+                }
+            })
+            .count();
+        assert_eq!(spent, 26, "the attacker's pair budget");
+        assert_eq!(b.over(200, attacker, s).map(|o| o.scope), Some(Scope::Pair));
+        for other in [Some(0), Some(998), None] {
+            assert!(b.over(200, (a, other), s).is_none(), "{other:?} refused");
+            assert!(b.charge(200, (a, other), s, 14).is_none(), "{other:?}");
+        }
+        // many uids (a subordinate range): 4 users' budgets to one server, and over /64s 4
+        // users' 16 KiB in all
+        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
+        let to_one = (0..1000u64)
+            .take_while(|i| {
+                let from = (a, Some(100_000 + *i as u32));
+                b.over(*i, from, s).is_none() && {
+                    b.charge(*i, from, s, 40);
+                    true
+                }
+            })
+            .count();
+        assert_eq!(to_one, 103, "4 KiB to one server over all users");
+        let o = b.over(to_one as u64, (a, Some(0)), s).unwrap();
+        assert!(o.scope == Scope::AddressPair && o.alarm == 4096.0);
+        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
+        let sent = (0..100_000u64)
+            .take_while(|i| {
+                let from = (a, Some(100_000 + (*i / 400) as u32));
+                let s = IpAddr::V6((u128::from(*i + 1) << 64 | 1).into());
+                b.over(*i, from, s).is_none() && {
+                    b.charge(*i, from, s, 40);
+                    true
+                }
+            })
+            .count();
+        assert_eq!(sent, 1639, "64 KiB over all users");
+        let o = b.over(sent as u64, (a, Some(0)), s).unwrap();
+        assert!(o.scope == Scope::Address && o.alarm == 65_536.0);
+    }
+
     /// The table is bounded: a flood of pairs evicts, the memory does not grow.
     #[test]
     fn the_table_is_bounded() {
-        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 64);
+        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 64);
         for i in 0..10_000u32 {
-            let c = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let c = (
+                IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                Some(i),
+            );
             b.charge(u64::from(i), c, ip("192.0.2.53"), 40);
         }
         assert!(b.pairs() <= 64, "{}", b.pairs());
         assert!(b.clients.len() <= 64, "{}", b.clients.len());
+        assert!(b.addresses.len() <= 64, "{}", b.addresses.len());
+        assert!(b.address_pairs.len() <= 64, "{}", b.address_pairs.len());
     }
 }

@@ -49,9 +49,13 @@ pub struct Settings {
     pub info_tau_secs: u64,
     /// Alarm when the decayed novel information to one domain from one client reaches this.
     pub info_alarm_bytes: f64,
-    /// Bytes of new OPT carriers one client may send to all its servers together (decaying
-    /// over `info_tau_secs`); each (client, server) pair has `info_alarm_bytes` of its own.
+    /// Bytes of new OPT carriers one client (an address and, for a local sender, its user)
+    /// may send to all its servers together (decaying over `info_tau_secs`); each (client,
+    /// server) pair has `info_alarm_bytes` of its own.
     pub carrier_client_alarm_bytes: f64,
+    /// An address over all its users has this many users' carrier budgets (per server and
+    /// over all servers): one user alone cannot spend them.
+    pub carrier_users_per_address: f64,
     /// DGA bots, fast rule: at least `dga_min_domains` distinct registered domains answered
     /// NXDOMAIN to one client within the last `dga_window_secs` (a sliding window).
     pub dga_window_secs: u64,
@@ -93,6 +97,7 @@ impl Default for Settings {
             info_tau_secs: 14_400,
             info_alarm_bytes: 1024.0,
             carrier_client_alarm_bytes: 16_384.0,
+            carrier_users_per_address: 4.0,
             dga_window_secs: 600,
             dga_min_domains: 20,
             dga_slow_window_secs: 21_600,
@@ -156,6 +161,12 @@ impl Settings {
             self.carrier_client_alarm_bytes,
             1.0,
             1e12,
+        );
+        range(
+            "carrier_users_per_address",
+            self.carrier_users_per_address,
+            1.0,
+            1e6,
         );
         range("dga_window_secs", self.dga_window_secs as f64, 1.0, 86400.0);
         let max_domains = MAX_DGA_DOMAINS as f64;

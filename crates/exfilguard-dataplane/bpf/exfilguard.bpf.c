@@ -166,8 +166,10 @@ struct {
 
 #define EG_FORGED_NS (3600ULL * 1000000000ULL)
 
-/* The carrier hash's SipHash key, drawn by the programs at first use (never pinned, never
- * read out): the hashes cannot be predicted, so no carrier is made to collide with another. */
+/* The SipHash key of the carrier hash and the allow cache, drawn by the programs at first use
+ * and never read out by the agent: the hashes cannot be predicted, so no carrier or question
+ * is made to collide with another. Pinned (0600) beside eg_allow, whose keys it makes: a
+ * restart keeps what the agent cleared. */
 struct eg_secret {
 	__u64 k0, k1;
 };
@@ -1197,6 +1199,14 @@ static __always_inline __u64 siphash13(__u64 k0, __u64 k1, const __u8 *buf, __u3
 	return siphash13_in(k0, k1, buf, n, EG_CARRIER_MAX);
 }
 
+/* The key of a (client, server) address pair in s->pair: the key of eg_carriers, eg_scookies,
+ * eg_pending and eg_forged. An answer's pair is (its destination, its source). */
+static __always_inline void pair_key(struct scratch *s, const __u8 *client, const __u8 *server)
+{
+	__builtin_memcpy(s->pair.saddr, client, 16);
+	__builtin_memcpy(s->pair.daddr, server, 16);
+}
+
 /* The SipHash key, drawn at first use by whichever program needs it first. */
 static __always_inline struct eg_secret *secret(void)
 {
@@ -1226,6 +1236,27 @@ __noinline __u64 question_key(struct scratch *s, __u32 n)
 	return siphash13_in(k->k0, k->k1 ^ EG_NAME_DOMAIN, s->exact, n, EG_QKEY_MAX);
 }
 
+/* The client part of a COOKIE option copied into s->cq: what a pending query and its answer
+ * share. */
+static __always_inline __u64 cc_of(const __u8 *cq)
+{
+	__u64 cc = 0;
+#pragma clang loop unroll(disable)
+	for (__u32 j = 0; j < 8; j++)
+		cc = (cc << 8) | cq[j];
+	return cc;
+}
+
+/* Whether a learnt cookie (EG_COOKIE_MAX bytes, zero-padded) of length `slot_len` is the one
+ * in cq, `len` long: compared whole, a word at a time. */
+static __always_inline int same_cookie(const __u8 *slot, __u32 slot_len, const __u8 *cq, __u32 len)
+{
+	const __u64 *l = (const __u64 *)slot, *q = (const __u64 *)cq;
+	__u64 d = slot_len ^ len;
+	d |= (l[0] ^ q[0]) | (l[1] ^ q[1]) | (l[2] ^ q[2]) | (l[3] ^ q[3]) | (l[4] ^ q[4]);
+	return !d;
+}
+
 /* A query's COOKIE option (at s->msg + c, 16-40 bytes, s->pair set) that is one of the last
  * 4 its pair learnt from responses: its server part is zeroed in s->msg, so the carrier reads
  * no data in it. A global function: the loops are verified once, off the deep call chain's
@@ -1234,11 +1265,12 @@ __noinline int cookie_echo(struct scratch *s, __u32 c, __u32 len, __u32 tag)
 {
 	if (!s || len < 8 || len > EG_COOKIE_MAX || !tag)
 		return 0;
-	/* pending: the answer to this query may teach its server cookie */
-	__u64 cc = 0;
+	/* zero-padded like the learnt ones, for a comparison a word at a time */
 #pragma clang loop unroll(disable)
-	for (__u32 j = 0; j < 8; j++)
-		cc = (cc << 8) | s->msg[(c + 4 + j) & (EG_CARRIER_MAX - 1)];
+	for (__u32 j = 0; j < EG_COOKIE_MAX; j++)
+		s->cq[j] = j < len ? s->msg[(c + 4 + j) & (EG_CARRIER_MAX - 1)] : 0;
+	/* pending: the answer to this query may teach its server cookie */
+	__u64 cc = cc_of(s->cq);
 	struct eg_pending *pd = bpf_map_lookup_elem(&eg_pending, &s->pair);
 	if (!pd) {
 		__builtin_memset(&s->pending, 0, sizeof(s->pending));
@@ -1264,19 +1296,10 @@ __noinline int cookie_echo(struct scratch *s, __u32 c, __u32 len, __u32 tag)
 	struct eg_scookies *sc = bpf_map_lookup_elem(&eg_scookies, &s->pair);
 	if (!sc)
 		return 0;
-	/* zero-padded like the learnt ones, then compared a word at a time */
-#pragma clang loop unroll(disable)
-	for (__u32 j = 0; j < EG_COOKIE_MAX; j++)
-		s->cq[j] = j < len ? s->msg[(c + 4 + j) & (EG_CARRIER_MAX - 1)] : 0;
-	const __u64 *q = (const __u64 *)s->cq;
 	int echo = 0;
 #pragma clang loop unroll(disable)
-	for (__u32 i = 0; i < EG_CARRIER_SLOTS; i++) {
-		const __u64 *l = (const __u64 *)(sc->ck + i * EG_COOKIE_MAX);
-		__u64 d = sc->len[i] ^ len;
-		d |= (l[0] ^ q[0]) | (l[1] ^ q[1]) | (l[2] ^ q[2]) | (l[3] ^ q[3]) | (l[4] ^ q[4]);
-		echo |= !d;
-	}
+	for (__u32 i = 0; i < EG_CARRIER_SLOTS; i++)
+		echo |= same_cookie(sc->ck + i * EG_COOKIE_MAX, sc->len[i], s->cq, len);
 	if (!echo)
 		return 0;
 	stat(EG_S_COOKIE_ECHOED);
@@ -1303,8 +1326,7 @@ static __always_inline int carrier_new(void *ctx, int kind, const void *nfbase, 
 	if (!k || n < 1 || n >= EG_CARRIER_MAX ||
 	    ld(ctx, kind, nfbase, o, s->msg, ((n - 1) & (EG_CARRIER_MAX - 1)) + 1))
 		return 1;
-	__builtin_memcpy(s->pair.saddr, p->saddr, 16);
-	__builtin_memcpy(s->pair.daddr, p->daddr, 16);
+	pair_key(s, p->saddr, p->daddr);
 	/* the COOKIE option among extra_ok's three; with a server part, was it sent to us? */
 	__u32 c = 11, len = 0;
 #pragma unroll
@@ -1345,8 +1367,7 @@ static __always_inline void carrier_pin(struct pkt *p, struct scratch *s, struct
 {
 	if (!ni->carrier)
 		return; /* not computed (the bytes could not be read): nothing to pin */
-	__builtin_memcpy(s->pair.saddr, p->saddr, 16);
-	__builtin_memcpy(s->pair.daddr, p->daddr, 16);
+	pair_key(s, p->saddr, p->daddr);
 	struct eg_carriers *c = bpf_map_lookup_elem(&eg_carriers, &s->pair);
 	if (!c) {
 		__builtin_memset(&s->carriers, 0, sizeof(s->carriers));
@@ -2129,8 +2150,7 @@ __noinline int forged_mark(struct pkt *p, __u64 cookie)
 	    (p->l4 != IPPROTO_UDP && p->l4 != IPPROTO_TCP))
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
-	__builtin_memcpy(s->pair.saddr, p->daddr, 16);
-	__builtin_memcpy(s->pair.daddr, p->saddr, 16);
+	pair_key(s, p->daddr, p->saddr);
 	bpf_map_update_elem(&eg_forged, &s->pair, &now, BPF_ANY);
 	return 1;
 }
@@ -2497,8 +2517,7 @@ __noinline int learn_cookie_xdp(struct xdp_md *ctx, struct pkt *p, struct name_i
 		if (len < 16 || len > EG_COOKIE_MAX || o + 4 + len > end)
 			return 0;
 		/* keyed as the client's queries are: (client, server) */
-		__builtin_memcpy(s->pair.saddr, p->daddr, 16);
-		__builtin_memcpy(s->pair.daddr, p->saddr, 16);
+		pair_key(s, p->daddr, p->saddr);
 		__u64 *f = bpf_map_lookup_elem(&eg_forged, &s->pair);
 		if (f && bpf_ktime_get_ns() - *f < EG_FORGED_NS) {
 			stat(EG_S_COOKIE_FORGED);
@@ -2509,10 +2528,7 @@ __noinline int learn_cookie_xdp(struct xdp_md *ctx, struct pkt *p, struct name_i
 			return 0;
 		const __u64 *q = (const __u64 *)s->cq;
 		/* the answer to a query the pair sent: its port, id and client cookie, once */
-		__u64 cc = 0;
-#pragma clang loop unroll(disable)
-		for (__u32 j = 0; j < 8; j++)
-			cc = (cc << 8) | s->cq[j];
+		__u64 cc = cc_of(s->cq);
 		__u32 tag = ((__u32)p->dport << 16) | bpf_ntohs(p->h.id);
 		struct eg_pending *pd = bpf_map_lookup_elem(&eg_pending, &s->pair);
 		int asked = 0;
@@ -2539,9 +2555,7 @@ __noinline int learn_cookie_xdp(struct xdp_md *ctx, struct pkt *p, struct name_i
 			/* the newest again (BIND's within a second): kept once, so 4 slots are 4
 			 * cookies */
 			__u32 last = (c->next - 1) & (EG_CARRIER_SLOTS - 1);
-			__u64 *l = (__u64 *)(c->ck + last * EG_COOKIE_MAX);
-			if (c->len[last] == len && l[0] == q[0] && l[1] == q[1] && l[2] == q[2] &&
-			    l[3] == q[3] && l[4] == q[4])
+			if (same_cookie(c->ck + last * EG_COOKIE_MAX, c->len[last], s->cq, len))
 				return 1;
 			/* written in place: a query read meanwhile on another CPU may miss it and is
 			 * held once */

@@ -452,9 +452,12 @@ impl Dataplane {
             std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
             drop_outdated_pins(dir);
             let m = &mut open.maps;
-            let pinned: [(&str, &mut libbpf_rs::OpenMapMut<'_>); 6] = [
+            let pinned: [(&str, &mut libbpf_rs::OpenMapMut<'_>); 7] = [
                 ("eg_blocklist", &mut m.eg_blocklist),
                 ("eg_allow", &mut m.eg_allow),
+                // the allow cache's keys are hashes under this key: the questions the agent
+                // cleared stay cleared across a restart (0600 like every pin)
+                ("eg_secret", &mut m.eg_secret),
                 ("eg_quarantine", &mut m.eg_quarantine),
                 ("eg_config", &mut m.eg_config),
                 ("eg_socks", &mut m.eg_socks),

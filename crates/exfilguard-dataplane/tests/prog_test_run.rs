@@ -371,6 +371,58 @@ fn verifier_cost_is_reported_and_within_budget() {
     }
 }
 
+/// A question the agent cleared stays cleared across a restart: the allow cache's keys are
+/// hashes under the programs' own key, pinned with the cache (before, the key was drawn anew
+/// at every load, so every cleared question was held once more). The key is still not the
+/// unkeyed hash, and a question never cleared is still held after the restart.
+#[test]
+fn a_cleared_question_passes_after_a_restart() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/eg-test-restart-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let load = || {
+        Dataplane::load(LoadOptions {
+            pin_dir: Some(dir.clone()),
+            persist: false,
+            ..Default::default()
+        })
+        .expect("loading the BPF programs with pins")
+    };
+    let frame =
+        |name: &str| udp_frame(sa("10.0.0.1:40001"), sa("10.0.0.2:53"), &query(name, 16, 7));
+    let (cleared, other) = (frame(TUNNEL), frame(&format!("q{TUNNEL}")));
+    let dp = load();
+    assert_eq!(run(&dp, &cleared), DROP, "held before it is cleared");
+    let ev = dp.drain_events().unwrap();
+    assert_ne!(
+        ev[0].name_hash,
+        exfilguard_dataplane::hash::question_hash(&ev[0].name_wire, 16, 1)
+    );
+    dp.maps().allow_name_hash(ev[0].name_hash).unwrap();
+    assert_eq!(run(&dp, &cleared), PASS, "cleared");
+    drop(dp);
+    let dp = load();
+    let passed = run(&dp, &cleared);
+    let other_verdict = run(&dp, &other);
+    let events = dp.drain_events().unwrap();
+    drop(dp);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        passed, PASS,
+        "the cleared question is held again after a restart"
+    );
+    assert_eq!(
+        other_verdict, DROP,
+        "a question never cleared passed after a restart"
+    );
+    assert_eq!(events.len(), 1, "one event: the question never cleared");
+}
+
 /// What happens to a query the kernel would hold when it cannot be handed over: a full ring
 /// or a dead agent (stale heartbeat). `fail_open = false` drops it, `true` passes it.
 #[test]

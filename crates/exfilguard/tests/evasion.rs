@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const TOOLS: [&str; 4] = ["ip", "nsenter", "dnsmasq", "tcpdump"];
+const TOOLS: [&str; 5] = ["ip", "nsenter", "dnsmasq", "tcpdump", "dig"];
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -1394,7 +1394,7 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
         what: format!("one zone ({zone})"),
         evidence: vec![
             format!("subdomain data to {zone}"),
-            format!("new OPT carriers (cookie, client subnet) from {CLIENT} to {SERVER}"),
+            format!("new OPT carriers (cookie, client subnet) from {CLIENT} (uid 0) to {SERVER}"),
         ],
         carried,
     });
@@ -1435,6 +1435,41 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
             Ipv6Addr::new(0xfd78, 0, 0, 0, 0, 0, 0, i + 1),
         )
     });
+    // control: another user of the client's address (an admin's dig, a fresh cookie of its
+    // own) to the server whose pair the probe (root) spent; the budgets are the user's, so
+    // this one is judged on its name and released (on the old code, per address, dropped)
+    let n = format!("www.{}-users.test", p.slug);
+    p.control(
+        "another user's dig to the spent server (fresh cookie)",
+        &n,
+        dig_as(&w.ns(), 65534, &SERVER6.to_string(), &n),
+    );
+}
+
+/// `dig` from namespace `ns` as user `uid`: one try, its default OPT and fresh client cookie;
+/// sent once dig ran (whatever the answer).
+fn dig_as(ns: &str, uid: u32, server: &str, name: &str) -> io::Result<()> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["--setuid", &uid.to_string(), "--setgid", &uid.to_string()])
+        .args([
+            "dig",
+            &format!("@{server}"),
+            "+tries=1",
+            "+time=2",
+            name,
+            "A",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("; <<>> DiG") {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "dig as uid {uid} did not run: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
 
 /// 40 queries from `s`, each carrying 40 bytes of data in a fresh cookie, query `i` under the
@@ -1465,7 +1500,9 @@ fn carrier_batch(
         what: what.into(),
         evidence: nets
             .iter()
-            .map(|n| format!("new OPT carriers (cookie, client subnet) from {CLIENT6} to {n}/64"))
+            .map(|n| {
+                format!("new OPT carriers (cookie, client subnet) from {CLIENT6} (uid 0) to {n}/64")
+            })
             .collect(),
         carried,
     });
