@@ -161,8 +161,83 @@ impl CgroupNames {
     }
 }
 
+/// Subordinate uid ranges (`/etc/subuid`, `owner:first:count`): the uids a user may map into
+/// its user namespaces (rootless containers) without privilege. Budgets kept per user fold
+/// them into their owner, so holding a range is not holding many users.
+#[derive(Debug, Default)]
+pub struct SubordinateIds {
+    /// (first, count, owner's uid), as listed.
+    ranges: Vec<(u32, u32, u32)>,
+}
+
+impl SubordinateIds {
+    /// Reads `path` (absent: no ranges); owners are names (resolved through NSS) or uids.
+    pub fn load(path: &Path) -> Self {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let ids = Self::parse(&text, uid_of_name);
+        if !ids.ranges.is_empty() {
+            tracing::info!(
+                "{} subordinate uid ranges in {}: folded into their owners for the carrier budgets",
+                ids.ranges.len(),
+                path.display()
+            );
+        }
+        ids
+    }
+
+    /// Parses subuid lines, resolving owner names with `uid_of`; malformed lines and unknown
+    /// owners are skipped (with a warning).
+    pub fn parse(text: &str, uid_of: impl Fn(&str) -> Option<u32>) -> Self {
+        let mut ranges = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let f: Vec<&str> = line.split(':').collect();
+            let parsed = match f.as_slice() {
+                [owner, first, count] => first
+                    .parse::<u32>()
+                    .ok()
+                    .zip(count.parse::<u32>().ok())
+                    .zip(owner.parse::<u32>().ok().or_else(|| uid_of(owner))),
+                _ => None,
+            };
+            match parsed {
+                Some(((first, count), owner)) => ranges.push((first, count, owner)),
+                None => tracing::warn!("subordinate uid line skipped: {line:?}"),
+            }
+        }
+        Self { ranges }
+    }
+
+    /// The user a budget charges for `uid`: the owner of a range holding it, else itself.
+    pub fn owner(&self, uid: u32) -> u32 {
+        self.ranges
+            .iter()
+            .find(|(first, count, _)| {
+                uid >= *first && u64::from(uid) < u64::from(*first) + u64::from(*count)
+            })
+            .map_or(uid, |r| r.2)
+    }
+}
+
+/// A user name's uid through NSS (`getpwnam_r`).
+fn uid_of_name(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16_384];
+    // SAFETY: zeroed passwd is a valid out-parameter; buffers outlive the call.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: valid C string, out-parameters and buffer of the given length.
+    let rc =
+        unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    (rc == 0 && !out.is_null()).then_some(pw.pw_uid)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::{uid_of_name, SubordinateIds};
+
     #[test]
     fn host_facts() {
         assert!(!super::hostname().is_empty());
@@ -171,5 +246,29 @@ mod tests {
             Some("lo")
         );
         assert!(super::ifindex("no-such-if0").is_err());
+    }
+
+    /// Every uid of a subordinate range charges its owner (rootless containers are one user);
+    /// uids outside the ranges, and lines that do not parse, change nothing.
+    #[test]
+    fn subordinate_uids_fold_into_their_owner() {
+        let ids = SubordinateIds::parse(
+            "# ranges\nalice:100000:65536\n1001:165536:65536\nghost:300000:10\nbroken line\nbob:x:1\n",
+            |n| (n == "alice").then_some(1000),
+        );
+        assert_eq!(ids.ranges.len(), 2);
+        for (uid, owner) in [
+            (100_000, 1000),
+            (165_535, 1000),
+            (165_536, 1001),
+            (231_071, 1001),
+        ] {
+            assert_eq!(ids.owner(uid), owner, "{uid}");
+        }
+        for uid in [0, 1000, 99_999, 231_072, 300_000, u32::MAX] {
+            assert_eq!(ids.owner(uid), uid, "{uid}");
+        }
+        assert_eq!(uid_of_name("root"), Some(0));
+        assert_eq!(uid_of_name("no-such-user-exfilguard"), None);
     }
 }

@@ -116,6 +116,8 @@ pub struct Pipeline {
     pub analytics: Option<Analytics>,
     /// Bytes of new OPT carriers per (client, server) address pair (`new_carrier` holds).
     pub carriers: exfilguard_behaviour::carriers::CarrierBudget,
+    /// Subordinate uids (`/etc/subuid`): the carrier budgets charge their owner.
+    pub subuids: crate::host::SubordinateIds,
     /// The conviction policy's tables, shared with the fleet applier.
     pub convictions: Arc<Mutex<Convictions>>,
     /// How long a model verdict's block for everyone lasts (as long as its fleet entry).
@@ -175,6 +177,7 @@ impl Pipeline {
                 cfg.behaviour.carrier_users_per_address,
                 cfg.behaviour.max_pairs,
             ),
+            subuids: crate::host::SubordinateIds::load(&cfg.behaviour.subuid_file),
             convictions: Arc::new(Mutex::new(convictions_for(cfg))),
             everyone_for: ttl(cfg.kafka.conviction_ttl_secs),
             alarm_everyone_for: ttl(cfg.behaviour.block_secs.max(1)),
@@ -521,8 +524,12 @@ impl Pipeline {
                 && (ev.reasons.contains(&"new_carrier") || ev.outside_question()))
             .then(|| crate::analytics::carrier_bytes(&ev, out.carried));
             // a local sender's budgets are its user's (another user's carriers are not
-            // refused for them); unattributed sends share their address's
-            let sender = (ev.src, ev.process.as_ref().map(|p| p.uid));
+            // refused for them; a subordinate uid is its owner's); unattributed sends share
+            // their address's
+            let sender = (
+                ev.src,
+                ev.process.as_ref().map(|p| self.subuids.owner(p.uid)),
+            );
             let carrier_over = carried.and_then(|_| self.carriers.over(now_ms(), sender, ev.dst));
             let decision = match (ev.response, ev.action) {
                 (true, Action::Block) => Decision::Blocked,

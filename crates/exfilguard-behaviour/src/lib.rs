@@ -56,6 +56,9 @@ pub struct Settings {
     /// An address over all its users has this many users' carrier budgets (per server and
     /// over all servers): one user alone cannot spend them.
     pub carrier_users_per_address: f64,
+    /// Subordinate uid ranges (`owner:first:count`): a uid in one is charged to its owner's
+    /// carrier budgets (absent file: none).
+    pub subuid_file: std::path::PathBuf,
     /// DGA bots, fast rule: at least `dga_min_domains` distinct registered domains answered
     /// NXDOMAIN to one client within the last `dga_window_secs` (a sliding window).
     pub dga_window_secs: u64,
@@ -98,6 +101,7 @@ impl Default for Settings {
             info_alarm_bytes: 1024.0,
             carrier_client_alarm_bytes: 16_384.0,
             carrier_users_per_address: 4.0,
+            subuid_file: "/etc/subuid".into(),
             dga_window_secs: 600,
             dga_min_domains: 20,
             dga_slow_window_secs: 21_600,

@@ -61,6 +61,8 @@ const PACKET_QDISC_BYPASS: libc::c_int = 20;
 /// `linux/if_packet.h`: a virtio-net header before each frame (GSO requests).
 const PACKET_VNET_HDR: libc::c_int = 15;
 const B32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+/// The first uid of the subordinate range the probes' agent is told nobody (65534) holds.
+const SUBUID_FIRST: u32 = 200_000;
 
 type ProbeFn = fn(&World, &mut Probe, &mut StdRng);
 
@@ -129,7 +131,18 @@ fn evasion_probes() {
         Tcpdump::start(&world.lab, "any"),
         Tcpdump::start(&world.lab, &vs),
     ];
-    let agent = Agent::start(&world.lab, &[]);
+    // a subordinate uid range of nobody's (what useradd writes for rootless containers): the
+    // cookie probe sends from uids in it
+    let subuid = world.lab.work.join("subuid");
+    std::fs::write(&subuid, format!("nobody:{SUBUID_FIRST}:65536\n")).expect("subuid file");
+    let agent = Agent::start_env(
+        &world.lab,
+        &[],
+        &[(
+            "EXFILGUARD__BEHAVIOUR__SUBUID_FILE",
+            subuid.to_str().expect("UTF-8 path"),
+        )],
+    );
     let mut rng = StdRng::seed_from_u64(0x0e7a_5105);
     let mut probes = Vec::new();
     for (no, (slug, title, run)) in PROBES.into_iter().enumerate() {
@@ -1444,6 +1457,51 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
         &n,
         dig_as(&w.ns(), 65534, &SERVER6.to_string(), &n),
     );
+    // a sender holding a subordinate uid range (rootless containers: no privilege needed)
+    // sends each carrier from another uid of it, to a server whose pair root spent above;
+    // the range is its owner's, one user: cut at the pair's 1 KiB (uid by uid, as first
+    // built, 40 users of one carrier each: only the address's 4 users' worth bounded them,
+    // and all 40 arrived)
+    let mut carried = Vec::new();
+    for i in 0..40u32 {
+        let name = format!("www.su{i}x.test");
+        let data = b32(rng, 40).into_bytes();
+        let m = Msg::query(rng.random(), &name).opt(&[(10, &data)]).bytes();
+        if let Err(e) = send_as(&w.ns(), SUBUID_FIRST + i, (SERVER, 53), &m) {
+            p.problems
+                .push(format!("subordinate-uid carrier {i} not sent: {e}"));
+        }
+        carried.push(data);
+        pause(30);
+    }
+    p.bounded.push(Bounded {
+        what: "a subordinate uid each".into(),
+        evidence: vec![format!(
+            "new OPT carriers (cookie, client subnet) from {CLIENT} (uid 65534) to {SERVER}"
+        )],
+        carried,
+    });
+    // control: a user outside the range, to the same server
+    let n = format!("www.{}-other.test", p.slug);
+    p.control(
+        "a user outside the range, to the same server",
+        &n,
+        dig_as(&w.ns(), 65533, &SERVER.to_string(), &n),
+    );
+}
+
+/// One datagram from namespace `ns` sent by a thread running as `uid` (the raw syscall
+/// changes the calling thread only; the thread ends with the send).
+fn send_as(ns: &str, uid: u32, dst: (Ipv4Addr, u16), b: &[u8]) -> io::Result<()> {
+    in_netns(ns, || {
+        // SAFETY: setresuid on this thread alone; no memory is touched.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.send_to(b, dst).map(drop)
+    })
 }
 
 /// `dig` from namespace `ns` as user `uid`: one try, its default OPT and fresh client cookie;

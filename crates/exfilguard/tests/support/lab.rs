@@ -248,6 +248,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(lab: &Lab, extra: &[&str]) -> Self {
+        Self::start_env(lab, extra, &[])
+    }
+
+    /// `start` with settings in the agent's environment (`EXFILGUARD__SECTION__KEY`).
+    pub fn start_env(lab: &Lab, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let bin = env!("CARGO_BIN_EXE_exfilguard");
         let iface = lab.client_if();
         // the socket layer sees every namespace; a lab's agent judges its own only, so labs
@@ -275,6 +280,7 @@ impl Agent {
             // netns.rs `one_process_cannot_block_a_zone_for_others` test the default)
             cmd.env("EXFILGUARD__CONVICT__DOMAIN_CLIENTS", "1");
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
