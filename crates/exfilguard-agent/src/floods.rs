@@ -139,6 +139,7 @@ mod tests {
             msg_len: 0,
             extra_len: 0,
             msg_hash: 0,
+            carrier: 0,
             frame_l3: false,
             quiet: None,
             packet: Vec::new(),

@@ -709,6 +709,12 @@ impl Pipeline {
                 carried.filter(|_| matches!(decision, Decision::Released | Decision::Reported))
             {
                 self.carriers.charge(now_ms(), sender, ev.dst, bytes);
+                // charged, so pinned: the pair's repeats of it carry nothing new (a dropped
+                // one is never pinned, and its resend is held again)
+                if let Err(e) = dp.pin_carrier(&ev) {
+                    tracing::warn!("pinning the carrier of {text}: {e}");
+                    self.metrics.error("pin_carrier");
+                }
             }
             let hold_us = (ev.action == Action::Hold).then(|| {
                 let ns = monotonic_ns().saturating_sub(ev.ts_ns);

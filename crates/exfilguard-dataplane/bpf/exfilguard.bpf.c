@@ -90,7 +90,8 @@ struct {
 
 /* The carriers (OPT record and RD/AD/CD bits, hashed) a client sent a server lately. A plain
  * query passes only with one of them: a new carrier is held and judged once (the agent counts
- * its bytes as information), then pinned. Clients keep theirs (a resolver's OPT, named's
+ * its bytes as information), then pinned by the agent, only once it went out (programs only
+ * read this map). Clients keep theirs (a resolver's OPT, named's
  * per-server cookie, one dig process's cookie), so a tunnel in the cookie or the client
  * subnet is held query after query. A pair absent (new, or evicted) has no carrier yet. */
 struct eg_pair_key {
@@ -111,6 +112,7 @@ struct {
 	__uint(max_entries, 16384);
 	__type(key, struct eg_pair_key);
 	__type(value, struct eg_carriers);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
 } eg_carriers SEC(".maps");
 
 /* The COOKIE options (client + server part) the last responses brought each (client,
@@ -252,9 +254,8 @@ struct {
 struct scratch {
 	__u8 name[EG_NAME_MAX];
 	__u8 msg[EG_PKT_MAX]; /* the message a ticket is checked against */
-	/* eg_carriers key and new value: off the 512-byte stack */
+	/* a (client, server) map key: off the 512-byte stack */
 	struct eg_pair_key pair;
-	struct eg_carriers carriers;
 	struct eg_scookies scookies; /* a pair's first learnt cookie */
 	struct eg_pending pending;   /* a pair's first pending query */
 	__u8 cq[EG_COOKIE_MAX] __attribute__((aligned(8))); /* a query's cookie, zero-padded */
@@ -1360,27 +1361,6 @@ static __always_inline int carrier_new(void *ctx, int kind, const void *nfbase, 
 	return !seen;
 }
 
-/* Pins a held query's carrier for its pair (oldest slot out): from now on it carries nothing
- * new. Pinned when held, so a message the agent drops is pinned too: its repeats say nothing
- * the agent has not counted. */
-static __always_inline void carrier_pin(struct pkt *p, struct scratch *s, struct name_info *ni)
-{
-	if (!ni->carrier)
-		return; /* not computed (the bytes could not be read): nothing to pin */
-	pair_key(s, p->saddr, p->daddr);
-	struct eg_carriers *c = bpf_map_lookup_elem(&eg_carriers, &s->pair);
-	if (!c) {
-		__builtin_memset(&s->carriers, 0, sizeof(s->carriers));
-		s->carriers.h[0] = ni->carrier;
-		s->carriers.next = 1;
-		bpf_map_update_elem(&eg_carriers, &s->pair, &s->carriers, BPF_ANY);
-		return;
-	}
-	__u32 i = c->next;
-	c->h[i & (EG_CARRIER_SLOTS - 1)] = ni->carrier;
-	c->next = i + 1;
-}
-
 /* Judges the message at p->dns_off as a query: the name (walk_name), then what it carries
  * outside the question. Returns 0, or -1 when no DNS server would take it for a query. */
 static __always_inline int msg_eval(void *ctx, int kind, const void *nfbase, struct pkt *p,
@@ -1449,6 +1429,7 @@ static __always_inline void fill_event(struct eg_event *ev, struct pkt *p, struc
 	ev->msg_len = p->dns_len;
 	ev->extra_len = ni->extra;
 	ev->msg_hash = 0;
+	ev->carrier = ni->carrier;
 	ev->frame_l3 = p->l3 != 0;
 	__builtin_memcpy(ev->saddr, p->saddr, 16);
 	__builtin_memcpy(ev->daddr, p->daddr, 16);
@@ -1583,7 +1564,7 @@ static __always_inline int decide(void *ctx, int kind, const void *nfbase, struc
 	}
 
 	struct eg_proc *proc = cookie ? bpf_map_lookup_elem(&eg_socks, &cookie) : 0;
-	int pin = 0;
+	int fresh = 0; /* a carrier its pair has not sent lately */
 	__u32 reasons = 0;
 	__u8 action = EG_ACT_PASS;
 	if (proc && bpf_map_lookup_elem(&eg_quarantine, &proc->tgid)) {
@@ -1602,13 +1583,15 @@ static __always_inline int decide(void *ctx, int kind, const void *nfbase, struc
 		int pass = plain ||
 			   (!ni->msg_reasons && bpf_map_lookup_elem(&eg_allow, &ni->full_hash));
 		/* an OPT its pair has not sent: named in the record, whatever else the query is,
-		 * so the agent charges it to the pair; pinned once the record is in the ring */
+		 * so the agent charges it to the pair. The agent pins it (eg_carriers) once the
+		 * query goes out: a query it drops (over the budget, a convicted name) is held
+		 * again when resent, so a repeat carries nothing the agent refused */
 		if (!ni->msg_reasons && CARRIER_NEW(kind, ctx, nfbase, p)) {
-			pin = 1;
+			fresh = 1;
 			stat(EG_S_NEW_CARRIER);
 			reasons |= EG_R_NEW_CARRIER;
 		}
-		if (pass && pin) {
+		if (pass && fresh) {
 			/* a name that would pass: held once for its carrier */
 			reasons = EG_R_NEW_CARRIER;
 			action = EG_ACT_HOLD;
@@ -1732,10 +1715,6 @@ static __always_inline int decide(void *ctx, int kind, const void *nfbase, struc
 		stat(EG_S_HOLD);
 	}
 	bpf_ringbuf_submit(ev, 0);
-	/* the agent has it (frame, or extra_len when frameless) and counts it: only now is the
-	 * carrier pinned, so one dropped for a full ring, or passed by fail_open, is held again */
-	if (pin && action != EG_ACT_FAILCLOSED)
-		carrier_pin(p, s, ni);
 	if (action == EG_ACT_HOLD || action == EG_ACT_BLOCK || action == EG_ACT_QUARANTINE ||
 	    action == EG_ACT_FAILCLOSED || action == EG_ACT_JUDGE)
 		return V_DROP;

@@ -228,6 +228,8 @@ struct eg_event {
 	__u64 cgroup_id;
 	__u64 quiet_hash; /* eg_quiet_key.hash of a blocked or quarantined query, else 0 */
 	__u64 msg_hash;   /* FNV-1a of the DNS message (held frames: what the ticket binds) */
+	__u64 carrier;    /* a new_carrier query's carrier hash: the agent pins it (eg_carriers)
+			   * once the query goes out, never when it is dropped */
 	__u32 pid;
 	__u32 tgid;
 	__u32 uid;

@@ -156,6 +156,10 @@ pub struct Event {
     /// The kernel's hash of the whole DNS message (held frames): what a release ticket binds.
     #[serde(skip)]
     pub msg_hash: u64,
+    /// The carrier hash of a `new_carrier` query: what `Dataplane::pin_carrier` pins once
+    /// the query went out.
+    #[serde(skip)]
+    pub carrier: u64,
     /// The held frame starts at the IP header (socket hook, layer-3 device, netfilter).
     #[serde(skip)]
     pub frame_l3: bool,
@@ -298,6 +302,7 @@ impl Event {
             msg_len: raw.msg_len,
             extra_len: raw.extra_len,
             msg_hash: raw.msg_hash,
+            carrier: raw.carrier,
             frame_l3: raw.frame_l3 != 0,
             quiet: (raw.drops != 0).then(|| {
                 (

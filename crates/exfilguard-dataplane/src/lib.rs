@@ -876,6 +876,46 @@ impl Dataplane {
             .ctx(|| "writing release ticket".into())
     }
 
+    /// Pins the carrier of a `new_carrier` query that went out (released, or reported in
+    /// monitor mode) for its (client, server) pair, oldest of the 4 out: the pair's queries
+    /// with it pass unheld from now on. Never called for a query the agent dropped, so a
+    /// resend of it is held again. Only the agent writes `eg_carriers`.
+    pub fn pin_carrier(&self, ev: &Event) -> Result<()> {
+        if ev.carrier == 0 || !ev.reasons.contains(&"new_carrier") {
+            return Ok(());
+        }
+        let v6 = |a: std::net::IpAddr| match a {
+            std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(a) => a.octets(),
+        };
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(&v6(ev.src));
+        key[16..].copy_from_slice(&v6(ev.dst));
+        let map = &self.skel.maps.eg_carriers;
+        // struct eg_carriers: h[4] (u64), next (u32), pad
+        let mut v = map
+            .lookup(&key, MapFlags::ANY)
+            .ctx(|| "reading eg_carriers".into())?
+            .unwrap_or_else(|| vec![0u8; 40]);
+        if v.len() != 40 {
+            return Err(DataplaneError::Other(format!(
+                "eg_carriers value of {} bytes",
+                v.len()
+            )));
+        }
+        let slot =
+            |v: &[u8], i: usize| u64::from_ne_bytes(v[i * 8..i * 8 + 8].try_into().expect("8"));
+        if (0..4).any(|i| slot(&v, i) == ev.carrier) {
+            return Ok(());
+        }
+        let next = u32::from_ne_bytes(v[32..36].try_into().expect("4"));
+        let i = (next & 3) as usize;
+        v[i * 8..i * 8 + 8].copy_from_slice(&ev.carrier.to_ne_bytes());
+        v[32..36].copy_from_slice(&next.wrapping_add(1).to_ne_bytes());
+        map.update(&key, &v, MapFlags::ANY)
+            .ctx(|| "writing eg_carriers".into())
+    }
+
     /// Tells the kernel the agent is alive (CLOCK_MONOTONIC now in `eg_heartbeat`); `run`
     /// does it every poll. A heartbeat older than 2 s makes `fail_open` pass what would be
     /// held, and counts `agent_down`.

@@ -59,8 +59,18 @@ fn tc(dp: &Dataplane, frame: &[u8]) -> i32 {
 /// then returns the verdict on a client that keeps it.
 fn kept(dp: &Dataplane, f: &[u8]) -> i32 {
     tc(dp, f);
-    let _ = dp.drain_events().unwrap();
+    handed(dp);
     tc(dp, f)
+}
+
+/// The held queries' events, each gone out as the agent releases it: a new carrier is pinned
+/// for its pair (`Dataplane::pin_carrier`, what the agent does once it lets one out).
+fn handed(dp: &Dataplane) -> Vec<exfilguard_dataplane::Event> {
+    let ev = dp.drain_events().unwrap();
+    for e in &ev {
+        dp.pin_carrier(e).unwrap();
+    }
+    ev
 }
 
 fn stats(dp: &Dataplane) -> HashMap<&'static str, u64> {
@@ -937,7 +947,7 @@ fn a_new_carrier_is_held_once_per_pair() {
         let before = stats(&dp)["new_carrier"];
         assert_eq!(tc(&dp, f), DROP, "{what}: passed");
         assert_eq!(stats(&dp)["new_carrier"], before + 1, "{what}");
-        let ev = dp.drain_events().unwrap();
+        let ev = handed(&dp);
         assert_eq!(ev.len(), 1, "{what}");
         assert_eq!(ev[0].action, Action::Hold, "{what}");
         assert_eq!(ev[0].reasons, vec!["new_carrier"], "{what}");
@@ -1004,7 +1014,7 @@ fn a_new_carrier_is_held_once_per_pair() {
         DROP,
         "TCP: a new carrier in the first message"
     );
-    let ev = dp.drain_events().unwrap();
+    let ev = handed(&dp);
     assert!(
         ev.iter()
             .any(|e| e.action == Action::Judge && e.reasons.contains(&"new_carrier")),
@@ -1050,7 +1060,7 @@ fn a_carrier_is_pinned_only_when_the_agent_has_it() {
         "second carrier: ring full, dropped"
     );
     assert!(stats(&dp)["ringbuf_full"] > full, "the ring was not full");
-    let _ = dp.drain_events().unwrap();
+    handed(&dp);
     assert_eq!(tc(&dp, &q(3, 1)), PASS, "the carrier handed over is pinned");
     assert_eq!(
         tc(&dp, &q(4, 2)),
@@ -1072,6 +1082,40 @@ fn a_carrier_is_pinned_only_when_the_agent_has_it() {
             "odd_message",
         );
     }
+}
+
+/// Found in review of the per-user budgets: the kernel pinned a new carrier when it held the
+/// query, so one the agent then dropped (its pair over the budget) passed unheld when the
+/// sender simply sent it again: every carrier got out at the second try (on the old code the
+/// resend passed). Now only the agent pins, once the query went out: a dropped carrier's
+/// resend is held again, every time. Control: a carrier the agent let out passes when kept.
+#[test]
+fn a_dropped_carrier_is_held_again() {
+    let Some(dp) = load() else { return };
+    let q = |id: u16, c: &[u8]| udp53(&query_with_opt(BENIGN, id, &[(10, c.to_vec())]));
+    let data: Vec<u8> = (0..40u8).map(|j| j.wrapping_mul(37) ^ 0x5a).collect();
+    for attempt in 0..3u16 {
+        let before = stats(&dp)["new_carrier"];
+        assert_eq!(
+            tc(&dp, &q(20 + attempt, &data)),
+            DROP,
+            "resend {attempt} of a dropped carrier passed"
+        );
+        assert_eq!(stats(&dp)["new_carrier"], before + 1, "resend {attempt}");
+        let ev = dp.drain_events().unwrap(); // the agent drops it: nothing pinned
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].reasons, vec!["new_carrier"]);
+        assert_ne!(ev[0].carrier, 0, "the event names its carrier");
+    }
+    let kept_cookie = [3u8; 8];
+    assert_eq!(tc(&dp, &q(30, &kept_cookie)), DROP, "held once");
+    handed(&dp);
+    assert_eq!(tc(&dp, &q(31, &kept_cookie)), PASS, "let out, then kept");
+    // the programs cannot write the map: only the agent pins
+    assert!(
+        dp.test_run_tc(&q(32, &data), 1).is_ok() && tc(&dp, &q(33, &data)) == DROP,
+        "a carrier pinned itself"
+    );
 }
 
 /// A response to 10.0.0.1:40000 from 10.0.0.2:53 with an answer and an authority record
@@ -1112,7 +1156,7 @@ fn an_echoed_server_cookie_is_no_new_carrier() {
         let before = stats(&dp)["new_carrier"];
         assert_eq!(tc(&dp, f), DROP, "{what}: passed");
         assert_eq!(stats(&dp)["new_carrier"], before + 1, "{what}");
-        let _ = dp.drain_events().unwrap();
+        handed(&dp);
     };
 
     // the client's first query (client cookie) and its first with a server part: once each

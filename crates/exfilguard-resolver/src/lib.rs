@@ -515,6 +515,7 @@ impl Front {
             msg_len: len.min(u16::MAX as usize) as u16,
             extra_len: 0,
             msg_hash: 0,
+            carrier: 0,
             frame_l3: false,
             quiet: None,
             packet: Vec::new(),
