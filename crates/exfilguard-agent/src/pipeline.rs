@@ -530,7 +530,8 @@ impl Pipeline {
                 ev.src,
                 ev.process.as_ref().map(|p| self.subuids.owner(p.uid)),
             );
-            let carrier_over = carried.and_then(|_| self.carriers.over(now_ms(), sender, ev.dst));
+            let carrier_over =
+                carried.and_then(|_| self.carriers.over(now_ms(), sender, ev.dst, ev.carrier));
             let decision = match (ev.response, ev.action) {
                 (true, Action::Block) => Decision::Blocked,
                 (true, _) => Decision::Reported,
@@ -708,7 +709,8 @@ impl Pipeline {
             if let Some(bytes) =
                 carried.filter(|_| matches!(decision, Decision::Released | Decision::Reported))
             {
-                self.carriers.charge(now_ms(), sender, ev.dst, bytes);
+                self.carriers
+                    .charge(now_ms(), sender, ev.dst, bytes, ev.carrier);
                 // charged, so pinned: the pair's repeats of it carry nothing new (a dropped
                 // one is never pinned, and its resend is held again)
                 if let Err(e) = dp.pin_carrier(&ev) {

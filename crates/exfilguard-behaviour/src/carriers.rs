@@ -15,12 +15,20 @@
 //! `carrier_users_per_address` users' budgets, per server and over all servers, which bounds
 //! a sender holding several uids.
 //!
+//! A carrier a sender paid for is not charged again while its payment lasts (`info_tau_secs`),
+//! nor refused: the kernel keeps only the pair's last 4 carriers, and another user of the
+//! address can push a victim's out of them (4 carriers differing in RD/AD/CD, a byte each),
+//! so the victim's next query is a new carrier to the kernel; charged again each time, its
+//! budget would be spent by the attacker's evictions.
+//!
 //! The sums decay like the information rate (`info_tau_secs`); from an alarm on, the pair's
 //! (or the client's) new carriers are refused.
 
+use lru::LruCache;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 
 /// Which budget refused a carrier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +66,8 @@ pub struct CarrierBudget {
     clients: HashMap<Sender, (f64, u64)>,
     address_pairs: HashMap<(IpAddr, IpAddr), (f64, u64)>,
     addresses: HashMap<IpAddr, (f64, u64)>,
+    /// (sender, server, carrier hash) → when it was paid for.
+    paid: LruCache<(Sender, IpAddr, u64), u64>,
 }
 
 /// The server as budgets key it: an IPv6 address by its /64.
@@ -114,13 +124,18 @@ impl CarrierBudget {
             clients: HashMap::new(),
             address_pairs: HashMap::new(),
             addresses: HashMap::new(),
+            paid: LruCache::new(NonZeroUsize::new(max_pairs.max(1) * 4).expect("non-zero")),
         }
     }
 
     /// Set when the sender's pair, the sender over all servers, or its address over all
     /// users (to the server, or to all) has reached its alarm at `now_ms`: the sender's next
     /// new carrier to `server` is refused.
-    pub fn over(&self, now_ms: u64, from: Sender, server: IpAddr) -> Option<Over> {
+    /// A carrier (hash `carrier`, 0: unknown) the sender paid for lately is never refused.
+    pub fn over(&self, now_ms: u64, from: Sender, server: IpAddr, carrier: u64) -> Option<Over> {
+        if self.is_paid(now_ms, from, server, carrier) {
+            return None;
+        }
         let sum = |e: Option<&(f64, u64)>| e.map_or(0.0, |e| decayed(e, now_ms, self.tau_ms));
         let to = server_key(server);
         let (pair, all) = (self.alarm, self.client_alarm);
@@ -147,15 +162,24 @@ impl CarrierBudget {
         })
     }
 
-    /// Adds `bytes` of a carrier that went out from `from` to `server` at `now_ms` to the
-    /// sender's pair and total and to its address's; returns what is over its alarm now, if
-    /// anything.
+    fn is_paid(&self, now_ms: u64, from: Sender, server: IpAddr, carrier: u64) -> bool {
+        carrier != 0
+            && self
+                .paid
+                .peek(&(from, server_key(server), carrier))
+                .is_some_and(|at| (now_ms.saturating_sub(*at) as f64) < self.tau_ms)
+    }
+
+    /// Adds `bytes` of a carrier (hash `carrier`, 0: unknown) that went out from `from` to
+    /// `server` at `now_ms` to the sender's pair and total and to its address's, unless the
+    /// sender paid for it lately; returns what is over its alarm now, if anything.
     pub fn charge(
         &mut self,
         now_ms: u64,
         from: Sender,
         server: IpAddr,
         bytes: usize,
+        carrier: u64,
     ) -> Option<Over> {
         let (tau, max, b, to) = (
             self.tau_ms,
@@ -163,11 +187,16 @@ impl CarrierBudget {
             bytes as f64,
             server_key(server),
         );
-        add(&mut self.pairs, max, tau, now_ms, (from, to), b);
-        add(&mut self.clients, max, tau, now_ms, from, b);
-        add(&mut self.address_pairs, max, tau, now_ms, (from.0, to), b);
-        add(&mut self.addresses, max, tau, now_ms, from.0, b);
-        self.over(now_ms, from, server)
+        if !self.is_paid(now_ms, from, server, carrier) {
+            add(&mut self.pairs, max, tau, now_ms, (from, to), b);
+            add(&mut self.clients, max, tau, now_ms, from, b);
+            add(&mut self.address_pairs, max, tau, now_ms, (from.0, to), b);
+            add(&mut self.addresses, max, tau, now_ms, from.0, b);
+            if carrier != 0 {
+                self.paid.put((from, to, carrier), now_ms);
+            }
+        }
+        self.over(now_ms, from, server, 0)
     }
 
     pub fn pairs(&self) -> usize {
@@ -196,16 +225,16 @@ mod tests {
         let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 1000);
         let (c, s) = (at("10.0.0.1"), ip("192.0.2.53"));
         let first = (0..40u64)
-            .position(|i| b.charge(i * 100, c, s, 40).is_some())
+            .position(|i| b.charge(i * 100, c, s, 40, 0).is_some())
             .unwrap();
         assert_eq!(first, 25, "the 26th carrier reaches the alarm");
-        let o = b.over(2600, c, s).expect("the next is refused");
+        let o = b.over(2600, c, s, 0).expect("the next is refused");
         assert!(o.scope == Scope::Pair && o.alarm == 1024.0);
-        assert!(b.over(2600, c, ip("192.0.2.54")).is_none());
-        assert!(b.charge(5000, c, ip("192.0.2.54"), 40).is_none());
-        assert!(b.charge(5000, at("10.0.0.2"), s, 40).is_none());
+        assert!(b.over(2600, c, ip("192.0.2.54"), 0).is_none());
+        assert!(b.charge(5000, c, ip("192.0.2.54"), 40, 0).is_none());
+        assert!(b.charge(5000, at("10.0.0.2"), s, 40, 0).is_none());
         let mut slow = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 1000);
-        assert!((0..100u64).all(|h| slow.charge(h * 3_600_000, c, s, 40).is_none()));
+        assert!((0..100u64).all(|h| slow.charge(h * 3_600_000, c, s, 40, 0).is_none()));
     }
 
     /// The spread attack: a carrier to each of many addresses of one IPv6 /64 is one pair;
@@ -219,8 +248,8 @@ mod tests {
         let sent = (0..1000u64)
             .take_while(|i| {
                 let s = IpAddr::V6((0x2001_0db8_0000_0001u128 << 64 | u128::from(*i + 1)).into());
-                b.over(*i, c, s).is_none() && {
-                    b.charge(*i, c, s, 40);
+                b.over(*i, c, s, 0).is_none() && {
+                    b.charge(*i, c, s, 40, 0);
                     true
                 }
             })
@@ -230,21 +259,21 @@ mod tests {
         let sent = (0..10_000u64)
             .take_while(|i| {
                 let s = IpAddr::V6((u128::from(*i + 1) << 64 | 1).into());
-                b.over(*i, c, s).is_none() && {
-                    b.charge(*i, c, s, 40);
+                b.over(*i, c, s, 0).is_none() && {
+                    b.charge(*i, c, s, 40, 0);
                     true
                 }
             })
             .count();
         assert_eq!(sent, 410, "a /64 each: the client's 16 KiB");
-        let o = b.over(10_001, c, ip("2001:db8:ffff::1")).unwrap();
+        let o = b.over(10_001, c, ip("2001:db8:ffff::1"), 0).unwrap();
         assert!(o.scope == Scope::Client && o.alarm == 16_384.0);
         let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
         let c4 = at("10.0.0.1");
         for i in 0..400u32 {
             let s = IpAddr::V4(std::net::Ipv4Addr::from(0xc000_0200 + i));
             assert!(
-                b.charge(u64::from(i) * 1000, c4, s, 20).is_none(),
+                b.charge(u64::from(i) * 1000, c4, s, 20, 0).is_none(),
                 "server {i}"
             );
         }
@@ -262,17 +291,20 @@ mod tests {
         let attacker = (a, Some(1000));
         let spent = (0..100u64)
             .take_while(|i| {
-                b.over(*i, attacker, s).is_none() && {
-                    b.charge(*i, attacker, s, 40);
+                b.over(*i, attacker, s, 0).is_none() && {
+                    b.charge(*i, attacker, s, 40, 0);
                     true
                 }
             })
             .count();
         assert_eq!(spent, 26, "the attacker's pair budget");
-        assert_eq!(b.over(200, attacker, s).map(|o| o.scope), Some(Scope::Pair));
+        assert_eq!(
+            b.over(200, attacker, s, 0).map(|o| o.scope),
+            Some(Scope::Pair)
+        );
         for other in [Some(0), Some(998), None] {
-            assert!(b.over(200, (a, other), s).is_none(), "{other:?} refused");
-            assert!(b.charge(200, (a, other), s, 14).is_none(), "{other:?}");
+            assert!(b.over(200, (a, other), s, 0).is_none(), "{other:?} refused");
+            assert!(b.charge(200, (a, other), s, 14, 0).is_none(), "{other:?}");
         }
         // many uids (a subordinate range): 4 users' budgets to one server, and over /64s 4
         // users' 16 KiB in all
@@ -280,29 +312,70 @@ mod tests {
         let to_one = (0..1000u64)
             .take_while(|i| {
                 let from = (a, Some(100_000 + *i as u32));
-                b.over(*i, from, s).is_none() && {
-                    b.charge(*i, from, s, 40);
+                b.over(*i, from, s, 0).is_none() && {
+                    b.charge(*i, from, s, 40, 0);
                     true
                 }
             })
             .count();
         assert_eq!(to_one, 103, "4 KiB to one server over all users");
-        let o = b.over(to_one as u64, (a, Some(0)), s).unwrap();
+        let o = b.over(to_one as u64, (a, Some(0)), s, 0).unwrap();
         assert!(o.scope == Scope::AddressPair && o.alarm == 4096.0);
         let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
         let sent = (0..100_000u64)
             .take_while(|i| {
                 let from = (a, Some(100_000 + (*i / 400) as u32));
                 let s = IpAddr::V6((u128::from(*i + 1) << 64 | 1).into());
-                b.over(*i, from, s).is_none() && {
-                    b.charge(*i, from, s, 40);
+                b.over(*i, from, s, 0).is_none() && {
+                    b.charge(*i, from, s, 40, 0);
                     true
                 }
             })
             .count();
         assert_eq!(sent, 1639, "64 KiB over all users");
-        let o = b.over(sent as u64, (a, Some(0)), s).unwrap();
+        let o = b.over(sent as u64, (a, Some(0)), s, 0).unwrap();
         assert!(o.scope == Scope::Address && o.alarm == 65_536.0);
+    }
+
+    /// The eviction attack: another user of the address pushes a victim's pinned carrier
+    /// out of the kernel's 4 slots (4 carriers differing in RD/AD/CD, a byte each), so the
+    /// victim's next query is held as new, again and again. A carrier the victim paid for is
+    /// not charged again, nor refused once the victim is over its budget; a new carrier of the
+    /// victim still is, and the attacker pays for every carrier of its own, the victim's
+    /// included (payments are per sender).
+    #[test]
+    fn a_carrier_paid_for_is_not_charged_again() {
+        let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 1000);
+        let (a, s) = (ip("10.0.0.1"), ip("192.0.2.53"));
+        let (victim, attacker) = ((a, Some(0)), (a, Some(1000)));
+        let kept = 0xc0ffee;
+        for i in 0..1000u64 {
+            assert!(
+                b.over(i, victim, s, kept).is_none(),
+                "evicted {i} times: refused"
+            );
+            assert!(b.charge(i, victim, s, 14, kept).is_none(), "{i}");
+        }
+        assert!(
+            b.pairs.get(&(victim, s)).unwrap().0 < 15.0,
+            "charged more than once"
+        );
+        // over the budget with new carriers: the paid one still passes, a new one does not
+        for c in 1..=80u64 {
+            b.charge(2000 + c, victim, s, 40, c);
+        }
+        assert!(b.over(3000, victim, s, 99).is_some(), "a new carrier");
+        assert!(
+            b.over(3000, victim, s, kept).is_none(),
+            "the carrier paid for"
+        );
+        assert!(b.over(3000, victim, s, 0).is_some(), "an unknown carrier");
+        // per sender: the attacker sending the victim's carrier pays for it
+        assert!(b.charge(3000, attacker, s, 14, kept).is_none());
+        assert!(b.pairs.get(&(attacker, s)).unwrap().0 > 13.0);
+        // a payment (at 0) lasts info_tau_secs: then the carrier is charged once more
+        assert!(b.is_paid(14_399_999, victim, s, kept));
+        assert!(!b.is_paid(14_400_000, victim, s, kept));
     }
 
     /// The table is bounded: a flood of pairs evicts, the memory does not grow.
@@ -314,7 +387,7 @@ mod tests {
                 IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
                 Some(i),
             );
-            b.charge(u64::from(i), c, ip("192.0.2.53"), 40);
+            b.charge(u64::from(i), c, ip("192.0.2.53"), 40, 0);
         }
         assert!(b.pairs() <= 64, "{}", b.pairs());
         assert!(b.clients.len() <= 64, "{}", b.clients.len());

@@ -245,12 +245,19 @@ impl Event {
         let raw_pkt = (raw.pkt_len as usize).min(n - Self::HEADER_SIZE);
         let name_len = (raw.name_len as usize).min(raw.name.len());
         let pkt_len = raw_pkt.min(raw.pkt.len());
-        let reasons = REASONS
+        let reasons: Vec<&'static str> = REASONS
             .iter()
             .enumerate()
             .filter(|(i, _)| raw.reasons & (1 << i) != 0)
             .map(|(_, r)| *r)
             .collect();
+        // computed afresh only for a new carrier: on other records the field is left from
+        // an earlier message, and must not name this one's carrier
+        let carrier = if reasons.contains(&"new_carrier") {
+            raw.carrier
+        } else {
+            0
+        };
         let process = (raw.tgid != 0).then(|| Process {
             pid: raw.pid,
             tgid: raw.tgid,
@@ -302,7 +309,7 @@ impl Event {
             msg_len: raw.msg_len,
             extra_len: raw.extra_len,
             msg_hash: raw.msg_hash,
-            carrier: raw.carrier,
+            carrier,
             frame_l3: raw.frame_l3 != 0,
             quiet: (raw.drops != 0).then(|| {
                 (
