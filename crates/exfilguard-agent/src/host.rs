@@ -163,30 +163,50 @@ impl CgroupNames {
 
 /// Subordinate uid ranges (`/etc/subuid`, `owner:first:count`): the uids a user may map into
 /// its user namespaces (rootless containers) without privilege. Budgets kept per user fold
-/// them into their owner, so holding a range is not holding many users.
+/// them into their owner, so holding a range is not holding many users. Read as shadow's
+/// newuidmap reads it (owner by name first, then as a uid; numbers as `strtoul(…, 0)`:
+/// hex, octal), and again when the file changes (checked every 30 s).
 #[derive(Debug, Default)]
 pub struct SubordinateIds {
     /// (first, count, owner's uid), as listed.
     ranges: Vec<(u32, u32, u32)>,
+    path: Option<PathBuf>,
+    modified: Option<std::time::SystemTime>,
+    checked: Option<Instant>,
 }
 
 impl SubordinateIds {
     /// Reads `path` (absent: no ranges); owners are names (resolved through NSS) or uids.
     pub fn load(path: &Path) -> Self {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let ids = Self::parse(&text, uid_of_name);
-        if !ids.ranges.is_empty() {
-            tracing::info!(
-                "{} subordinate uid ranges in {}: folded into their owners for the carrier budgets",
-                ids.ranges.len(),
-                path.display()
-            );
-        }
+        let mut ids = Self {
+            path: Some(path.to_path_buf()),
+            ..Self::default()
+        };
+        ids.reload();
         ids
     }
 
+    fn reload(&mut self) {
+        let Some(path) = &self.path else { return };
+        self.checked = Some(Instant::now());
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if modified.is_some() && modified == self.modified {
+            return;
+        }
+        self.modified = modified;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        self.ranges = Self::parse(&text, uid_of_name).ranges;
+        if !self.ranges.is_empty() {
+            tracing::info!(
+                "{} subordinate uid ranges in {}: folded into their owners for the carrier budgets",
+                self.ranges.len(),
+                path.display()
+            );
+        }
+    }
+
     /// Parses subuid lines, resolving owner names with `uid_of`; malformed lines and unknown
-    /// owners are skipped (with a warning).
+    /// owners are skipped (with a warning: their uids count as users of their own).
     pub fn parse(text: &str, uid_of: impl Fn(&str) -> Option<u32>) -> Self {
         let mut ranges = Vec::new();
         for line in text.lines().map(str::trim) {
@@ -195,29 +215,51 @@ impl SubordinateIds {
             }
             let f: Vec<&str> = line.split(':').collect();
             let parsed = match f.as_slice() {
-                [owner, first, count] => first
-                    .parse::<u32>()
-                    .ok()
-                    .zip(count.parse::<u32>().ok())
-                    .zip(owner.parse::<u32>().ok().or_else(|| uid_of(owner))),
+                [owner, first, count] => strtoul(first)
+                    .zip(strtoul(count))
+                    .zip(uid_of(owner).or_else(|| owner.parse::<u32>().ok())),
                 _ => None,
             };
             match parsed {
                 Some(((first, count), owner)) => ranges.push((first, count, owner)),
-                None => tracing::warn!("subordinate uid line skipped: {line:?}"),
+                None => tracing::warn!(
+                    "subordinate uid line skipped (its uids are not folded into an owner): {line:?}"
+                ),
             }
         }
-        Self { ranges }
+        Self {
+            ranges,
+            ..Self::default()
+        }
     }
 
     /// The user a budget charges for `uid`: the owner of a range holding it, else itself.
-    pub fn owner(&self, uid: u32) -> u32 {
+    pub fn owner(&mut self, uid: u32) -> u32 {
+        if self
+            .checked
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(30))
+        {
+            self.reload();
+        }
         self.ranges
             .iter()
             .find(|(first, count, _)| {
                 uid >= *first && u64::from(uid) < u64::from(*first) + u64::from(*count)
             })
             .map_or(uid, |r| r.2)
+    }
+}
+
+/// A number as C's `strtoul(s, …, 0)` reads it whole: `0x` hex, a leading `0` octal, else
+/// decimal (shadow's subuid parser).
+fn strtoul(s: &str) -> Option<u32> {
+    let s = s.trim();
+    if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u32::from_str_radix(h, 16).ok()
+    } else if s.len() > 1 && s.starts_with('0') {
+        u32::from_str_radix(&s[1..], 8).ok()
+    } else {
+        s.parse().ok()
     }
 }
 
@@ -237,6 +279,7 @@ fn uid_of_name(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::{uid_of_name, SubordinateIds};
+    use std::time::{Duration, Instant};
 
     #[test]
     fn host_facts() {
@@ -252,22 +295,40 @@ mod tests {
     /// uids outside the ranges, and lines that do not parse, change nothing.
     #[test]
     fn subordinate_uids_fold_into_their_owner() {
-        let ids = SubordinateIds::parse(
-            "# ranges\nalice:100000:65536\n1001:165536:65536\nghost:300000:10\nbroken line\nbob:x:1\n",
-            |n| (n == "alice").then_some(1000),
+        let mut ids = SubordinateIds::parse(
+            "# ranges\nalice:100000:65536\n1001:165536:65536\nghost:300000:10\nbroken line\n\
+             bob:x:1\n 7:0x40000:0200\n",
+            |n| match n {
+                "alice" => Some(1000),
+                "7" => Some(1007), // a user named "7": the name comes first, as in shadow
+                _ => None,
+            },
         );
-        assert_eq!(ids.ranges.len(), 2);
+        assert_eq!(ids.ranges.len(), 3);
         for (uid, owner) in [
             (100_000, 1000),
             (165_535, 1000),
             (165_536, 1001),
             (231_071, 1001),
+            (0x40000, 1007),
+            (0x40000 + 127, 1007),
         ] {
             assert_eq!(ids.owner(uid), owner, "{uid}");
         }
-        for uid in [0, 1000, 99_999, 231_072, 300_000, u32::MAX] {
+        for uid in [0, 1000, 99_999, 231_072, 0x40000 + 128, 300_000, u32::MAX] {
             assert_eq!(ids.owner(uid), uid, "{uid}");
         }
+        // the file changed: read again (30 s on, or at once when never checked)
+        let f = std::env::temp_dir().join(format!("eg-subuid-{}", std::process::id()));
+        std::fs::write(&f, "root:500000:10\n").unwrap();
+        let mut ids = SubordinateIds::load(&f);
+        assert_eq!(ids.owner(500_000), 0);
+        std::fs::write(&f, "root:600000:10\n").unwrap();
+        ids.checked = Some(Instant::now() - Duration::from_secs(31));
+        ids.modified = None;
+        assert_eq!(ids.owner(600_000), 0, "not read again");
+        assert_eq!(ids.owner(500_000), 500_000);
+        let _ = std::fs::remove_file(&f);
         assert_eq!(uid_of_name("root"), Some(0));
         assert_eq!(uid_of_name("no-such-user-exfilguard"), None);
     }

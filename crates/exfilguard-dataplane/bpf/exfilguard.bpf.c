@@ -2788,12 +2788,15 @@ static __always_inline int sock_hook(struct bpf_sock_addr *ctx, __u8 hook, int v
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	__u64 pt = bpf_get_current_pid_tgid();
 	__u32 tgid = pt >> 32;
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
 	struct eg_proc *old = bpf_map_lookup_elem(&eg_socks, &cookie);
-	if (!old || old->tgid != tgid || old->pid != (__u32)pt) {
+	/* a socket passed on, or its owner changing uid (a daemon dropping privilege), is the
+	 * current sender's: budgets are kept per user */
+	if (!old || old->tgid != tgid || old->pid != (__u32)pt || old->uid != uid) {
 		struct eg_proc pr = {};
 		pr.pid = (__u32)pt;
 		pr.tgid = tgid;
-		pr.uid = (__u32)bpf_get_current_uid_gid();
+		pr.uid = uid;
 		pr.cgroup_id = bpf_get_current_cgroup_id();
 		bpf_get_current_comm(pr.comm, sizeof(pr.comm));
 		bpf_map_update_elem(&eg_socks, &cookie, &pr, BPF_ANY);

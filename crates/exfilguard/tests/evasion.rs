@@ -1491,6 +1491,25 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
         &n,
         dig_as(&w.ns(), 65533, &SERVER.to_string(), &n),
     );
+    // control: a daemon that drops privilege after its first send, on the same socket and
+    // thread; its later sends are the new user's (the socket was kept as root's before, and
+    // root's pair to this server is spent)
+    let (first, n) = (p.name("priv"), format!("www.{}-dropped.test", p.slug));
+    let later = Msg::query(rng.random(), &n)
+        .opt(&[(10, &rng.random::<[u8; 8]>())])
+        .bytes();
+    let first_q = query(rng.random(), &first);
+    let r = in_netns(&w.ns(), || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.send_to(&first_q, (SERVER, 53))?;
+        pause(50);
+        // SAFETY: setresuid on this thread alone; no memory is touched.
+        if unsafe { libc::syscall(libc::SYS_setresuid, 65531, 65531, 65531) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        s.send_to(&later, (SERVER, 53)).map(drop)
+    });
+    p.control("a daemon's send after it dropped privilege", &n, r);
 }
 
 /// One datagram from namespace `ns` sent by a thread running as `uid` (the raw syscall
