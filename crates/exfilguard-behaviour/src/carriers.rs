@@ -233,6 +233,20 @@ mod tests {
         (ip(s), None)
     }
 
+    /// 40-byte carriers, carrier `i` at `i` ms from and to what `at(i)` gives, until the
+    /// first one refused: how many went out.
+    fn until_refused(b: &mut CarrierBudget, n: u64, at: impl Fn(u64) -> (Sender, IpAddr)) -> usize {
+        (0..n)
+            .take_while(|i| {
+                let (from, s) = at(*i);
+                b.over(*i, from, s, 0).is_none() && {
+                    b.charge(*i, from, s, 40, 0);
+                    true
+                }
+            })
+            .count()
+    }
+
     /// 40-byte carriers: the 26th reaches 1 KiB, the 27th is refused; another server of the
     /// same client, and the same server from another client, have budgets of their own; a
     /// slow sender (one carrier an hour) never reaches it.
@@ -261,26 +275,16 @@ mod tests {
     fn spreading_carriers_over_servers_is_bounded() {
         let c = at("fd00::1");
         let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
-        let sent = (0..1000u64)
-            .take_while(|i| {
-                let s = IpAddr::V6((0x2001_0db8_0000_0001u128 << 64 | u128::from(*i + 1)).into());
-                b.over(*i, c, s, 0).is_none() && {
-                    b.charge(*i, c, s, 40, 0);
-                    true
-                }
-            })
-            .count();
+        let sent = until_refused(&mut b, 1000, |i| {
+            let s = IpAddr::V6((0x2001_0db8_0000_0001u128 << 64 | u128::from(i + 1)).into());
+            (c, s)
+        });
         assert_eq!(sent, 26, "one /64, one budget");
         let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
-        let sent = (0..10_000u64)
-            .take_while(|i| {
-                let s = IpAddr::V6((u128::from(*i + 1) << 64 | 1).into());
-                b.over(*i, c, s, 0).is_none() && {
-                    b.charge(*i, c, s, 40, 0);
-                    true
-                }
-            })
-            .count();
+        let sent = until_refused(&mut b, 10_000, |i| {
+            let s = IpAddr::V6((u128::from(i + 1) << 64 | 1).into());
+            (c, s)
+        });
         assert_eq!(sent, 410, "a /64 each: the client's 16 KiB");
         let o = b.over(10_001, c, ip("2001:db8:ffff::1"), 0).unwrap();
         assert!(o.scope == Scope::Client && o.alarm == 16_384.0);
@@ -305,14 +309,7 @@ mod tests {
         let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
         let (a, s) = (ip("10.0.0.1"), ip("192.0.2.53"));
         let attacker = (a, Some(1000));
-        let spent = (0..100u64)
-            .take_while(|i| {
-                b.over(*i, attacker, s, 0).is_none() && {
-                    b.charge(*i, attacker, s, 40, 0);
-                    true
-                }
-            })
-            .count();
+        let spent = until_refused(&mut b, 100, |_| (attacker, s));
         assert_eq!(spent, 26, "the attacker's pair budget");
         assert_eq!(
             b.over(200, attacker, s, 0).map(|o| o.scope),
@@ -325,29 +322,19 @@ mod tests {
         // many uids (a subordinate range): 4 users' budgets to one server, and over /64s 4
         // users' 16 KiB in all
         let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
-        let to_one = (0..1000u64)
-            .take_while(|i| {
-                let from = (a, Some(100_000 + *i as u32));
-                b.over(*i, from, s, 0).is_none() && {
-                    b.charge(*i, from, s, 40, 0);
-                    true
-                }
-            })
-            .count();
+        let to_one = until_refused(&mut b, 1000, |i| {
+            let from = (a, Some(100_000 + i as u32));
+            (from, s)
+        });
         assert_eq!(to_one, 103, "4 KiB to one server over all users");
         let o = b.over(to_one as u64, (a, Some(0)), s, 0).unwrap();
         assert!(o.scope == Scope::AddressPair && o.alarm == 4096.0);
         let mut b = CarrierBudget::new(14_400, 1024.0, 16_384.0, 4.0, 100_000);
-        let sent = (0..100_000u64)
-            .take_while(|i| {
-                let from = (a, Some(100_000 + (*i / 400) as u32));
-                let s = IpAddr::V6((u128::from(*i + 1) << 64 | 1).into());
-                b.over(*i, from, s, 0).is_none() && {
-                    b.charge(*i, from, s, 40, 0);
-                    true
-                }
-            })
-            .count();
+        let sent = until_refused(&mut b, 100_000, |i| {
+            let from = (a, Some(100_000 + (i / 400) as u32));
+            let s = IpAddr::V6((u128::from(i + 1) << 64 | 1).into());
+            (from, s)
+        });
         assert_eq!(sent, 1639, "64 KiB over all users");
         let o = b.over(sent as u64, (a, Some(0)), s, 0).unwrap();
         assert!(o.scope == Scope::Address && o.alarm == 65_536.0);
