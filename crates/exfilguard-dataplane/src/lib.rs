@@ -329,15 +329,23 @@ fn drop_outdated_pins(dir: &Path) {
     }
 }
 
+/// An address as the programs key it: IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
+fn addr16(a: std::net::IpAddr) -> [u8; 16] {
+    match a {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(a) => a.octets(),
+    }
+}
+
 /// The `struct eg_lpm_key` of a network: IPv4 mapped into IPv6 (::ffff:0:0/96).
 pub fn lpm_key(addr: std::net::IpAddr, prefix: u8) -> [u8; 20] {
-    let (v6, len) = match addr {
-        std::net::IpAddr::V4(a) => (a.to_ipv6_mapped(), 96 + u32::from(prefix.min(32))),
-        std::net::IpAddr::V6(a) => (a, u32::from(prefix.min(128))),
+    let len = match addr {
+        std::net::IpAddr::V4(_) => 96 + u32::from(prefix.min(32)),
+        std::net::IpAddr::V6(_) => u32::from(prefix.min(128)),
     };
     // the trie compares the first `len` bits only; host bits are cleared so equal networks
     // give equal keys
-    let mut bits = u128::from_be_bytes(v6.octets());
+    let mut bits = u128::from_be_bytes(addr16(addr));
     if len < 128 {
         bits &= !(u128::MAX >> len);
     }
@@ -881,37 +889,37 @@ impl Dataplane {
     /// with it pass unheld from now on. Never called for a query the agent dropped, so a
     /// resend of it is held again. Only the agent writes `eg_carriers`.
     pub fn pin_carrier(&self, ev: &Event) -> Result<()> {
-        if ev.carrier == 0 || !ev.reasons.contains(&"new_carrier") {
+        use skel::types::eg_carriers;
+        // nonzero only on a new_carrier record (Event::decode)
+        if ev.carrier == 0 {
             return Ok(());
         }
-        let v6 = |a: std::net::IpAddr| match a {
-            std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            std::net::IpAddr::V6(a) => a.octets(),
-        };
         let mut key = [0u8; 32];
-        key[..16].copy_from_slice(&v6(ev.src));
-        key[16..].copy_from_slice(&v6(ev.dst));
+        key[..16].copy_from_slice(&addr16(ev.src));
+        key[16..].copy_from_slice(&addr16(ev.dst));
         let map = &self.skel.maps.eg_carriers;
-        // struct eg_carriers: h[4] (u64), next (u32), pad
+        let size = std::mem::size_of::<eg_carriers>();
+        let slots = eg_carriers::default().h.len();
+        let next_at = std::mem::offset_of!(eg_carriers, next);
         let mut v = map
             .lookup(&key, MapFlags::ANY)
             .ctx(|| "reading eg_carriers".into())?
-            .unwrap_or_else(|| vec![0u8; 40]);
-        if v.len() != 40 {
+            .unwrap_or_else(|| vec![0u8; size]);
+        if v.len() != size {
             return Err(DataplaneError::Other(format!(
-                "eg_carriers value of {} bytes",
+                "eg_carriers value of {} bytes, {size} expected",
                 v.len()
             )));
         }
         let slot =
             |v: &[u8], i: usize| u64::from_ne_bytes(v[i * 8..i * 8 + 8].try_into().expect("8"));
-        if (0..4).any(|i| slot(&v, i) == ev.carrier) {
+        if (0..slots).any(|i| slot(&v, i) == ev.carrier) {
             return Ok(());
         }
-        let next = u32::from_ne_bytes(v[32..36].try_into().expect("4"));
-        let i = (next & 3) as usize;
+        let next = u32::from_ne_bytes(v[next_at..next_at + 4].try_into().expect("4"));
+        let i = next as usize % slots;
         v[i * 8..i * 8 + 8].copy_from_slice(&ev.carrier.to_ne_bytes());
-        v[32..36].copy_from_slice(&next.wrapping_add(1).to_ne_bytes());
+        v[next_at..next_at + 4].copy_from_slice(&next.wrapping_add(1).to_ne_bytes());
         map.update(&key, &v, MapFlags::ANY)
             .ctx(|| "writing eg_carriers".into())
     }

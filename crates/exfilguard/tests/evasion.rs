@@ -1503,10 +1503,7 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
         let s = UdpSocket::bind("0.0.0.0:0")?;
         s.send_to(&first_q, (SERVER, 53))?;
         pause(50);
-        // SAFETY: setresuid on this thread alone; no memory is touched.
-        if unsafe { libc::syscall(libc::SYS_setresuid, 65531, 65531, 65531) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        become_uid(65531)?;
         s.send_to(&later, (SERVER, 53)).map(drop)
     });
     p.control("a daemon's send after it dropped privilege", &n, r);
@@ -1516,14 +1513,20 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
 /// changes the calling thread only; the thread ends with the send).
 fn send_as(ns: &str, uid: u32, dst: (Ipv4Addr, u16), b: &[u8]) -> io::Result<()> {
     in_netns(ns, || {
-        // SAFETY: setresuid on this thread alone; no memory is touched.
-        let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        become_uid(uid)?;
         let s = UdpSocket::bind("0.0.0.0:0")?;
         s.send_to(b, dst).map(drop)
     })
+}
+
+/// Makes the calling thread (alone: the raw syscall, not libc's process-wide wrapper) run as
+/// `uid`, for good: call it on a thread that ends with its work (`in_netns`).
+fn become_uid(uid: u32) -> io::Result<()> {
+    // SAFETY: setresuid on this thread alone; no memory is touched.
+    if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `dig` from namespace `ns` as user `uid`: one try, its default OPT and fresh client cookie;
