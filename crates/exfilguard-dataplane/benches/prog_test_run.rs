@@ -4,8 +4,8 @@
 //! pays); plus the XDP response path. Each case runs at least 1 M times, in 5 rounds;
 //! the median round is reported. Then the cgroup sock_addr hooks, which have no
 //! BPF_PROG_TEST_RUN: connect() of a UDP socket timed with the hooks attached to a cgroup this
-//! process moves into, encrypted-DNS policy off and on (what a non-DNS connect pays). Needs
-//! root.
+//! process moves into, encrypted-DNS policy off and on (what a non-DNS connect pays), and
+//! socket() + close() (the owner written into the new socket's storage). Needs root.
 //!
 //! cargo bench -p exfilguard-dataplane --bench prog_test_run
 
@@ -258,6 +258,17 @@ fn connects(fd: i32, to: SocketAddr, n: u32) -> f64 {
     t.elapsed().as_nanos() as f64 / n as f64
 }
 
+/// ns per socket(2) + close(2) of a UDP socket, median of ROUNDS rounds: the socket-creation
+/// hook writes the owner into the new socket's storage.
+fn sockets(n: u32) -> f64 {
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        // SAFETY: plain socket(2), closed at once.
+        unsafe { libc::close(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)) };
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
 /// The encrypted-DNS policy's cost at connect(): this process moves into a cgroup of its own
 /// with the sock_addr hooks attached; configurations alternate round by round.
 fn connect_cost(dp: &mut Dataplane) {
@@ -304,6 +315,8 @@ fn connect_cost(dp: &mut Dataplane) {
             "connect() to UDP/853, sanctioned resolver, encrypted_dns on",
             vec![],
         ),
+        ("socket() + close(), no exfilguard hooks attached", vec![]),
+        ("socket() + close(), hooks attached", vec![]),
     ];
     let on = KernelPolicy {
         encrypted_dns: true,
@@ -313,7 +326,9 @@ fn connect_cost(dp: &mut Dataplane) {
     for _ in 0..ROUNDS {
         dp.detach_all();
         rows[0].1.push(connects(fd, web, N));
+        rows[4].1.push(sockets(N));
         dp.attach_cgroup(&cg).unwrap();
+        rows[5].1.push(sockets(N));
         dp.set_policy(&off).unwrap();
         rows[1].1.push(connects(fd, web, N));
         dp.set_policy(&on).unwrap();
@@ -329,7 +344,7 @@ fn connect_cost(dp: &mut Dataplane) {
     let _ = std::fs::write(back, std::process::id().to_string());
     let _ = std::fs::remove_dir(&cg);
     println!();
-    println!("| sock_addr hook path | ns/connect (median of {ROUNDS} × {N}) |");
+    println!("| sock_addr / sock_create hook path | ns per call (median of {ROUNDS} × {N}) |");
     println!("|---|---|");
     for (what, mut v) in rows {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());

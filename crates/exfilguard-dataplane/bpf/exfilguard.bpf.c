@@ -183,12 +183,26 @@ struct {
 	__type(value, struct eg_secret);
 } eg_secret SEC(".maps");
 
+/* Who owns a socket, by socket cookie: the netfilter program's record (it cannot reach
+ * socket storage). An LRU: a process churning sockets can evict its own record, so tc and the
+ * socket layer read eg_sk instead. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct eg_proc);
 } eg_socks SEC(".maps");
+
+/* Who owns a socket, in the socket itself: written when an inet socket is created (raw ones
+ * too, which no connect or sendmsg hook sees), rewritten at connect and sendmsg when the
+ * sender changes, freed with the socket. Nothing evicts it, so a sender cannot shed its
+ * attribution (and with it its budgets) by churning sockets. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct eg_proc);
+} eg_sk SEC(".maps");
 
 /* tgid -> unix seconds when convicted. */
 struct {
@@ -1535,6 +1549,18 @@ __noinline int carrier_new_nf(struct bpf_nf_ctx *ctx, __u64 base, struct pkt *p)
  * msg_eval). `judge_only`: several messages in one TCP segment, so the segment is dropped and
  * the suspicious one handed over without the frame; TCP's retransmission passes once the
  * agent has cleared it. */
+/* The socket's owner: its socket storage where the program type can read it (tc, the
+ * socket layer), the cookie-keyed record at netfilter. */
+static __always_inline struct eg_proc *proc_of(void *ctx, int kind, __u64 cookie)
+{
+	if (kind == K_NF)
+		return cookie ? bpf_map_lookup_elem(&eg_socks, &cookie) : 0;
+	struct bpf_sock *sk = ((struct __sk_buff *)ctx)->sk;
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	return sk ? bpf_sk_storage_get(&eg_sk, sk, 0, 0) : 0;
+}
+
 static __always_inline int decide(void *ctx, int kind, const void *nfbase, struct eg_in *in,
 				  struct pkt *p, struct name_info *ni, int judge_only)
 {
@@ -1563,7 +1589,7 @@ static __always_inline int decide(void *ctx, int kind, const void *nfbase, struc
 		}
 	}
 
-	struct eg_proc *proc = cookie ? bpf_map_lookup_elem(&eg_socks, &cookie) : 0;
+	struct eg_proc *proc = proc_of(ctx, kind, cookie);
 	int fresh = 0; /* a carrier its pair has not sent lately */
 	__u32 reasons = 0;
 	__u8 action = EG_ACT_PASS;
@@ -1790,15 +1816,15 @@ static __always_inline struct name_info *ni_slot(int kind)
 			return V_DROP;                                                           \
 		return decide(ctx, KIND, (const void *)base, in, p, ni, multi);                  \
 	}                                                                                        \
-	__noinline int observe_q_##SUFFIX(struct eg_in *in, struct pkt *p)                       \
+	__noinline int observe_q_##SUFFIX(CTX_T *ctx, struct eg_in *in, struct pkt *p)           \
 	{                                                                                        \
 		__u32 slot = KIND;                                                               \
 		struct name_info *ni = ni_slot(KIND);                                            \
 		struct scratch *s = bpf_map_lookup_elem(&eg_scratch, &slot);                     \
-		if (!in || !p || !ni || !s)                                                      \
+		if (!ctx || !in || !p || !ni || !s)                                              \
 			return -1;                                                               \
 		__u64 cookie = in->cookie;                                                       \
-		struct eg_proc *proc = cookie ? bpf_map_lookup_elem(&eg_socks, &cookie) : 0;     \
+		struct eg_proc *proc = proc_of(ctx, KIND, cookie);                               \
 		return observe(p, s, ni, proc, cookie, in->ifindex, EG_KIND_QUERY, in->hook);    \
 	}
 
@@ -1820,10 +1846,10 @@ EG_PIECES(K_NF, struct bpf_nf_ctx, nf)
 	((kind) == K_NF	    ? msg_eval_nf(ctx, base, p)                                          \
 	 : (kind) == K_SOCK ? msg_eval_sock(ctx, base, p)                                        \
 			    : msg_eval_skb(ctx, base, p))
-#define OBSERVE_Q(kind, in, p)                                                                   \
-	((kind) == K_NF	    ? observe_q_nf(in, p)                                                \
-	 : (kind) == K_SOCK ? observe_q_sock(in, p)                                              \
-			    : observe_q_skb(in, p))
+#define OBSERVE_Q(kind, ctx, in, p)                                                              \
+	((kind) == K_NF	    ? observe_q_nf(ctx, in, p)                                           \
+	 : (kind) == K_SOCK ? observe_q_sock(ctx, in, p)                                         \
+			    : observe_q_skb(ctx, in, p))
 #define DECIDE(kind, ctx, base, in, p, multi)                                                    \
 	((kind) == K_NF	    ? decide_nf(ctx, base, in, p, multi)                                 \
 	 : (kind) == K_SOCK ? decide_sock(ctx, base, in, p, multi)                               \
@@ -1880,7 +1906,7 @@ enum { W_OK = 0, W_PARTIAL, W_NOT_DNS, W_UNOBSERVED };
 		} else if (!w->pick && CARRIER_NEW(KIND, w->ctx, w->base, p)) {                  \
 			w->pick = w->o;                                                          \
 		} else if (!w->pick && !ni->block_hash && w->o + 2 + mlen < w->end &&            \
-			   cfg->observe && !cfg->report_all && OBSERVE_Q(KIND, w->in, p) &&      \
+			   cfg->observe && !cfg->report_all && OBSERVE_Q(KIND, w->ctx, w->in, p) &&      \
 			   !cfg->fail_open && cfg->mode == EG_MODE_ENFORCE) {                    \
 			/* the ring full: the segment waits for TCP's retransmission rather   \
 			 * than pass with a message unseen */                                    \
@@ -2781,6 +2807,32 @@ static __always_inline int encdns_hook(struct bpf_sock_addr *ctx, struct eg_conf
 	return !enforce;
 }
 
+static __always_inline int same_owner(struct eg_proc *r, __u64 pt, __u32 uid)
+{
+	return r->tgid == pt >> 32 && r->pid == (__u32)pt && r->uid == uid;
+}
+
+static __always_inline void owner_fill(struct eg_proc *r, __u64 pt, __u32 uid)
+{
+	r->pid = (__u32)pt;
+	r->tgid = pt >> 32;
+	r->uid = uid;
+	r->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(r->comm, sizeof(r->comm));
+}
+
+/* A new inet socket (UDP, TCP, raw) is its creator's from the start: sends that no connect or
+ * sendmsg hook sees (raw sockets, a socket connected before the agent started and used
+ * after) are attributed all the same. */
+SEC("cgroup/sock_create")
+int eg_sock_create(struct bpf_sock *sk)
+{
+	struct eg_proc *st = bpf_sk_storage_get(&eg_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st)
+		owner_fill(st, bpf_get_current_pid_tgid(), (__u32)bpf_get_current_uid_gid());
+	return 1;
+}
+
 /* Records who owns the socket (once per cookie and process) and denies DNS-port sends of a
  * quarantined process. Returns 1 to allow, 0 to deny with EPERM. */
 static __always_inline int sock_hook(struct bpf_sock_addr *ctx, __u8 hook, int v6)
@@ -2789,16 +2841,17 @@ static __always_inline int sock_hook(struct bpf_sock_addr *ctx, __u8 hook, int v
 	__u64 pt = bpf_get_current_pid_tgid();
 	__u32 tgid = pt >> 32;
 	__u32 uid = (__u32)bpf_get_current_uid_gid();
-	struct eg_proc *old = bpf_map_lookup_elem(&eg_socks, &cookie);
 	/* a socket passed on, or its owner changing uid (a daemon dropping privilege), is the
 	 * current sender's: budgets are kept per user */
-	if (!old || old->tgid != tgid || old->pid != (__u32)pt || old->uid != uid) {
+	struct eg_proc *st = ctx->sk ? bpf_sk_storage_get(&eg_sk, ctx->sk, 0,
+							  BPF_SK_STORAGE_GET_F_CREATE)
+				     : 0;
+	if (st && !same_owner(st, pt, uid))
+		owner_fill(st, pt, uid);
+	struct eg_proc *old = bpf_map_lookup_elem(&eg_socks, &cookie);
+	if (!old || !same_owner(old, pt, uid)) {
 		struct eg_proc pr = {};
-		pr.pid = (__u32)pt;
-		pr.tgid = tgid;
-		pr.uid = uid;
-		pr.cgroup_id = bpf_get_current_cgroup_id();
-		bpf_get_current_comm(pr.comm, sizeof(pr.comm));
+		owner_fill(&pr, pt, uid);
 		bpf_map_update_elem(&eg_socks, &cookie, &pr, BPF_ANY);
 		stat(EG_S_SOCK_EVENTS);
 	}

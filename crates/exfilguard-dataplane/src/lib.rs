@@ -460,7 +460,7 @@ impl Dataplane {
             std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
             drop_outdated_pins(dir);
             let m = &mut open.maps;
-            let pinned: [(&str, &mut libbpf_rs::OpenMapMut<'_>); 7] = [
+            let pinned: [(&str, &mut libbpf_rs::OpenMapMut<'_>); 8] = [
                 ("eg_blocklist", &mut m.eg_blocklist),
                 ("eg_allow", &mut m.eg_allow),
                 // the allow cache's keys are hashes under this key: the questions the agent
@@ -469,6 +469,8 @@ impl Dataplane {
                 ("eg_quarantine", &mut m.eg_quarantine),
                 ("eg_config", &mut m.eg_config),
                 ("eg_socks", &mut m.eg_socks),
+                // sockets opened before a restart stay attributed
+                ("eg_sk", &mut m.eg_sk),
                 // a DNS stream off port 53 stays one across a restart
                 ("eg_flows", &mut m.eg_flows),
             ];
@@ -664,9 +666,19 @@ impl Dataplane {
         }
     }
 
-    /// Attaches the four sock_addr hooks to a cgroup v2 directory (normally the root).
+    /// Attaches the four sock_addr hooks and the socket-creation hook (who owns each socket)
+    /// to a cgroup v2 directory (normally the root).
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
-        self.attach_to_cgroup(cgroup, &["sendmsg4", "sendmsg6", "connect4", "connect6"])
+        self.attach_to_cgroup(
+            cgroup,
+            &[
+                "sock-create",
+                "sendmsg4",
+                "sendmsg6",
+                "connect4",
+                "connect6",
+            ],
+        )
     }
 
     /// Attaches the socket layer to a cgroup v2 directory (normally the root, which covers
@@ -688,6 +700,7 @@ impl Dataplane {
         for &name in names {
             let p = &self.skel.progs;
             let prog = match name {
+                "sock-create" => &p.eg_sock_create,
                 "sendmsg4" => &p.eg_sendmsg4,
                 "sendmsg6" => &p.eg_sendmsg6,
                 "connect4" => &p.eg_connect4,

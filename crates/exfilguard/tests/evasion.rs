@@ -1410,6 +1410,7 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
             format!("new OPT carriers (cookie, client subnet) from {CLIENT} (uid 0) to {SERVER}"),
         ],
         carried,
+        most: None,
     });
     // the same over IPv6, each query under a zone of its own and every fourth a reverse
     // lookup (found in review: the zone's tracker never counted these, the doorkeeper and
@@ -1483,6 +1484,7 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
             "new OPT carriers (cookie, client subnet) from {CLIENT} (uid 65534) to {SERVER}"
         )],
         carried,
+        most: None,
     });
     // control: a user outside the range, to the same server
     let n = format!("www.{}-other.test", p.slug);
@@ -1507,6 +1509,109 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
         s.send_to(&later, (SERVER, 53)).map(drop)
     });
     p.control("a daemon's send after it dropped privilege", &n, r);
+    shed_attribution(w, p, rng);
+}
+
+/// A sender that sheds its attribution to get a second budget: a user spends its pair's
+/// budget on a connected socket, connects and closes 150 000 sockets (the cookie-keyed owner
+/// records are an LRU of 65 536: its socket's was evicted, its later sends were unattributed
+/// and charged to a fresh budget, ~22 of 40 arrived), then goes on on the same socket; and
+/// root, whose pairs are spent, sends through a raw socket (no connect or sendmsg hook ever
+/// saw it: unattributed, a fresh budget). Owners now live in the socket from its creation.
+fn shed_attribution(w: &World, p: &mut Probe, rng: &mut StdRng) {
+    const UID: u32 = 65530;
+    let carriers = |rng: &mut StdRng, tag: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+        (0..40)
+            .map(|i| {
+                let data = b32(rng, 40).into_bytes();
+                let name = format!("www.{tag}{i}x.test");
+                let m = Msg::query(rng.random(), &name).opt(&[(10, &data)]).bytes();
+                (data, m)
+            })
+            .collect()
+    };
+    let (first, then) = (carriers(rng, "ev"), carriers(rng, "sh"));
+    let r = in_netns(&w.ns(), || -> io::Result<usize> {
+        become_uid(UID)?;
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect((SERVER, 53))?;
+        let mut failed = 0;
+        for (_, m) in &first {
+            failed += usize::from(s.send(m).is_err());
+            pause(30);
+        }
+        for _ in 0..150_000 {
+            let t = UdpSocket::bind("0.0.0.0:0")?;
+            t.connect((SERVER, 9))?;
+            // a second connect looks its record up: referenced, the records of the churn
+            // are kept over older ones, which the LRU then evicts
+            t.connect((SERVER, 9))?;
+        }
+        for (_, m) in &then {
+            failed += usize::from(s.send(m).is_err());
+            pause(30);
+        }
+        Ok(failed)
+    });
+    match r {
+        Ok(0) => {}
+        Ok(n) => p
+            .problems
+            .push(format!("{n} churn-probe carriers not sent")),
+        Err(e) => p.problems.push(format!("churn probe: {e}")),
+    }
+    let evidence = vec![format!(
+        "new OPT carriers (cookie, client subnet) from {CLIENT} (uid {UID}) to {SERVER}"
+    )];
+    p.bounded.push(Bounded {
+        what: format!("uid {UID} on a connected socket"),
+        evidence: evidence.clone(),
+        carried: first.into_iter().map(|c| c.0).collect(),
+        most: None,
+    });
+    p.bounded.push(Bounded {
+        what: format!("uid {UID}, the same socket after 150 000 sockets churned"),
+        evidence,
+        carried: then.into_iter().map(|c| c.0).collect(),
+        most: Some(4),
+    });
+    // root's pair to SERVER6 is spent (the first IPv6 batch); a raw socket is root's too
+    let raw = carriers(rng, "rw");
+    let r = in_netns(&w.ns(), || -> io::Result<usize> {
+        let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
+        // the kernel fills in the UDP checksum at offset 6
+        setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, &6i32)?;
+        let mut failed = 0;
+        for (i, (_, m)) in raw.iter().enumerate() {
+            let mut d = Vec::with_capacity(8 + m.len());
+            d.extend_from_slice(&(40_000 + i as u16).to_be_bytes());
+            d.extend_from_slice(&53u16.to_be_bytes());
+            d.extend_from_slice(&(8 + m.len() as u16).to_be_bytes());
+            d.extend_from_slice(&[0, 0]);
+            d.extend_from_slice(m);
+            // a raw socket is told of a held datagram (ENOBUFS: the socket layer took it)
+            match sendto_ip6(&fd, &d, SERVER6) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOBUFS) => failed += 1,
+                _ => {}
+            }
+            pause(30);
+        }
+        Ok(failed)
+    });
+    match r {
+        Ok(0) => {}
+        Ok(n) => p.problems.push(format!("{n} raw-socket carriers not sent")),
+        Err(e) => p.problems.push(format!("raw-socket probe: {e}")),
+    }
+    p.bounded.push(Bounded {
+        what: "root through a raw socket".into(),
+        evidence: vec![format!(
+            "new OPT carriers (cookie, client subnet) from {CLIENT6} (uid 0) to {}/64",
+            Ipv6Addr::from(u128::from(SERVER6) & !((1u128 << 64) - 1))
+        )],
+        carried: raw.into_iter().map(|c| c.0).collect(),
+        most: Some(4),
+    });
 }
 
 /// One datagram from namespace `ns` sent by a thread running as `uid` (the raw syscall
@@ -1591,6 +1696,7 @@ fn carrier_batch(
             })
             .collect(),
         carried,
+        most: None,
     });
 }
 
@@ -1647,6 +1753,8 @@ struct Bounded {
     what: String,
     evidence: Vec<String>,
     carried: Vec<Vec<u8>>,
+    /// At most this many may arrive: a sender whose budget is already spent.
+    most: Option<usize>,
 }
 
 /// One attack message: its secret bytes, and its question name when it is DNS.
@@ -1992,6 +2100,13 @@ fn judge(p: &Probe, seen: &Seen, lines: &[Value]) -> Row {
             row.failures.push(format!(
                 "{}: not cut ({arrived} of {n} arrived, no verdict naming {:?})",
                 b.what, b.evidence
+            ));
+        }
+        if let Some(most) = b.most.filter(|&m| arrived > m) {
+            row.failures.push(format!(
+                "{}: {arrived} of {n} arrived from a sender whose budget was spent (at most \
+                 {most} may)",
+                b.what
             ));
         }
     }
@@ -2402,6 +2517,26 @@ fn sendto_ip(fd: &OwnedFd, buf: &[u8], dst: Ipv4Addr) -> io::Result<()> {
             0,
             (&sa as *const libc::sockaddr_in).cast(),
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    check(if r < 0 { -1 } else { 0 })
+}
+
+/// sendto(2) a payload through an IPv6 raw socket to `dst`.
+fn sendto_ip6(fd: &OwnedFd, buf: &[u8], dst: Ipv6Addr) -> io::Result<()> {
+    // SAFETY: sockaddr_in6 is plain data; all zeroes is a valid value.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_addr.s6_addr = dst.octets();
+    // SAFETY: buf and sa are valid for the call.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            (&sa as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
         )
     };
     check(if r < 0 { -1 } else { 0 })
