@@ -530,51 +530,20 @@ impl Pipeline {
                 ev.src,
                 ev.process.as_ref().map(|p| self.subuids.owner(p.uid)),
             );
-            let carrier_over =
-                carried.and_then(|_| self.carriers.over(now_ms(), sender, ev.dst, ev.carrier));
+            // over its budget, a query that would go out goes as its question alone
+            let over = carried
+                .and_then(|_| self.carriers.over(now_ms(), sender, ev.dst, ev.carrier))
+                .map(|o| over_budget(&o, &ev, sender.1));
             let decision = match (ev.response, ev.action) {
                 (true, Action::Block) => Decision::Blocked,
                 (true, _) => Decision::Reported,
-                (false, Action::Hold | Action::Judge) if carrier_over.is_some() => {
-                    use exfilguard_behaviour::carriers::{server_key, Over, Scope};
-                    let o = carrier_over.unwrap_or(Over {
-                        total: 0.0,
-                        alarm: 0.0,
-                        scope: Scope::Pair,
-                    });
-                    let who = match sender.1 {
-                        Some(uid) => format!("{} (uid {uid})", ev.src),
-                        None => ev.src.to_string(),
-                    };
-                    let all = format!("{} (all users)", ev.src);
-                    let server = match ev.dst {
-                        std::net::IpAddr::V6(_) => format!("{}/64", server_key(ev.dst)),
-                        v4 => v4.to_string(),
-                    };
-                    let (who, to) = match o.scope {
-                        Scope::Pair => (who, server),
-                        Scope::Client => (who, "all its servers".to_string()),
-                        Scope::AddressPair => (all, server),
-                        Scope::Address => (all, "all its servers".to_string()),
-                    };
-                    let why = format!(
-                        "{:.0} bytes of new OPT carriers (cookie, client subnet) from {who} to {to}: over the information budget ({:.0} bytes)",
-                        o.total,
-                        o.alarm
-                    );
-                    tracing::warn!(name = %text, "query dropped: {why}");
-                    if let Some(v) = verdict.as_mut() {
-                        v.reasons.insert(0, why);
-                    }
-                    Decision::Dropped
-                }
                 (false, Action::Hold)
                     if age > self.max_hold_ns || verdict.is_none() && name.is_some() =>
                 {
                     // too late to matter, or no model verdict: the fail policy decides
                     self.expired += 1;
                     if self.fail_open {
-                        self.release(dp, &ev)
+                        self.release_within(dp, &ev, over.as_deref(), verdict.as_mut(), &text)
                     } else {
                         Decision::Dropped
                     }
@@ -629,10 +598,9 @@ impl Pipeline {
                         Decision::Blocked
                     } else if alert && out.why.is_none() {
                         let d = if ev.action == Action::Judge {
-                            dp.allow_name(&ev)
-                                .map_or(Decision::Dropped, |()| Decision::Released)
+                            self.allow_within(dp, &ev, over.as_deref(), verdict.as_mut(), &text)
                         } else {
-                            self.release(dp, &ev)
+                            self.release_within(dp, &ev, over.as_deref(), verdict.as_mut(), &text)
                         };
                         match d {
                             Decision::Released => Decision::Reported,
@@ -668,15 +636,9 @@ impl Pipeline {
                     } else if ev.action == Action::Judge {
                         // dropped without its frame: clearing the exact name lets the
                         // sender's retransmission pass
-                        match dp.allow_name(&ev) {
-                            Ok(()) => Decision::Released,
-                            Err(e) => {
-                                tracing::warn!("clearing {text}: {e}");
-                                Decision::Dropped
-                            }
-                        }
+                        self.allow_within(dp, &ev, over.as_deref(), verdict.as_mut(), &text)
                     } else {
-                        self.release(dp, &ev)
+                        self.release_within(dp, &ev, over.as_deref(), verdict.as_mut(), &text)
                     }
                 }
                 (false, Action::Block) => {
@@ -770,6 +732,68 @@ impl Pipeline {
         self.send(records);
         for (a, ev) in alarms {
             self.on_alarm(dp, a, ev);
+        }
+    }
+
+    /// Releases a held query; one over its carrier budget (`over`: why) goes as its header
+    /// and question alone, the data it carried after them dropped, so its sender still gets
+    /// an answer (a frame that cannot be cut so, TCP or inside a tunnel, is dropped).
+    fn release_within(
+        &mut self,
+        dp: &mut Dataplane,
+        ev: &Event,
+        over: Option<&str>,
+        verdict: Option<&mut Verdict>,
+        text: &str,
+    ) -> Decision {
+        let Some(why) = over else {
+            return self.release(dp, ev);
+        };
+        let cut = strip(ev).and_then(|(frame, msg)| {
+            dp.release_rewritten(ev, &frame, &msg)
+                .map_err(|e| e.to_string())
+        });
+        let (d, why) = match cut {
+            Ok(()) => {
+                self.released += 1;
+                (
+                    Decision::Stripped,
+                    format!("{why}: released as its question alone"),
+                )
+            }
+            Err(e) => (Decision::Dropped, format!("{why} (not cut: {e})")),
+        };
+        tracing::warn!(name = %text, "query {}: {why}", d.as_str());
+        if let Some(v) = verdict {
+            v.reasons.insert(0, why);
+        }
+        d
+    }
+
+    /// A judged query held without its frame (a TCP segment): its name is cleared so the
+    /// retransmission passes, unless it is over its carrier budget (the retransmission would
+    /// carry the same data).
+    fn allow_within(
+        &mut self,
+        dp: &mut Dataplane,
+        ev: &Event,
+        over: Option<&str>,
+        verdict: Option<&mut Verdict>,
+        text: &str,
+    ) -> Decision {
+        if let Some(why) = over {
+            tracing::warn!(name = %text, "query dropped: {why}");
+            if let Some(v) = verdict {
+                v.reasons.insert(0, why.to_string());
+            }
+            return Decision::Dropped;
+        }
+        match dp.allow_name(ev) {
+            Ok(()) => Decision::Released,
+            Err(e) => {
+                tracing::warn!("clearing {text}: {e}");
+                Decision::Dropped
+            }
         }
     }
 
@@ -905,6 +929,63 @@ fn blocks_line(o: &Outcome) -> String {
 }
 
 /// The (first) DNS message in a held record's frame.
+/// Why a sender's carriers are refused, naming who and where (its user, or all the address's
+/// users; a server, or all of them).
+fn over_budget(o: &exfilguard_behaviour::carriers::Over, ev: &Event, uid: Option<u32>) -> String {
+    use exfilguard_behaviour::carriers::{server_key, Scope};
+    let who = match uid {
+        Some(uid) => format!("{} (uid {uid})", ev.src),
+        None => ev.src.to_string(),
+    };
+    let all = format!("{} (all users)", ev.src);
+    let server = match ev.dst {
+        std::net::IpAddr::V6(_) => format!("{}/64", server_key(ev.dst)),
+        v4 => v4.to_string(),
+    };
+    let (who, to) = match o.scope {
+        Scope::Pair => (who, server),
+        Scope::Client => (who, "all its servers".to_string()),
+        Scope::AddressPair => (all, server),
+        Scope::Address => (all, "all its servers".to_string()),
+    };
+    format!(
+        "{:.0} bytes of new OPT carriers (cookie, client subnet) from {who} to {to}: over the information budget ({:.0} bytes)",
+        o.total, o.alarm
+    )
+}
+
+/// A held UDP query cut back to its header and question (`question_only`), in a frame like
+/// the held one: (frame, message).
+fn strip(ev: &Event) -> Result<(Vec<u8>, Vec<u8>), String> {
+    use exfilguard_dns::packet::{dns_payloads, LinkType};
+    let frame = ev.wire_frame();
+    let link = if ev.frame_l3 {
+        LinkType::RawIp
+    } else {
+        LinkType::Ethernet
+    };
+    let payloads = dns_payloads(&frame, link).map_err(|e| e.to_string())?;
+    let p = match payloads.as_slice() {
+        [p] if p.transport == exfilguard_dns::Transport::Udp
+            && p.encapsulation.iter().all(|e| *e == "vlan") =>
+        {
+            p
+        }
+        _ => return Err("not a plain UDP query".into()),
+    };
+    // the message the kernel held, not another reading of the frame (a payload the kernel
+    // took for a tunnel's may parse as a query of its own here)
+    if p.payload.len() != usize::from(ev.msg_len)
+        || exfilguard_dataplane::hash::message_hash(p.payload) != ev.msg_hash
+    {
+        return Err("the frame's message is not the one the kernel held".into());
+    }
+    let msg = exfilguard_dns::question_only(p.payload).map_err(|e| e.to_string())?;
+    let frame = exfilguard_dns::replace_udp_payload(&frame, ev.frame_l3, &msg)
+        .map_err(|e| e.to_string())?;
+    Ok((frame, msg))
+}
+
 pub(crate) fn held_message(ev: &Event) -> Result<Option<&[u8]>, String> {
     use exfilguard_dns::packet::{dns_payloads, LinkType};
     let link = if ev.frame_l3 {

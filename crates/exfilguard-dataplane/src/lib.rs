@@ -848,12 +848,42 @@ impl Dataplane {
     /// Releases a held query: remembers the name as benign, issues a ticket bound to the
     /// whole message and re-injects the exact original frame where it was held.
     pub fn release(&mut self, ev: &Event) -> Result<()> {
+        Self::held(ev)?;
+        self.release_ticket_only(ev)?;
+        self.reinject(ev, &ev.wire_frame())
+    }
+
+    /// Releases a held query as a message the agent made of it (`msg`, carried in `frame`,
+    /// which stands where the held frame stood): the same question with less after it. The
+    /// ticket binds that message; the held one stays refused.
+    pub fn release_rewritten(&mut self, ev: &Event, frame: &[u8], msg: &[u8]) -> Result<()> {
+        Self::held(ev)?;
+        self.rewritten_ticket_only(ev, msg)?;
+        self.reinject(ev, frame)
+    }
+
+    /// The map half of `release_rewritten`: the name cleared as `release_ticket_only` does,
+    /// and a ticket for `msg` (the agent's hash of it, the programs' `msg_hash`).
+    pub fn rewritten_ticket_only(&self, ev: &Event, msg: &[u8]) -> Result<()> {
+        if !ev.outside_question() {
+            self.maps.allow_name_hash(ev.name_hash)?;
+        }
+        let len = u16::try_from(msg.len())
+            .map_err(|_| DataplaneError::Other("rewritten message over 64 KiB".into()))?;
+        self.ticket(hash::message_hash(msg), ev.dns_id, len)
+    }
+
+    fn held(ev: &Event) -> Result<()> {
         if ev.action != Action::Hold || ev.packet.is_empty() {
             return Err(DataplaneError::Other(
                 "only held events can be released".into(),
             ));
         }
-        self.release_ticket_only(ev)?;
+        Ok(())
+    }
+
+    /// Sends `frame` out where `ev`'s frame was held, with the release mark.
+    fn reinject(&mut self, ev: &Event, frame: &[u8]) -> Result<()> {
         if self.reinject.is_none() {
             self.reinject = Some(
                 reinject::Reinjector::new(self.policy.release_mark)
@@ -861,13 +891,12 @@ impl Dataplane {
             );
         }
         let r = self.reinject.as_ref().expect("just set");
-        let frame = ev.wire_frame();
         match (ev.hook, ev.frame_l3) {
             // held before routing: routed again, out of the device the kernel had chosen
-            (Hook::Netfilter | Hook::Sock, _) => r.send_ip(&frame, ev.ifindex),
+            (Hook::Netfilter | Hook::Sock, _) => r.send_ip(frame, ev.ifindex),
             // a layer-3 device (tun, wireguard, ipip): no link header to rebuild
-            (_, true) => r.send_l3(ev.ifindex, &frame),
-            _ => r.send_frame(ev.ifindex, &frame),
+            (_, true) => r.send_l3(ev.ifindex, frame),
+            _ => r.send_frame(ev.ifindex, frame),
         }
         .ctx(|| format!("re-injecting {} on ifindex {}", ev.name_text(), ev.ifindex))
     }
@@ -885,10 +914,15 @@ impl Dataplane {
         if !ev.outside_question() {
             self.maps.allow_name_hash(ev.name_hash)?;
         }
+        self.ticket(ev.msg_hash, ev.dns_id, ev.msg_len)
+    }
+
+    /// A ticket (`struct eg_ticket`) for one message, valid 2 s at every hook it crosses.
+    fn ticket(&self, msg_hash: u64, dns_id: u16, msg_len: u16) -> Result<()> {
         let mut ticket = [0u8; 16];
-        ticket[..8].copy_from_slice(&ev.msg_hash.to_ne_bytes());
-        ticket[8..10].copy_from_slice(&ev.dns_id.to_ne_bytes());
-        ticket[10..12].copy_from_slice(&ev.msg_len.to_ne_bytes());
+        ticket[..8].copy_from_slice(&msg_hash.to_ne_bytes());
+        ticket[8..10].copy_from_slice(&dns_id.to_ne_bytes());
+        ticket[10..12].copy_from_slice(&msg_len.to_ne_bytes());
         let expiry = monotonic_ns() + TICKET_NS;
         self.skel
             .maps

@@ -695,6 +695,44 @@ fn letter_case_is_kept_as_evidence() {
     );
 }
 
+/// A query over its sender's carrier budget goes out as its header and question alone: the
+/// ticket the agent writes for the cut message (its own hash of it, which must be the
+/// programs') lets that frame pass; the held frame with its cookie stays refused, and so does
+/// a cut frame with another question.
+#[test]
+fn a_query_cut_to_its_question_passes_with_its_ticket() {
+    let Some(dp) = load() else { return };
+    let msg = query_with_opt(TUNNEL, 77, &[(10, vec![1; 40])]);
+    let frame = udp53(&msg);
+    assert_eq!(tc(&dp, &frame), DROP);
+    let ev = dp.drain_events().unwrap().remove(0);
+    let cut = exfilguard_dns::question_only(&msg).unwrap();
+    let cut_frame = exfilguard_dns::replace_udp_payload(&frame, false, &cut).unwrap();
+    assert_eq!(cut_frame.len(), frame.len() - (msg.len() - cut.len()));
+    dp.rewritten_ticket_only(&ev, &cut).unwrap();
+    // the ticket alone lets it through: the name is not in the allow cache in this test
+    dp.maps().unallow_name_hash(ev.name_hash).unwrap();
+    let mark = dp.policy().release_mark;
+    assert_eq!(tc(&dp, &cut_frame), DROP, "unmarked, the cut frame is held");
+    assert_eq!(
+        dp.test_run_tc_marked(&cut_frame, mark).unwrap(),
+        PASS,
+        "the cut frame with its ticket"
+    );
+    assert_eq!(
+        dp.test_run_tc_marked(&frame, mark).unwrap(),
+        DROP,
+        "the held frame, cookie and all"
+    );
+    let other = query_with_opt(&format!("z{TUNNEL}"), 77, &[(10, vec![1; 40])]);
+    let other = exfilguard_dns::question_only(&other).unwrap();
+    assert_eq!(
+        dp.test_run_tc_marked(&udp53(&other), mark).unwrap(),
+        DROP,
+        "another question, cut likewise"
+    );
+}
+
 #[test]
 fn release_tickets_bind_the_whole_message() {
     let Some(dp) = load() else { return };

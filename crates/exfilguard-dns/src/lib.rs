@@ -7,9 +7,11 @@ pub mod name;
 pub mod packet;
 
 pub use capture::{read_capture, write_pcap, CaptureError, CapturedFrame};
-pub use message::{build_query, looks_like_dns, parse_message, DnsMessage, MessageError, Question};
+pub use message::{
+    build_query, looks_like_dns, parse_message, question_only, DnsMessage, MessageError, Question,
+};
 pub use name::{DnsName, NameError, NameSplit};
-pub use packet::{dns_payloads, DnsPayload, LinkType, PacketError, Transport};
+pub use packet::{dns_payloads, replace_udp_payload, DnsPayload, LinkType, PacketError, Transport};
 
 /// Lookup services whose query names are keys into somebody's database (reverse DNS, ENUM,
 /// DNSBLs, hash and reputation lookups), not data: the one list behind the detector's

@@ -106,6 +106,42 @@ const Q_FREE_BITS: u16 = 0x06cf;
 /// EDNS "compact answers OK" (RFC 9824), the one flag beside DO a client sets.
 const EDNS_CO: u16 = 0x4000;
 
+/// The one header bit a cut query keeps: RD, which changes what a server does (the opcode is
+/// QUERY, the rest are free bits: AA, TC, RA, Z, AD, CD, RCODE).
+const Q_RD: u16 = 0x0100;
+
+/// A standard query cut back to its header and first question: the counts of the other
+/// sections zeroed, every header bit but RD cleared, the id and the question's bytes (its
+/// letter case) kept. What a client over its
+/// carrier budget may still send: a plain question, judged on its name, carrying nothing in
+/// an OPT record or the free header bits.
+pub fn question_only(bytes: &[u8]) -> Result<Vec<u8>, MessageError> {
+    if bytes.len() < 12 {
+        return Err(MessageError::TruncatedHeader(bytes.len()));
+    }
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+    let msg = Message::read(&mut BinDecoder::new(bytes))
+        .map_err(|e| MessageError::Malformed(e.to_string()))?;
+    let first = msg.queries.first().ok_or(MessageError::NoQuestion)?;
+    let qname_len: usize = first.name().iter().map(|l| l.len() + 1).sum::<usize>() + 1;
+    // a first question's name is never compressed: its labels are the bytes at offset 12
+    let end = 12 + qname_len + 4;
+    if end > bytes.len() || bytes[12 + qname_len - 1] != 0 {
+        return Err(MessageError::Malformed("compressed first question".into()));
+    }
+    let flags = u16::from_be_bytes([bytes[2], bytes[3]]);
+    if flags & 0xf800 != 0 {
+        return Err(MessageError::Malformed(
+            "not a standard query (QR or an opcode set)".into(),
+        ));
+    }
+    let mut out = bytes[..end].to_vec();
+    out[2..4].copy_from_slice(&(flags & Q_RD).to_be_bytes());
+    out[4..6].copy_from_slice(&1u16.to_be_bytes());
+    out[6..12].fill(0);
+    Ok(out)
+}
+
 /// The policy on data outside the question of a query (`exfilguard-detect` holds the one on
 /// names). Hickory parses the message; this judges what it found.
 pub fn outside_question(bytes: &[u8]) -> Result<Outside, MessageError> {
@@ -325,6 +361,40 @@ mod tests {
 
     fn query(name: &str, qtype: u16) -> Vec<u8> {
         build_query(&DnsName::parse(name).unwrap(), qtype, 0x1234).unwrap()
+    }
+
+    #[test]
+    fn question_only_keeps_the_question_and_nothing_else() {
+        let mut q = query("Www.Example.ORG", 28);
+        let plain = q.clone();
+        // AD, CD and the other free bits set, an OPT with a 40-byte cookie after the question
+        q[2] |= 0x06;
+        q[3] |= 0xff;
+        q[11] = 1;
+        q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 44, 0, 10, 0, 40]);
+        q.extend_from_slice(&[0xab; 40]);
+        assert_eq!(parse_message(&q).unwrap().questions.len(), 1);
+        let cut = question_only(&q).unwrap();
+        assert_eq!(
+            cut, plain,
+            "header counts, flags and question as a plain query's"
+        );
+        assert_eq!(outside_question(&cut).unwrap().bytes, 0);
+        // RD is the client's request, kept
+        assert_eq!(cut[2] & 0x01, plain[2] & 0x01);
+        // answers and authority records go too
+        let mut r = plain.clone();
+        r[7] = 1;
+        r.extend_from_slice(&[0xc0, 12, 0, 16, 0, 1, 0, 0, 0, 0, 0, 2, 1, b'x']);
+        assert_eq!(question_only(&r).unwrap(), plain);
+        assert!(question_only(&plain[..11]).is_err());
+        // a NOTIFY, an UPDATE or a response is not cut to a question
+        for b in [0x20u8, 0x28, 0x80] {
+            let mut o = plain.clone();
+            o[2] |= b;
+            assert!(question_only(&o).is_err(), "{b:#x}");
+        }
+        assert!(question_only(&plain[..plain.len() - 1]).is_err());
     }
 
     #[test]

@@ -61,6 +61,61 @@ const DNS_PORTS: [u16; 3] = [53, 5353, 5355];
 const GENEVE_PORT: u16 = 6081;
 const MAX_DEPTH: usize = 3;
 
+/// `frame` (Ethernet, or an IP packet when `ip`) with its UDP payload replaced by `payload`:
+/// the UDP and IP lengths and checksums rewritten, every other byte kept (tags, IPv4 options,
+/// IPv6 extension headers). Only an unfragmented datagram that is the whole frame is rewritten.
+pub fn replace_udp_payload(frame: &[u8], ip: bool, payload: &[u8]) -> Result<Vec<u8>, PacketError> {
+    let bad = |e: String| PacketError::Malformed(e);
+    let s = if ip {
+        SlicedPacket::from_ip(frame)
+    } else {
+        SlicedPacket::from_ethernet(frame)
+    }
+    .map_err(|e| bad(e.to_string()))?;
+    let Some(TransportSlice::Udp(udp)) = &s.transport else {
+        return Err(PacketError::NotUdpTcp);
+    };
+    let at = |part: &[u8]| part.as_ptr() as usize - frame.as_ptr() as usize;
+    let u = at(udp.slice());
+    if u + usize::from(udp.length()) != frame.len() {
+        return Err(bad("the datagram is not the whole frame".into()));
+    }
+    let end = u + 8 + payload.len();
+    let len16 = |n: usize| u16::try_from(n).map_err(|_| bad(format!("{n} bytes: too long")));
+    let mut out = frame[..u + 8].to_vec();
+    out.extend_from_slice(payload);
+    let mut uh = udp.to_header();
+    uh.length = len16(8 + payload.len())?;
+    let csum = match &s.net {
+        Some(NetSlice::Ipv4(v4)) => {
+            let i = at(v4.header().slice());
+            out[i + 2..i + 4].copy_from_slice(&len16(end - i)?.to_be_bytes());
+            let mut h = etherparse::Ipv4HeaderSlice::from_slice(&out[i..])
+                .map_err(|e| bad(e.to_string()))?
+                .to_header();
+            h.header_checksum = h.calc_header_checksum();
+            out[i + 10..i + 12].copy_from_slice(&h.header_checksum.to_be_bytes());
+            // no checksum stays none (IPv4 allows it)
+            match udp.checksum() {
+                0 => 0,
+                _ => uh
+                    .calc_checksum_ipv4(&h, payload)
+                    .map_err(|e| bad(e.to_string()))?,
+            }
+        }
+        Some(NetSlice::Ipv6(v6)) => {
+            let i = at(v6.header().slice());
+            out[i + 4..i + 6].copy_from_slice(&len16(end - i - 40)?.to_be_bytes());
+            uh.calc_checksum_ipv6(&v6.header().to_header(), payload)
+                .map_err(|e| bad(e.to_string()))?
+        }
+        _ => return Err(PacketError::NotIp),
+    };
+    out[u + 4..u + 6].copy_from_slice(&uh.length.to_be_bytes());
+    out[u + 6..u + 8].copy_from_slice(&csum.to_be_bytes());
+    Ok(out)
+}
+
 /// Finds the DNS message(s) carried by one frame.
 pub fn dns_payloads(frame: &[u8], link: LinkType) -> Result<Vec<DnsPayload<'_>>, PacketError> {
     let mut out = Vec::new();
@@ -230,6 +285,75 @@ mod tests {
     }
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    /// The UDP checksum a frame's datagram should carry, and the one it does.
+    fn udp_sums(f: &[u8], ip: bool) -> (u16, u16) {
+        let s = if ip {
+            SlicedPacket::from_ip(f)
+        } else {
+            SlicedPacket::from_ethernet(f)
+        }
+        .unwrap();
+        let Some(TransportSlice::Udp(u)) = &s.transport else {
+            panic!("not UDP")
+        };
+        let h = u.to_header();
+        let want = match &s.net {
+            Some(NetSlice::Ipv4(v4)) => {
+                let ih = v4.header().to_header();
+                assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+                assert_eq!(usize::from(ih.total_len), f.len() - if ip { 0 } else { 14 });
+                h.calc_checksum_ipv4(&ih, u.payload()).unwrap()
+            }
+            Some(NetSlice::Ipv6(v6)) => h
+                .calc_checksum_ipv6(&v6.header().to_header(), u.payload())
+                .unwrap(),
+            _ => panic!("not IP"),
+        };
+        (want, h.checksum)
+    }
+
+    #[test]
+    fn a_replaced_payload_has_its_lengths_and_checksums_rewritten() {
+        let short = q("a.example.com");
+        let mut long = q("a.example.com");
+        long.extend_from_slice(&[0; 40]); // as if an OPT followed
+        for (src, dst) in [
+            ("10.0.0.1:40000", "10.0.0.2:53"),
+            ("[fd00::1]:5000", "[fd00::2]:53"),
+        ] {
+            let f = udp_frame(sa(src), sa(dst), &long);
+            let g = replace_udp_payload(&f, false, &short).unwrap();
+            assert_eq!(g.len(), f.len() - 40);
+            let p = dns_payloads(&g, LinkType::Ethernet).unwrap();
+            assert_eq!(p[0].payload, &short[..]);
+            assert_eq!((p[0].src, p[0].dst), (sa(src), sa(dst)));
+            let (want, got) = udp_sums(&g, false);
+            assert_eq!(want, got, "{src}");
+            // a layer-3 packet (tun, the socket hook) likewise
+            let g3 = replace_udp_payload(&f[14..], true, &short).unwrap();
+            assert_eq!(g3, g[14..]);
+            let (want, got) = udp_sums(&g3, true);
+            assert_eq!(want, got);
+        }
+        // an IPv4 datagram sent without a checksum keeps none
+        let mut f = udp_frame(sa("10.0.0.1:1"), sa("10.0.0.2:53"), &long);
+        let n = f.len();
+        f[n - long.len() - 2..n - long.len()].fill(0);
+        let g = replace_udp_payload(&f, false, &short).unwrap();
+        assert_eq!(
+            &g[g.len() - short.len() - 2..g.len() - short.len()],
+            &[0, 0]
+        );
+        // a frame cut short, TCP, or not IP: refused, not rewritten
+        assert!(replace_udp_payload(&f[..n - 1], false, &short).is_err());
+        let t = tcp_dns_frame(sa("10.0.0.1:1"), sa("10.0.0.2:53"), &short);
+        assert_eq!(
+            replace_udp_payload(&t, false, &short),
+            Err(PacketError::NotUdpTcp)
+        );
+        assert!(replace_udp_payload(&[0u8; 60], false, &short).is_err());
     }
 
     #[test]

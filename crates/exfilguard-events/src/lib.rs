@@ -25,6 +25,9 @@ pub enum Decision {
     Dropped,
     /// Monitor mode or an audit: nothing dropped.
     Reported,
+    /// Held, judged benign, over its sender's carrier budget: re-injected as its header and
+    /// question alone (no OPT record, AD/CD cleared), so the answer still comes.
+    Stripped,
 }
 
 impl Decision {
@@ -35,15 +38,17 @@ impl Decision {
             Decision::Quarantined => "quarantined",
             Decision::Dropped => "dropped",
             Decision::Reported => "reported",
+            Decision::Stripped => "stripped",
         }
     }
 
-    pub const ALL: [Decision; 5] = [
+    pub const ALL: [Decision; 6] = [
         Decision::Released,
         Decision::Blocked,
         Decision::Quarantined,
         Decision::Dropped,
         Decision::Reported,
+        Decision::Stripped,
     ];
 }
 

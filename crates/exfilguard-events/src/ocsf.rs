@@ -21,6 +21,7 @@ fn disposition(d: Decision) -> (u32, &'static str, u32, &'static str) {
         Decision::Quarantined => (3, "Quarantined", 2, "Denied"),
         Decision::Dropped => (6, "Dropped", 2, "Denied"),
         Decision::Reported => (15, "Detected", 3, "Observed"),
+        Decision::Stripped => (11, "Corrected", 4, "Modified"),
     }
 }
 

@@ -1412,6 +1412,15 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
         carried,
         most: None,
     });
+    // control: root's own dig to the server whose pair it spent: over its budget, the query
+    // goes as its question alone (no OPT, no cookie) and dig is answered (dropped before, so
+    // a monitoring dig a minute stopped working after an hour)
+    let n = format!("www.{}-spent.test", p.slug);
+    p.control(
+        "root's dig to the server it spent its budget on (answered, cookie cut)",
+        &n,
+        dig_as(&w.ns(), 0, &SERVER.to_string(), &n),
+    );
     // the same over IPv6, each query under a zone of its own and every fourth a reverse
     // lookup (found in review: the zone's tracker never counted these, the doorkeeper and
     // the lookup exemption let every one through); the data goes to the server's address,
@@ -1635,7 +1644,7 @@ fn become_uid(uid: u32) -> io::Result<()> {
 }
 
 /// `dig` from namespace `ns` as user `uid`: one try, its default OPT and fresh client cookie;
-/// sent once dig ran (whatever the answer).
+/// Ok once dig got an answer (whatever its status).
 fn dig_as(ns: &str, uid: u32, server: &str, name: &str) -> io::Result<()> {
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{ns}"))
@@ -1650,11 +1659,12 @@ fn dig_as(ns: &str, uid: u32, server: &str, name: &str) -> io::Result<()> {
         ])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("; <<>> DiG") {
+    if text.contains(";; ->>HEADER<<-") {
         Ok(())
     } else {
         Err(io::Error::other(format!(
-            "dig as uid {uid} did not run: {}",
+            "dig as uid {uid} got no answer: {} {}",
+            text.trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
