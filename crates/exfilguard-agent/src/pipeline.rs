@@ -526,10 +526,10 @@ impl Pipeline {
             // a local sender's budgets are its user's (another user's carriers are not
             // refused for them; a subordinate uid is its owner's); unattributed sends share
             // their address's
-            let sender = (
-                ev.src,
-                ev.process.as_ref().map(|p| self.subuids.owner(p.uid)),
-            );
+            // A local sender is its user on this host, whatever source address its frame
+            // names: a raw socket writes any, and each address was a budget of its own
+            let uid = ev.process.as_ref().map(|p| self.subuids.owner(p.uid));
+            let sender = (if uid.is_some() { THIS_HOST } else { ev.src }, uid);
             // over its budget, a query that would go out goes as its question alone
             let over = carried
                 .and_then(|_| self.carriers.over(now_ms(), sender, ev.dst, ev.carrier))
@@ -929,6 +929,9 @@ fn blocks_line(o: &Outcome) -> String {
 }
 
 /// The (first) DNS message in a held record's frame.
+/// The address a local sender's budgets are kept under: all of this host's, one per user.
+const THIS_HOST: std::net::IpAddr = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
 /// Why a sender's carriers are refused, naming who and where (its user, or all the address's
 /// users; a server, or all of them).
 fn over_budget(o: &exfilguard_behaviour::carriers::Over, ev: &Event, uid: Option<u32>) -> String {
@@ -937,7 +940,10 @@ fn over_budget(o: &exfilguard_behaviour::carriers::Over, ev: &Event, uid: Option
         Some(uid) => format!("{} (uid {uid})", ev.src),
         None => ev.src.to_string(),
     };
-    let all = format!("{} (all users)", ev.src);
+    let all = match uid {
+        Some(_) => format!("this host (all users; {})", ev.src),
+        None => format!("{} (all users)", ev.src),
+    };
     let server = match ev.dst {
         std::net::IpAddr::V6(_) => format!("{}/64", server_key(ev.dst)),
         v4 => v4.to_string(),

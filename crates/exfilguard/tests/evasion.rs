@@ -1612,6 +1612,37 @@ fn shed_attribution(w: &World, p: &mut Probe, rng: &mut StdRng) {
         Ok(n) => p.problems.push(format!("{n} raw-socket carriers not sent")),
         Err(e) => p.problems.push(format!("raw-socket probe: {e}")),
     }
+    // root again, through a raw socket writing its own IP header, each carrier from another
+    // source address (budgets keyed by source address: each forged address had fresh ones,
+    // all 40 arrived); a local sender's budgets are its user's on this host
+    let forged = carriers(rng, "fg");
+    let r = in_netns(&w.ns(), || -> io::Result<usize> {
+        let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+        let mut failed = 0;
+        for (i, (_, m)) in forged.iter().enumerate() {
+            let src = Ipv4Addr::new(10, 77, 0, 100 + i as u8);
+            let d = ipv4_udp(src, SERVER, 41_000 + i as u16, 53, m);
+            match sendto_ip(&fd, &d, SERVER) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOBUFS) => failed += 1,
+                _ => {}
+            }
+            pause(30);
+        }
+        Ok(failed)
+    });
+    match r {
+        Ok(0) => {}
+        Ok(n) => p
+            .problems
+            .push(format!("{n} forged-source carriers not sent")),
+        Err(e) => p.problems.push(format!("forged-source probe: {e}")),
+    }
+    p.bounded.push(Bounded {
+        what: "root, a forged source address each (IP_HDRINCL)".into(),
+        evidence: vec![format!("(uid 0) to {SERVER}: over the information budget")],
+        carried: forged.into_iter().map(|c| c.0).collect(),
+        most: Some(4),
+    });
     p.bounded.push(Bounded {
         what: "root through a raw socket".into(),
         evidence: vec![format!(
