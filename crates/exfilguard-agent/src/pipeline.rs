@@ -833,7 +833,11 @@ impl Pipeline {
             v.reasons.push(blocks_line(&o));
             self.enforce(dp, &o, v, text);
         }
-        if let (Some(p), true) = (&ev.process, self.quarantine_after > 0) {
+        // a sender known by its socket's uid alone has no process to quarantine
+        if let (Some(p), true) = (
+            ev.process.as_ref().filter(|p| p.tgid != 0),
+            self.quarantine_after > 0,
+        ) {
             let n = self.per_process.entry(p.tgid).or_default();
             *n += 1;
             if *n == self.quarantine_after {

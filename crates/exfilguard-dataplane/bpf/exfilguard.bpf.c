@@ -284,6 +284,14 @@ struct {
 	__type(value, struct scratch);
 } eg_scratch SEC(".maps");
 
+/* An owner made from the socket alone (EG_TGID_SOCKET), per program kind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, K_SLOTS);
+	__type(key, __u32);
+	__type(value, struct eg_proc);
+} eg_proc_tmp SEC(".maps");
+
 /* Makes the event layout part of the skeleton's generated types. */
 struct eg_event _eg_event_layout = {};
 struct eg_proc _eg_proc_layout = {};
@@ -1549,16 +1557,47 @@ __noinline int carrier_new_nf(struct bpf_nf_ctx *ctx, __u64 base, struct pkt *p)
  * msg_eval). `judge_only`: several messages in one TCP segment, so the segment is dropped and
  * the suspicious one handed over without the frame; TCP's retransmission passes once the
  * agent has cleared it. */
+/* A full socket's owner as the socket itself knows it: its uid (sk_uid, the init namespace's
+ * value, set when it was made), no process. */
+static __always_inline struct eg_proc *socket_uid(int kind, struct sock *sk)
+{
+	__u32 slot = kind;
+	struct eg_proc *r = bpf_map_lookup_elem(&eg_proc_tmp, &slot);
+	if (!r || !sk)
+		return 0;
+	__builtin_memset(r, 0, sizeof(*r));
+	r->tgid = EG_TGID_SOCKET;
+	r->uid = BPF_CORE_READ(sk, sk_uid.val);
+	return r;
+}
+
 /* The socket's owner: its socket storage where the program type can read it (tc, the
- * socket layer), the cookie-keyed record at netfilter. */
+ * socket layer), the cookie-keyed record at netfilter; a local socket no hook recorded
+ * (AF_PACKET, older than the agent, an accepted child, a record evicted) is still its
+ * uid's, never unattributed: unattributed is forwarded traffic, keyed by its source. */
 static __always_inline struct eg_proc *proc_of(void *ctx, int kind, __u64 cookie)
 {
-	if (kind == K_NF)
-		return cookie ? bpf_map_lookup_elem(&eg_socks, &cookie) : 0;
-	struct bpf_sock *sk = ((struct __sk_buff *)ctx)->sk;
-	if (sk)
-		sk = bpf_sk_fullsock(sk);
-	return sk ? bpf_sk_storage_get(&eg_sk, sk, 0, 0) : 0;
+	if (kind == K_NF) {
+		struct eg_proc *r = cookie ? bpf_map_lookup_elem(&eg_socks, &cookie) : 0;
+		if (r)
+			return r;
+		struct sock *sk = BPF_CORE_READ(((struct bpf_nf_ctx *)ctx)->skb, sk);
+		if (!sk)
+			return 0;
+		/* time-wait (6) and request (12) sockets have no sk_uid */
+		__u8 st = BPF_CORE_READ(sk, __sk_common.skc_state);
+		return st == 6 || st == 12 ? 0 : socket_uid(kind, sk);
+	}
+	struct bpf_sock *bs = ((struct __sk_buff *)ctx)->sk;
+	if (bs)
+		bs = bpf_sk_fullsock(bs);
+	if (!bs)
+		return 0;
+	struct eg_proc *r = bpf_sk_storage_get(&eg_sk, bs, 0, 0);
+	if (r)
+		return r;
+	struct sk_buff *k = bpf_cast_to_kern_ctx(ctx);
+	return socket_uid(kind, BPF_CORE_READ(k, sk));
 }
 
 static __always_inline int decide(void *ctx, int kind, const void *nfbase, struct eg_in *in,

@@ -187,7 +187,13 @@ struct eg_encdns_seen {
 	__u64 reported; /* attempts in records so far */
 };
 
-/* Who sent it: recorded by the cgroup sock_addr hooks, keyed by socket cookie. */
+/* The tgid of an owner known from the socket alone (no hook recorded its process): only its
+ * uid, the kernel's sk_uid set when the socket was made (AF_PACKET sockets, sockets older than
+ * the agent, accepted TCP children). */
+#define EG_TGID_SOCKET 0xffffffffu
+
+/* Who sent it: written into the socket at creation and by the sock_addr hooks (eg_sk), and
+ * keyed by socket cookie for netfilter (eg_socks). */
 struct eg_proc {
 	__u64 cgroup_id;
 	__u32 pid;  /* thread id */

@@ -199,6 +199,9 @@ fn cstr(raw: &[u8]) -> String {
 }
 
 /// The name of process `tgid` (`/proc/TGID/comm`), or `fallback` once it has gone.
+/// `EG_TGID_SOCKET`: an owner known from its socket alone (its uid, no process).
+const TGID_SOCKET: u32 = u32::MAX;
+
 pub fn process_name(tgid: u32, fallback: &str) -> String {
     std::fs::read_to_string(format!("/proc/{tgid}/comm"))
         .map(|c| c.trim_end().to_string())
@@ -258,18 +261,30 @@ impl Event {
         } else {
             0
         };
-        let process = (raw.tgid != 0).then(|| Process {
-            pid: raw.pid,
-            tgid: raw.tgid,
-            uid: raw.uid,
-            comm: if read_proc {
-                process_name(raw.tgid, &cstr(&raw.comm))
-            } else {
-                cstr(&raw.comm)
-            },
-            thread: cstr(&raw.comm),
-            cgroup_id: raw.cgroup_id,
-        });
+        let process = if raw.tgid == TGID_SOCKET {
+            // a local socket no hook recorded: its owner's uid, no process
+            Some(Process {
+                pid: 0,
+                tgid: 0,
+                uid: raw.uid,
+                comm: "(socket owner)".into(),
+                thread: String::new(),
+                cgroup_id: 0,
+            })
+        } else {
+            (raw.tgid != 0).then(|| Process {
+                pid: raw.pid,
+                tgid: raw.tgid,
+                uid: raw.uid,
+                comm: if read_proc {
+                    process_name(raw.tgid, &cstr(&raw.comm))
+                } else {
+                    cstr(&raw.comm)
+                },
+                thread: cstr(&raw.comm),
+                cgroup_id: raw.cgroup_id,
+            })
+        };
         Ok(Self {
             ts_ns: raw.ts_ns,
             action: Action::from_raw(raw.action),

@@ -1643,6 +1643,47 @@ fn shed_attribution(w: &World, p: &mut Probe, rng: &mut StdRng) {
         carried: forged.into_iter().map(|c| c.0).collect(),
         most: Some(4),
     });
+    // and through AF_PACKET (no inet socket: no creation hook, no connect or sendmsg hook
+    // ever saw it), a forged source each: unattributed, keyed by each forged address, all 40
+    // arrived; the socket's own uid (sk_uid) is its owner now
+    let (ifindex, smac, cmac) = (w.client_ifindex, w.server_mac, w.client_mac);
+    let framed = carriers(rng, "pk");
+    let frames: Vec<Vec<u8>> = framed
+        .iter()
+        .enumerate()
+        .map(|(i, (_, m))| {
+            let src = Ipv4Addr::new(10, 77, 0, 150 + i as u8);
+            frame(
+                smac,
+                cmac,
+                &[],
+                &ipv4_udp(src, SERVER, 42_000 + i as u16, 53, m),
+            )
+        })
+        .collect();
+    let r = in_netns(&w.ns(), || -> io::Result<usize> {
+        let fd = packet_socket(ifindex)?;
+        let mut failed = 0;
+        for f in &frames {
+            match send_fd(&fd, f) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOBUFS) => failed += 1,
+                _ => {}
+            }
+            pause(30);
+        }
+        Ok(failed)
+    });
+    match r {
+        Ok(0) => {}
+        Ok(n) => p.problems.push(format!("{n} AF_PACKET carriers not sent")),
+        Err(e) => p.problems.push(format!("AF_PACKET probe: {e}")),
+    }
+    p.bounded.push(Bounded {
+        what: "root through AF_PACKET, a forged source address each".into(),
+        evidence: vec![format!("(uid 0) to {SERVER}: over the information budget")],
+        carried: framed.into_iter().map(|c| c.0).collect(),
+        most: Some(4),
+    });
     p.bounded.push(Bounded {
         what: "root through a raw socket".into(),
         evidence: vec![format!(
