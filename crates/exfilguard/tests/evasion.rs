@@ -1415,11 +1415,11 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
     // control: root's own dig to the server whose pair it spent: over its budget, the query
     // goes as its question alone (no OPT, no cookie) and dig is answered (dropped before, so
     // a monitoring dig a minute stopped working after an hour)
-    let n = format!("www.{}-spent.test", p.slug);
-    p.control(
+    dig_control(
+        p,
+        w,
         "root's dig to the server it spent its budget on (answered, cookie cut)",
-        &n,
-        dig_as(&w.ns(), 0, &SERVER.to_string(), &n),
+        (0, SERVER.into(), "spent"),
     );
     // the same over IPv6, each query under a zone of its own and every fourth a reverse
     // lookup (found in review: the zone's tracker never counted these, the doorkeeper and
@@ -1464,11 +1464,11 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
     // control: another user of the client's address (an admin's dig, a fresh cookie of its
     // own) to the server whose pair the probe (root) spent; the budgets are the user's, so
     // this one is judged on its name and released (on the old code, per address, dropped)
-    let n = format!("www.{}-users.test", p.slug);
-    p.control(
+    dig_control(
+        p,
+        w,
         "another user's dig to the spent server (fresh cookie)",
-        &n,
-        dig_as(&w.ns(), 65534, &SERVER6.to_string(), &n),
+        (65534, SERVER6.into(), "users"),
     );
     // a sender holding a subordinate uid range (rootless containers: no privilege needed)
     // sends each carrier from another uid of it, to a server whose pair root spent above;
@@ -1496,11 +1496,11 @@ fn cookie_carrier(w: &World, p: &mut Probe, rng: &mut StdRng) {
         most: None,
     });
     // control: a user outside the range, to the same server
-    let n = format!("www.{}-other.test", p.slug);
-    p.control(
+    dig_control(
+        p,
+        w,
         "a user outside the range, to the same server",
-        &n,
-        dig_as(&w.ns(), 65533, &SERVER.to_string(), &n),
+        (65533, SERVER.into(), "other"),
     );
     // control: a daemon that drops privilege after its first send, on the same socket and
     // thread; its later sends are the new user's (the socket was kept as root's before, and
@@ -1562,13 +1562,7 @@ fn shed_attribution(w: &World, p: &mut Probe, rng: &mut StdRng) {
         }
         Ok(failed)
     });
-    match r {
-        Ok(0) => {}
-        Ok(n) => p
-            .problems
-            .push(format!("{n} churn-probe carriers not sent")),
-        Err(e) => p.problems.push(format!("churn probe: {e}")),
-    }
+    unsent(p, "churn-probe carriers", 80, r);
     let evidence = vec![format!(
         "new OPT carriers (cookie, client subnet) from {CLIENT} (uid {UID}) to {SERVER}"
     )];
@@ -1586,60 +1580,54 @@ fn shed_attribution(w: &World, p: &mut Probe, rng: &mut StdRng) {
     });
     // root's pair to SERVER6 is spent (the first IPv6 batch); a raw socket is root's too
     let raw = carriers(rng, "rw");
-    let r = in_netns(&w.ns(), || -> io::Result<usize> {
-        let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
-        // the kernel fills in the UDP checksum at offset 6
-        setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, &6i32)?;
-        let mut failed = 0;
-        for (i, (_, m)) in raw.iter().enumerate() {
-            let mut d = Vec::with_capacity(8 + m.len());
-            d.extend_from_slice(&(40_000 + i as u16).to_be_bytes());
-            d.extend_from_slice(&53u16.to_be_bytes());
-            d.extend_from_slice(&(8 + m.len() as u16).to_be_bytes());
-            d.extend_from_slice(&[0, 0]);
-            d.extend_from_slice(m);
-            // a raw socket is told of a held datagram (ENOBUFS: the socket layer took it)
-            match sendto_ip6(&fd, &d, SERVER6) {
-                Err(e) if e.raw_os_error() != Some(libc::ENOBUFS) => failed += 1,
-                _ => {}
-            }
-            pause(30);
-        }
-        Ok(failed)
-    });
-    match r {
-        Ok(0) => {}
-        Ok(n) => p.problems.push(format!("{n} raw-socket carriers not sent")),
-        Err(e) => p.problems.push(format!("raw-socket probe: {e}")),
-    }
+    let udp = |i: usize, m: &[u8]| {
+        let mut d = Vec::with_capacity(8 + m.len());
+        d.extend_from_slice(&(40_000 + i as u16).to_be_bytes());
+        d.extend_from_slice(&53u16.to_be_bytes());
+        d.extend_from_slice(&(8 + m.len() as u16).to_be_bytes());
+        d.extend_from_slice(&[0, 0]);
+        d.extend_from_slice(m);
+        d
+    };
+    let msgs: Vec<Vec<u8>> = raw.iter().enumerate().map(|(i, c)| udp(i, &c.1)).collect();
+    send_each(
+        p,
+        &w.ns(),
+        "raw-socket carriers",
+        &msgs,
+        || {
+            let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
+            // the kernel fills in the UDP checksum at offset 6
+            setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, &6i32)?;
+            Ok(fd)
+        },
+        |fd, d| sendto_ip6(fd, d, SERVER6),
+    );
     // root again, through a raw socket writing its own IP header, each carrier from another
     // source address (budgets keyed by source address: each forged address had fresh ones,
     // all 40 arrived); a local sender's budgets are its user's on this host
     let forged = carriers(rng, "fg");
-    let r = in_netns(&w.ns(), || -> io::Result<usize> {
-        let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
-        let mut failed = 0;
-        for (i, (_, m)) in forged.iter().enumerate() {
-            let src = Ipv4Addr::new(10, 77, 0, 100 + i as u8);
-            let d = ipv4_udp(src, SERVER, 41_000 + i as u16, 53, m);
-            match sendto_ip(&fd, &d, SERVER) {
-                Err(e) if e.raw_os_error() != Some(libc::ENOBUFS) => failed += 1,
-                _ => {}
-            }
-            pause(30);
-        }
-        Ok(failed)
-    });
-    match r {
-        Ok(0) => {}
-        Ok(n) => p
-            .problems
-            .push(format!("{n} forged-source carriers not sent")),
-        Err(e) => p.problems.push(format!("forged-source probe: {e}")),
-    }
+    let forge = |i: usize, base: u8, m: &[u8]| {
+        let src = Ipv4Addr::new(10, 77, 0, base + i as u8);
+        ipv4_udp(src, SERVER, 41_000 + u16::from(base) + i as u16, 53, m)
+    };
+    let msgs: Vec<Vec<u8>> = forged
+        .iter()
+        .enumerate()
+        .map(|(i, c)| forge(i, 100, &c.1))
+        .collect();
+    send_each(
+        p,
+        &w.ns(),
+        "forged-source carriers",
+        &msgs,
+        || socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW),
+        |fd, d| sendto_ip(fd, d, SERVER),
+    );
+    let evidence = vec![format!("(uid 0) to {SERVER}: over the information budget")];
     p.bounded.push(Bounded {
         what: "root, a forged source address each (IP_HDRINCL)".into(),
-        evidence: vec![format!("(uid 0) to {SERVER}: over the information budget")],
+        evidence: evidence.clone(),
         carried: forged.into_iter().map(|c| c.0).collect(),
         most: Some(4),
     });
@@ -1648,39 +1636,22 @@ fn shed_attribution(w: &World, p: &mut Probe, rng: &mut StdRng) {
     // arrived; the socket's own uid (sk_uid) is its owner now
     let (ifindex, smac, cmac) = (w.client_ifindex, w.server_mac, w.client_mac);
     let framed = carriers(rng, "pk");
-    let frames: Vec<Vec<u8>> = framed
+    let msgs: Vec<Vec<u8>> = framed
         .iter()
         .enumerate()
-        .map(|(i, (_, m))| {
-            let src = Ipv4Addr::new(10, 77, 0, 150 + i as u8);
-            frame(
-                smac,
-                cmac,
-                &[],
-                &ipv4_udp(src, SERVER, 42_000 + i as u16, 53, m),
-            )
-        })
+        .map(|(i, c)| frame(smac, cmac, &[], &forge(i, 150, &c.1)))
         .collect();
-    let r = in_netns(&w.ns(), || -> io::Result<usize> {
-        let fd = packet_socket(ifindex)?;
-        let mut failed = 0;
-        for f in &frames {
-            match send_fd(&fd, f) {
-                Err(e) if e.raw_os_error() != Some(libc::ENOBUFS) => failed += 1,
-                _ => {}
-            }
-            pause(30);
-        }
-        Ok(failed)
-    });
-    match r {
-        Ok(0) => {}
-        Ok(n) => p.problems.push(format!("{n} AF_PACKET carriers not sent")),
-        Err(e) => p.problems.push(format!("AF_PACKET probe: {e}")),
-    }
+    send_each(
+        p,
+        &w.ns(),
+        "AF_PACKET carriers",
+        &msgs,
+        || packet_socket(ifindex),
+        send_fd,
+    );
     p.bounded.push(Bounded {
         what: "root through AF_PACKET, a forged source address each".into(),
-        evidence: vec![format!("(uid 0) to {SERVER}: over the information budget")],
+        evidence,
         carried: framed.into_iter().map(|c| c.0).collect(),
         most: Some(4),
     });
@@ -1693,6 +1664,41 @@ fn shed_attribution(w: &World, p: &mut Probe, rng: &mut StdRng) {
         carried: raw.into_iter().map(|c| c.0).collect(),
         most: Some(4),
     });
+}
+
+/// Sends `msgs` one by one through what `open` makes, on a thread in namespace `ns`, 30 ms
+/// apart; a raw or packet socket is told of a held datagram (ENOBUFS: the kernel took it),
+/// which counts as sent. What was not sent is one of the probe's problems.
+fn send_each<S>(
+    p: &mut Probe,
+    ns: &str,
+    what: &str,
+    msgs: &[Vec<u8>],
+    open: impl FnOnce() -> io::Result<S> + Send,
+    send: impl Fn(&S, &[u8]) -> io::Result<()> + Sync,
+) {
+    let r = in_netns(ns, || -> io::Result<usize> {
+        let s = open()?;
+        let mut failed = 0;
+        for m in msgs {
+            match send(&s, m) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOBUFS) => failed += 1,
+                _ => {}
+            }
+            pause(30);
+        }
+        Ok(failed)
+    });
+    unsent(p, what, msgs.len(), r);
+}
+
+/// A batch's failures (`r`: how many of `total` were not sent) as the probe's problems.
+fn unsent(p: &mut Probe, what: &str, total: usize, r: io::Result<usize>) {
+    match r {
+        Ok(0) => {}
+        Ok(n) => p.problems.push(format!("{what}: {n} of {total} not sent")),
+        Err(e) => p.problems.push(format!("{what}: {e}")),
+    }
 }
 
 /// One datagram from namespace `ns` sent by a thread running as `uid` (the raw syscall
@@ -1713,6 +1719,12 @@ fn become_uid(uid: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A control: `dig` as `uid` to `server` for www.<slug>-<tag>.test, which must be answered.
+fn dig_control(p: &mut Probe, w: &World, what: &str, (uid, server, tag): (u32, IpAddr, &str)) {
+    let n = format!("www.{}-{tag}.test", p.slug);
+    p.control(what, &n, dig_as(&w.ns(), uid, &server.to_string(), &n));
 }
 
 /// `dig` from namespace `ns` as user `uid`: one try, its default OPT and fresh client cookie;
@@ -2590,18 +2602,7 @@ fn sendto_ip(fd: &OwnedFd, buf: &[u8], dst: Ipv4Addr) -> io::Result<()> {
         },
         sin_zero: [0; 8],
     };
-    // SAFETY: buf and sa are valid for the call.
-    let r = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            0,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    check(if r < 0 { -1 } else { 0 })
+    sendto_sa(fd, buf, &sa)
 }
 
 /// sendto(2) a payload through an IPv6 raw socket to `dst`.
@@ -2610,15 +2611,20 @@ fn sendto_ip6(fd: &OwnedFd, buf: &[u8], dst: Ipv6Addr) -> io::Result<()> {
     let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
     sa.sin6_addr.s6_addr = dst.octets();
-    // SAFETY: buf and sa are valid for the call.
+    sendto_sa(fd, buf, &sa)
+}
+
+/// sendto(2) `buf` to `sa`, a libc socket address (`sockaddr_in`, `sockaddr_in6`).
+fn sendto_sa<A>(fd: &OwnedFd, buf: &[u8], sa: &A) -> io::Result<()> {
+    // SAFETY: buf is valid for its length and sa for size_of::<A>() bytes.
     let r = unsafe {
         libc::sendto(
             fd.as_raw_fd(),
             buf.as_ptr().cast(),
             buf.len(),
             0,
-            (&sa as *const libc::sockaddr_in6).cast(),
-            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            (sa as *const A).cast(),
+            std::mem::size_of::<A>() as libc::socklen_t,
         )
     };
     check(if r < 0 { -1 } else { 0 })
