@@ -996,6 +996,11 @@ fn strip(ev: &Event) -> Result<(Vec<u8>, Vec<u8>), String> {
     Ok((frame, msg))
 }
 
+/// The DNS message the kernel held in `ev`'s frame: where the kernel named it (a held frame's
+/// message hash and length), the payload that is that message, never merely the first the
+/// agent's parser finds (the two parsers open different tunnels: a payload the kernel read as
+/// a tunnel's may also parse as a query of its own, and judging that one would explain data
+/// the kernel flagged in the other).
 pub(crate) fn held_message(ev: &Event) -> Result<Option<&[u8]>, String> {
     use exfilguard_dns::packet::{dns_payloads, LinkType};
     let link = if ev.frame_l3 {
@@ -1004,7 +1009,17 @@ pub(crate) fn held_message(ev: &Event) -> Result<Option<&[u8]>, String> {
         LinkType::Ethernet
     };
     let payloads = dns_payloads(&ev.packet, link).map_err(|e| e.to_string())?;
-    Ok(payloads.first().map(|p| p.payload))
+    if ev.msg_hash == 0 {
+        return Ok(payloads.first().map(|p| p.payload));
+    }
+    payloads
+        .iter()
+        .find(|p| {
+            p.payload.len() == usize::from(ev.msg_len)
+                && exfilguard_dataplane::hash::message_hash(p.payload) == ev.msg_hash
+        })
+        .map(|p| Some(p.payload))
+        .ok_or_else(|| "the frame's DNS message is not the one the kernel held".into())
 }
 
 /// The question name of a kernel record, if it is a well-formed name.
@@ -1014,3 +1029,72 @@ fn parse(ev: &Event) -> Option<DnsName> {
 }
 
 impl Pipeline {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exfilguard_dataplane::hash::message_hash;
+    use exfilguard_dataplane::Hook;
+    use exfilguard_dns::packet::build::udp_frame;
+
+    fn held(packet: Vec<u8>, msg: &[u8]) -> Event {
+        Event {
+            ts_ns: 0,
+            action: Action::Hold,
+            hook: Hook::Tc,
+            response: false,
+            reasons: vec!["odd_message"],
+            ifindex: 1,
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            sport: 40000,
+            dport: 8472,
+            transport: "udp",
+            encap: "vxlan",
+            qtype: 1,
+            dns_id: 7,
+            rcode: 0,
+            ancount: 0,
+            name_wire: Vec::new(),
+            name_hash: 0,
+            socket_cookie: 0,
+            process: None,
+            wire_len: packet.len() as u32,
+            msg_len: msg.len() as u16,
+            extra_len: 0,
+            msg_hash: message_hash(msg),
+            carrier: 0,
+            frame_l3: false,
+            quiet: None,
+            packet,
+            csum: None,
+        }
+    }
+
+    /// The agent judges the message the kernel held, or none: a frame whose payload the
+    /// agent reads as one query while the kernel held another inside it (a tunnel port the
+    /// kernel opens and the agent's parser does not) is not explained by the outer one.
+    #[test]
+    fn the_held_message_is_the_kernels_not_the_first_reading() {
+        let name = DnsName::parse("www.example.org").unwrap();
+        let outer = exfilguard_dns::build_query(&name, 1, 7).unwrap();
+        let frame = udp_frame(
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:53".parse().unwrap(),
+            &outer,
+        );
+        assert_eq!(
+            held_message(&held(frame.clone(), &outer)),
+            Ok(Some(&outer[..]))
+        );
+        let mut inner = outer.clone();
+        inner.extend_from_slice(&[0xab; 40]);
+        let other = held(frame.clone(), &inner);
+        assert!(held_message(&other).is_err());
+        assert!(strip(&other).is_err(), "nor cut to its question");
+        // an observation names no message: the frame's first
+        let mut obs = held(frame, &outer);
+        obs.msg_hash = 0;
+        assert_eq!(held_message(&obs), Ok(Some(&outer[..])));
+    }
+}
