@@ -523,11 +523,10 @@ impl Pipeline {
             let carried = (!ev.response
                 && (ev.reasons.contains(&"new_carrier") || ev.outside_question()))
             .then(|| crate::analytics::carrier_bytes(&ev, out.carried));
-            // a local sender's budgets are its user's (another user's carriers are not
-            // refused for them; a subordinate uid is its owner's); unattributed sends share
-            // their address's
-            // A local sender is its user on this host, whatever source address its frame
-            // names: a raw socket writes any, and each address was a budget of its own
+            // a local sender's budgets are its user's on this host (another user's carriers
+            // are not refused for them; a subordinate uid is its owner's), whatever source
+            // address its frame names: a raw socket writes any, and each address was a
+            // budget of its own; frames without a local socket are keyed by their source
             let uid = ev.process.as_ref().map(|p| self.subuids.owner(p.uid));
             let sender = (if uid.is_some() { THIS_HOST } else { ev.src }, uid);
             // over its budget, a query that would go out goes as its question alone
@@ -763,11 +762,7 @@ impl Pipeline {
             }
             Err(e) => (Decision::Dropped, format!("{why} (not cut: {e})")),
         };
-        tracing::warn!(name = %text, "query {}: {why}", d.as_str());
-        if let Some(v) = verdict {
-            v.reasons.insert(0, why);
-        }
-        d
+        over_said(d, why, verdict, text)
     }
 
     /// A judged query held without its frame (a TCP segment): its name is cleared so the
@@ -782,11 +777,7 @@ impl Pipeline {
         text: &str,
     ) -> Decision {
         if let Some(why) = over {
-            tracing::warn!(name = %text, "query dropped: {why}");
-            if let Some(v) = verdict {
-                v.reasons.insert(0, why.to_string());
-            }
-            return Decision::Dropped;
+            return over_said(Decision::Dropped, why.to_string(), verdict, text);
         }
         match dp.allow_name(ev) {
             Ok(()) => Decision::Released,
@@ -932,7 +923,16 @@ fn blocks_line(o: &Outcome) -> String {
     )
 }
 
-/// The (first) DNS message in a held record's frame.
+/// What became of a query over its carrier budget, and why: logged, and first among the
+/// verdict's reasons.
+fn over_said(d: Decision, why: String, verdict: Option<&mut Verdict>, text: &str) -> Decision {
+    tracing::warn!(name = %text, "query {}: {why}", d.as_str());
+    if let Some(v) = verdict {
+        v.reasons.insert(0, why);
+    }
+    d
+}
+
 /// The address a local sender's budgets are kept under: all of this host's, one per user.
 const THIS_HOST: std::net::IpAddr = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 
@@ -967,14 +967,8 @@ fn over_budget(o: &exfilguard_behaviour::carriers::Over, ev: &Event, uid: Option
 /// A held UDP query cut back to its header and question (`question_only`), in a frame like
 /// the held one: (frame, message).
 fn strip(ev: &Event) -> Result<(Vec<u8>, Vec<u8>), String> {
-    use exfilguard_dns::packet::{dns_payloads, LinkType};
     let frame = ev.wire_frame();
-    let link = if ev.frame_l3 {
-        LinkType::RawIp
-    } else {
-        LinkType::Ethernet
-    };
-    let payloads = dns_payloads(&frame, link).map_err(|e| e.to_string())?;
+    let payloads = payloads_of(ev, &frame)?;
     let p = match payloads.as_slice() {
         [p] if p.transport == exfilguard_dns::Transport::Udp
             && p.encapsulation.iter().all(|e| *e == "vlan") =>
@@ -983,12 +977,8 @@ fn strip(ev: &Event) -> Result<(Vec<u8>, Vec<u8>), String> {
         }
         _ => return Err("not a plain UDP query".into()),
     };
-    // the message the kernel held, not another reading of the frame (a payload the kernel
-    // took for a tunnel's may parse as a query of its own here)
-    if p.payload.len() != usize::from(ev.msg_len)
-        || exfilguard_dataplane::hash::message_hash(p.payload) != ev.msg_hash
-    {
-        return Err("the frame's message is not the one the kernel held".into());
+    if !is_kernels(ev, p) {
+        return Err(NOT_KERNELS.into());
     }
     let msg = exfilguard_dns::question_only(p.payload).map_err(|e| e.to_string())?;
     let frame = exfilguard_dns::replace_udp_payload(&frame, ev.frame_l3, &msg)
@@ -1002,24 +992,38 @@ fn strip(ev: &Event) -> Result<(Vec<u8>, Vec<u8>), String> {
 /// a tunnel's may also parse as a query of its own, and judging that one would explain data
 /// the kernel flagged in the other).
 pub(crate) fn held_message(ev: &Event) -> Result<Option<&[u8]>, String> {
+    let payloads = payloads_of(ev, &ev.packet)?;
+    if ev.msg_hash == 0 {
+        return Ok(payloads.first().map(|p| p.payload));
+    }
+    payloads
+        .iter()
+        .find(|p| is_kernels(ev, p))
+        .map(|p| Some(p.payload))
+        .ok_or_else(|| NOT_KERNELS.into())
+}
+
+const NOT_KERNELS: &str = "the frame's DNS message is not the one the kernel held";
+
+/// The DNS payloads of `frame`, `ev`'s frame as held or as the wire carries it.
+fn payloads_of<'a>(
+    ev: &Event,
+    frame: &'a [u8],
+) -> Result<Vec<exfilguard_dns::DnsPayload<'a>>, String> {
     use exfilguard_dns::packet::{dns_payloads, LinkType};
     let link = if ev.frame_l3 {
         LinkType::RawIp
     } else {
         LinkType::Ethernet
     };
-    let payloads = dns_payloads(&ev.packet, link).map_err(|e| e.to_string())?;
-    if ev.msg_hash == 0 {
-        return Ok(payloads.first().map(|p| p.payload));
-    }
-    payloads
-        .iter()
-        .find(|p| {
-            p.payload.len() == usize::from(ev.msg_len)
-                && exfilguard_dataplane::hash::message_hash(p.payload) == ev.msg_hash
-        })
-        .map(|p| Some(p.payload))
-        .ok_or_else(|| "the frame's DNS message is not the one the kernel held".into())
+    dns_payloads(frame, link).map_err(|e| e.to_string())
+}
+
+/// Whether `p` is the message the kernel held (its hash and length), not another reading of
+/// the frame: a payload the kernel took for a tunnel's may parse as a query of its own here.
+fn is_kernels(ev: &Event, p: &exfilguard_dns::DnsPayload) -> bool {
+    p.payload.len() == usize::from(ev.msg_len)
+        && exfilguard_dataplane::hash::message_hash(p.payload) == ev.msg_hash
 }
 
 /// The question name of a kernel record, if it is a well-formed name.

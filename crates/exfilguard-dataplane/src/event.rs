@@ -198,10 +198,10 @@ fn cstr(raw: &[u8]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
-/// The name of process `tgid` (`/proc/TGID/comm`), or `fallback` once it has gone.
 /// `EG_TGID_SOCKET`: an owner known from its socket alone (its uid, no process).
 const TGID_SOCKET: u32 = u32::MAX;
 
+/// The name of process `tgid` (`/proc/TGID/comm`), or `fallback` once it has gone.
 pub fn process_name(tgid: u32, fallback: &str) -> String {
     std::fs::read_to_string(format!("/proc/{tgid}/comm"))
         .map(|c| c.trim_end().to_string())

@@ -865,12 +865,9 @@ impl Dataplane {
     /// The map half of `release_rewritten`: the name cleared as `release_ticket_only` does,
     /// and a ticket for `msg` (the agent's hash of it, the programs' `msg_hash`).
     pub fn rewritten_ticket_only(&self, ev: &Event, msg: &[u8]) -> Result<()> {
-        if !ev.outside_question() {
-            self.maps.allow_name_hash(ev.name_hash)?;
-        }
         let len = u16::try_from(msg.len())
             .map_err(|_| DataplaneError::Other("rewritten message over 64 KiB".into()))?;
-        self.ticket(hash::message_hash(msg), ev.dns_id, len)
+        self.ticket(ev, hash::message_hash(msg), len)
     }
 
     fn held(ev: &Event) -> Result<()> {
@@ -911,17 +908,19 @@ impl Dataplane {
     /// its question: then only this exact message may pass) plus a ticket for this message,
     /// valid 2 s at every hook it crosses; no re-injection.
     pub fn release_ticket_only(&self, ev: &Event) -> Result<()> {
+        self.ticket(ev, ev.msg_hash, ev.msg_len)
+    }
+
+    /// `ev`'s name cleared (unless it carried data outside its question) and a ticket
+    /// (`struct eg_ticket`) for the message going out in its place, valid 2 s at every hook
+    /// it crosses.
+    fn ticket(&self, ev: &Event, msg_hash: u64, msg_len: u16) -> Result<()> {
         if !ev.outside_question() {
             self.maps.allow_name_hash(ev.name_hash)?;
         }
-        self.ticket(ev.msg_hash, ev.dns_id, ev.msg_len)
-    }
-
-    /// A ticket (`struct eg_ticket`) for one message, valid 2 s at every hook it crosses.
-    fn ticket(&self, msg_hash: u64, dns_id: u16, msg_len: u16) -> Result<()> {
         let mut ticket = [0u8; 16];
         ticket[..8].copy_from_slice(&msg_hash.to_ne_bytes());
-        ticket[8..10].copy_from_slice(&dns_id.to_ne_bytes());
+        ticket[8..10].copy_from_slice(&ev.dns_id.to_ne_bytes());
         ticket[10..12].copy_from_slice(&msg_len.to_ne_bytes());
         let expiry = monotonic_ns() + TICKET_NS;
         self.skel
